@@ -1,0 +1,1 @@
+"""Test helpers: real services started per test (Mosquitto, ...), never mocks of them."""
