@@ -107,7 +107,7 @@ class GpioActuators:
     def __init__(self, cfg: ActuatorConfig, on_fire: FireCallback | None = None) -> None:
         self.cfg = cfg
         self.held = False
-        self._on_fire = on_fire
+        self.on_fire = on_fire
         self._lock = threading.Lock()
         self.relay = OutputDevice(cfg.relay_pin, active_high=cfg.relay_active_high, initial_value=False)
         self.voice_pin = (OutputDevice(cfg.voice.pin, active_high=cfg.voice.active_high, initial_value=False)
@@ -126,8 +126,8 @@ class GpioActuators:
             log.warning("fire-service input active: door released, holds suppressed")
             self.set_hold(False)
             self.set_alarm(False)
-        if self._on_fire:
-            self._on_fire(active)
+        if self.on_fire:
+            self.on_fire(active)
 
     def fire_active(self) -> bool:
         return bool(self.fire and self.fire.is_active)
