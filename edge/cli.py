@@ -26,10 +26,13 @@ def setup_logging(verbose: bool) -> None:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from edge.config import Config, load_config
+    from edge.config import DEFAULT_HEADER, Config, commented_defaults, load_config
 
     if args.action == "schema":
         print(json.dumps(Config.model_json_schema(), indent=2))
+        return 0
+    if args.action == "default":
+        print(DEFAULT_HEADER + commented_defaults())
         return 0
     cfg = load_config(args.file)
     print(f"{args.file}: OK (unit {cfg.unit.id})")
@@ -88,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", default="/etc/liftguard/config.yaml")
     run.set_defaults(func=cmd_run)
 
-    cfg = sub.add_parser("config", help="config schema / check")
-    cfg.add_argument("action", choices=["schema", "check"])
+    cfg = sub.add_parser("config", help="config schema | check FILE | default (commented defaults)")
+    cfg.add_argument("action", choices=["schema", "check", "default"])
     cfg.add_argument("file", nargs="?", default="/etc/liftguard/config.yaml")
     cfg.set_defaults(func=cmd_config)
 
