@@ -1,0 +1,1 @@
+"""Offline tooling: dataset building, the scene generator (data engine), training helpers."""

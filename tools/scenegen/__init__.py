@@ -1,0 +1,1 @@
+"""The scene generator: labelled synthetic elevator scenes and demo clips (see README.md)."""

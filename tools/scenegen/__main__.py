@@ -1,0 +1,3 @@
+from tools.scenegen.cli import main
+
+raise SystemExit(main())
