@@ -134,6 +134,8 @@ class GpioActuators:
 
     def set_hold(self, held: bool) -> None:
         with self._lock:
+            if self.relay.closed:
+                return
             if held and self.fire_active():
                 held = False  # the fire-service input always wins
             if held:

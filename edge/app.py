@@ -327,9 +327,11 @@ def install_exit_guards(pipeline: Pipeline, stop: threading.Event) -> None:
     """SIGTERM/SIGINT stop the loop; atexit releases the relay even on an unexpected exit."""
 
     def handler(signum: int, _frame: object) -> None:
+        # Unwind the main thread from wherever it is: its `finally` releases the door. Closing the
+        # pins right here instead would race the frame being processed under the same (re-entrant) lock.
         log.warning("signal %s: releasing the door and stopping", signal.Signals(signum).name)
         stop.set()
-        pipeline.close()
+        raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

@@ -43,9 +43,11 @@ class CameraState(StrEnum):
 
 
 class RawReader(Protocol):
-    """One opened source. `read` returns None on a failed read; `ended` is True at end of file."""
+    """One opened source. `read` returns None on a failed read; `ended` is True at end of file;
+    `live` sources (cameras, streams) may be read faster than processed, recordings may not."""
 
     ended: bool
+    live: bool
 
     def read(self) -> ImageBGR | None: ...
 
@@ -56,6 +58,7 @@ class CvReader:
     def __init__(self, cap: cv2.VideoCapture, finite: bool) -> None:
         self.cap = cap
         self.finite = finite
+        self.live = not finite
         self.ended = False
 
     @property
@@ -82,6 +85,7 @@ class FolderReader:
             raise CameraError(f"no images in {folder}")
         self._next = 0
         self.ended = False
+        self.live = False
 
     def read(self) -> ImageBGR | None:
         if self._next >= len(self.paths):
@@ -227,6 +231,10 @@ class Camera:
         frame = Frame(self._index, now, image)
         self._index += 1
         return frame
+
+    @property
+    def live(self) -> bool:
+        return self.reader.live if self.reader is not None else True
 
     @property
     def ok(self) -> bool:

@@ -19,9 +19,10 @@ from edge.actuate import Actuators, GpioActuators, LogActuators
 from edge.app import ClipClock, Pipeline, clip_frames, install_exit_guards, replay
 from edge.capture import Camera, CvReader, FolderReader, RawReader, source_fps
 from edge.config import Config, load_config, parse_config
-from edge.detect import OnnxDetector
+from edge.detect import Detector, OnnxDetector
 from edge.errors import CameraError
 from edge.events import EventSink, FanOut, JsonlSink, MemorySink
+from edge.health import Health
 
 log = logging.getLogger(__name__)
 
@@ -145,20 +146,21 @@ def _start_link(cfg: Config, pipeline: Pipeline, fan_out: FanOut, camera_state: 
     """The MQTT link as one more event sink, answering fleet commands through the pipeline."""
     from edge.link import MqttLink
 
-    link = MqttLink.from_config(cfg, pipeline, lambda: pipeline.heartbeat(camera_state()))
+    link = MqttLink.from_config(cfg, pipeline, lambda: pipeline.heartbeat(
+        camera_state(), outbox_depth=link.outbox.depth(), outbox_evicted=link.outbox.evicted()))
     fan_out.sinks.append(link)
-    link.on_relay = pipeline
+    pipeline.on_relay_change = link.set_relay_state
     link.start()
     return link
 
 
-def run_service(cfg: Config, stop: threading.Event) -> int:
-    """The appliance: live camera, real pins (gpiozero's default factory), until SIGTERM/SIGINT."""
-    from edge.health import Health
-
-    health = Health()
-    detector = build_detector(cfg)  # refuses a corrupt model before anything else starts
-    camera = Camera(cfg.camera)
+def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = None,
+                camera: Camera | None = None, health: Health | None = None) -> int:
+    """The appliance: live camera, real pins (gpiozero's default factory), until SIGTERM/SIGINT
+    (or the end of a file source). Parts may be passed in (tests); by default built from `cfg`."""
+    health = health or Health()
+    detector = detector or build_detector(cfg)  # refuses a corrupt model before anything else starts
+    camera = camera or Camera(cfg.camera)
     actuators = _actuators(cfg)
     sinks: list[EventSink] = []
     if cfg.events.jsonl_path:
@@ -176,7 +178,7 @@ def run_service(cfg: Config, stop: threading.Event) -> int:
         health.component_up("model")
         health.component_up("pins")
         camera.open()
-        while not stop.is_set():
+        while not stop.is_set() and not camera.ended:
             frame = camera.read()
             now = time.time()
             health.set_camera(camera.state.value)
@@ -184,7 +186,7 @@ def run_service(cfg: Config, stop: threading.Event) -> int:
                 pipeline.tick(now, camera_ok=False)
                 continue
             health.component_up("camera")
-            if now - last < min_interval:
+            if camera.live and now - last < min_interval:
                 continue  # camera faster than the configured rate: drop, keep latency low
             last = now
             pipeline.process(frame, camera_ok=camera.ok)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from gpiozero import Device
-from gpiozero.pins.mock import MockFactory, MockPWMPin
+from gpiozero.pins.mock import MockFactory
 
 from tests.support.mosquitto import mosquitto  # noqa: F401  (re-exported fixture)
 
@@ -14,7 +14,7 @@ from tests.support.mosquitto import mosquitto  # noqa: F401  (re-exported fixtur
 def mock_pins():  # type: ignore[no-untyped-def]
     """gpiozero's MockFactory as the pin factory for the test; pins reset afterwards."""
     previous = Device.pin_factory
-    factory = MockFactory(pin_class=MockPWMPin)
+    factory = MockFactory()
     Device.pin_factory = factory
     yield factory
     factory.reset()
