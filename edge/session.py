@@ -83,8 +83,8 @@ def run_demo(opts: DemoOptions) -> int:
 
     Device.pin_factory = MockFactory()
     cfg = load_config(opts.config_path) if opts.config_path else parse_config(DEMO_CONFIG)
-    detector = build_detector(cfg, opts.model)
     reader, native_fps = open_recording(opts.clip)
+    detector = build_detector(cfg, opts.model)
     fps = opts.fps or native_fps or cfg.camera.fps
     memory = MemorySink()
     sinks: list[EventSink] = [memory]

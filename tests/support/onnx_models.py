@@ -52,3 +52,37 @@ def constant_model(path: Path, rows: list[list[float]], *, input_hw: tuple[int, 
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
     return path
+
+
+def brightness_model(path: Path, box: list[float], cls: int = 0, input_hw: tuple[int, int] = (256, 320)) -> Path:
+    """A model that 'sees' class `cls` at `box` with score = the frame's mean brightness (0..1).
+
+    Bright frames = object present, dark frames = absent: a scriptable detector for pipeline tests."""
+    h, w = input_hw
+    const_box = np.array(box, np.float32).reshape(1, 1, 4)
+    const_cls = np.array([[[cls]]], np.float32)
+    graph = helper.make_graph(
+        nodes=[
+            helper.make_node("ReduceMean", ["images"], ["m"], keepdims=1),  # [1,1,1,1], normalised -1..1
+            helper.make_node("Add", ["m", "one"], ["m1"]),
+            helper.make_node("Mul", ["m1", "half"], ["score4"]),
+            helper.make_node("Reshape", ["score4", "shape"], ["score"]),
+            helper.make_node("Concat", ["box", "score", "cls"], ["detections"], axis=2),
+        ],
+        name="brightness",
+        inputs=[helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, h, w])],
+        outputs=[helper.make_tensor_value_info("detections", TensorProto.FLOAT, [1, 1, 6])],
+        initializer=[
+            numpy_helper.from_array(const_box, "box"),
+            numpy_helper.from_array(const_cls, "cls"),
+            numpy_helper.from_array(np.float32(1.0), "one"),
+            numpy_helper.from_array(np.float32(0.5), "half"),
+            numpy_helper.from_array(np.array([1, 1, 1], np.int64), "shape"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in metadata(model_id="test-brightness").items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
