@@ -94,7 +94,7 @@ def run_demo(opts: DemoOptions) -> int:
         sinks.append(JsonlSink(opts.events_out))
     clock = ClipClock()
     fan_out = FanOut(sinks)
-    pipeline = Pipeline(cfg, detector, _actuators(cfg), fan_out, timeline=print, clock=clock, t0=0.0)
+    pipeline = Pipeline(cfg, detector, build_actuators(cfg), fan_out, timeline=print, clock=clock, t0=0.0)
     link = None
     if opts.mqtt_url:
         mqtt_cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"url": opts.mqtt_url})})
@@ -130,7 +130,7 @@ def run_demo(opts: DemoOptions) -> int:
     return 0
 
 
-def _actuators(cfg: Config) -> Actuators:
+def build_actuators(cfg: Config) -> Actuators:
     a = cfg.actuators
     if a.backend == "gpio":
         return GpioActuators(a, on_fire=None)
@@ -161,7 +161,7 @@ def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = 
     health = health or Health()
     detector = detector or build_detector(cfg)  # refuses a corrupt model before anything else starts
     camera = camera or Camera(cfg.camera)
-    actuators = _actuators(cfg)
+    actuators = build_actuators(cfg)
     sinks: list[EventSink] = []
     if cfg.events.jsonl_path:
         sinks.append(JsonlSink(cfg.events.jsonl_path, cfg.events.snapshot_dir or None))
