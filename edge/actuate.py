@@ -30,7 +30,8 @@ FireCallback = Callable[[bool], None]
 
 
 class Actuators(Protocol):
-    held: bool
+    @property
+    def held(self) -> bool: ...
 
     def set_hold(self, held: bool) -> None: ...
 

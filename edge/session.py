@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 from gpiozero import Device
 
-from edge.actuate import Actuators, GpioActuators, LogActuators
+from edge.actuate import Actuators, FireCallback, GpioActuators, LogActuators
 from edge.app import ClipClock, Pipeline, clip_frames, install_exit_guards, replay
 from edge.capture import Camera, CvReader, FolderReader, RawReader, source_fps
 from edge.config import Config, load_config, parse_config
@@ -130,14 +130,14 @@ def run_demo(opts: DemoOptions) -> int:
     return 0
 
 
-def build_actuators(cfg: Config) -> Actuators:
+def build_actuators(cfg: Config, on_fire: FireCallback | None = None) -> Actuators:
     a = cfg.actuators
     if a.backend == "gpio":
-        return GpioActuators(a, on_fire=None)
+        return GpioActuators(a, on_fire=on_fire)
     if a.backend == "bridge":
-        from edge.bridge import BridgeActuators
+        from firmware_bridge.host import BridgeActuators
 
-        bridge: Actuators = BridgeActuators(a)
+        bridge: Actuators = BridgeActuators.from_config(a, on_fire=on_fire)
         return bridge
     return LogActuators()
 
@@ -161,14 +161,18 @@ def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = 
     health = health or Health()
     detector = detector or build_detector(cfg)  # refuses a corrupt model before anything else starts
     camera = camera or Camera(cfg.camera)
-    actuators = build_actuators(cfg)
+    pipeline: Pipeline | None = None
+
+    def on_fire(active: bool) -> None:  # the input's edge, straight into the policy
+        if pipeline is not None:
+            pipeline.on_fire(active)
+
+    actuators = build_actuators(cfg, on_fire)
     sinks: list[EventSink] = []
     if cfg.events.jsonl_path:
         sinks.append(JsonlSink(cfg.events.jsonl_path, cfg.events.snapshot_dir or None))
     fan_out = FanOut(sinks)
     pipeline = Pipeline(cfg, detector, actuators, fan_out, timeline=lambda line: log.info("%s", line.strip()))
-    if isinstance(actuators, GpioActuators):
-        actuators.on_fire = pipeline.on_fire
     install_exit_guards(pipeline, stop)
     link = _start_link(cfg, pipeline, fan_out, lambda: camera.state.value) if cfg.mqtt.url else None
     min_interval = 1.0 / cfg.camera.fps
