@@ -174,7 +174,22 @@ def merge_corpora(out: Path, sources: Sequence[Path]) -> list[ManifestRow]:
             rows.append(row)
     write_manifest(out, rows)
     write_data_yaml(out)
+    _merge_folds(out, sources)
     return rows
+
+
+def _merge_folds(out: Path, sources: Sequence[Path]) -> None:
+    """Carry the builder's ``folds.csv`` (grouped K-fold of the real images) into the merged corpus."""
+    lines: list[str] = []
+    header = ""
+    for src in sources:
+        path = src / "folds.csv"
+        if path.exists():
+            head, *body = path.read_text().splitlines()
+            header = header or head
+            lines.extend(body)
+    if header:
+        (out / "folds.csv").write_text("\n".join([header, *lines]) + "\n")
 
 
 def class_counts(root: Path) -> dict[str, dict[str, int]]:

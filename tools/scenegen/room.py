@@ -76,8 +76,10 @@ def _side_wall(rng: Rng, width: float, height: float) -> np.ndarray:
     return img
 
 
-def make_car(rng: Rng) -> Car:
-    width, depth, height = rng.uniform(1.1, 1.6), rng.uniform(1.3, 2.2), rng.uniform(2.2, 2.5)
+def make_car(rng: Rng, min_width: float = 0.0, min_depth: float = 0.0) -> Car:
+    width = max(min_width, rng.uniform(1.1, 1.6))
+    depth = max(min_depth, rng.uniform(1.3, 2.2))
+    height = rng.uniform(2.2, 2.5)
     floor_tex = textures.floor(rng, int(width * TEX_PPM), int(depth * TEX_PPM), TEX_PPM)
     walls = {
         "door": _door_wall(rng, width, height),
@@ -85,17 +87,19 @@ def make_car(rng: Rng) -> Car:
         "left": _side_wall(rng, depth, height),
         "right": _side_wall(rng, depth, height),
     }
-    ceiling = jitter(rng, (200, 200, 200), 40)
+    ceiling = jitter(rng, (200, 200, 200), 12)
     return Car(width, depth, height, floor_tex, walls, ceiling)
 
 
-def render_car(car: Car, cam: Camera, visible_walls: tuple[str, ...]) -> np.ndarray:
-    """Background image: ceiling colour, then the visible walls, then the floor."""
+def render_car(car: Car, cam: Camera, visible_walls: tuple[str, ...], wall_top: float | None = None) -> np.ndarray:
+    """Background image: ceiling colour, then the visible walls (up to ``wall_top``), then the floor.
+
+    A top-down camera sees the walls up to just below itself; cutting them there keeps the
+    homography away from depth 0 (the texture's top strip is dropped: nobody would see it).
+    """
     img = np.empty((cam.height, cam.width, 3), np.uint8)
     img[:] = car.ceiling
-    # A ceiling camera sees walls up to just below itself; cutting them there keeps the homography
-    # away from the singular depth 0 (the texture's top strip is dropped, which nobody would see).
-    top = min(car.height, float(cam.position[2]) - 0.3)
+    top = car.height if wall_top is None else min(car.height, wall_top)
     for name in visible_walls:
         uv, depth = cam.project(car.surface_corners(name, top))
         if (depth > 0.05).all():

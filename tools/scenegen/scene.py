@@ -113,7 +113,7 @@ def _sprite(
     return (TOP if top_down else SIDE)[t.cls](rng, SPRITE_PPM), False
 
 
-def _paste(img: np.ndarray, ids: np.ndarray, sprite: Sprite, cx: float, cy: float, idx: int,
+def paste(img: np.ndarray, ids: np.ndarray, sprite: Sprite, cx: float, cy: float, idx: int,
            shadow: bool) -> int:
     """Alpha-blend a sprite centred at (cx, cy); paint its instance id; return its full pixel area."""
     sh, sw = sprite.bgra.shape[:2]
@@ -136,7 +136,7 @@ def _paste(img: np.ndarray, ids: np.ndarray, sprite: Sprite, cx: float, cy: floa
     return full
 
 
-def _place_top(cam: Camera, t: Thing, sprite: Sprite) -> tuple[Sprite, float, float, float]:
+def place_top(cam: Camera, t: Thing, sprite: Sprite) -> tuple[Sprite, float, float, float]:
     (u, v), depth = (a[0] for a in cam.project(np.array([[t.x, t.y, TOP_Z_M[t.cls]]])))
     scale = cam.focal / max(depth, 0.2) / SPRITE_PPM
     # The image angle of the travel direction, so the sprite's +x axis follows it.
@@ -145,7 +145,7 @@ def _place_top(cam: Camera, t: Thing, sprite: Sprite) -> tuple[Sprite, float, fl
     return sprite.scaled(scale).rotated(-angle), float(u), float(v), float(depth)
 
 
-def _place_side(cam: Camera, t: Thing, sprite: Sprite) -> tuple[Sprite, float, float, float]:
+def place_side(cam: Camera, t: Thing, sprite: Sprite) -> tuple[Sprite, float, float, float]:
     height_m = sprite.bgra.shape[0] / SPRITE_PPM
     pts = np.array([[t.x, t.y, 0.0], [t.x, t.y, height_m],
                     [t.x + np.cos(t.yaw) * 0.3, t.y + np.sin(t.yaw) * 0.3, 0.0]])
@@ -155,7 +155,9 @@ def _place_side(cam: Camera, t: Thing, sprite: Sprite) -> tuple[Sprite, float, f
     length = float(np.hypot(*up))
     travel = ahead - foot
     # Seen end-on a vehicle is short; seen side-on it is full length (sprites are drawn facing right).
-    squash = float(np.clip(abs(travel[0]) / (np.hypot(*travel) + 1e-6), 0.3, 1.0))
+    # People look about as wide from every side, so they are squashed less.
+    least = 0.75 if t.cls == PERSON else 0.4
+    squash = float(np.clip(abs(travel[0]) / (np.hypot(*travel) + 1e-6), least, 1.0))
     scaled = sprite.scaled(length / max(1, sprite.bgra.shape[0]))
     scaled = scaled.resized(int(scaled.bgra.shape[1] * squash), scaled.bgra.shape[0])
     if travel[0] < 0:
@@ -164,6 +166,40 @@ def _place_side(cam: Camera, t: Thing, sprite: Sprite) -> tuple[Sprite, float, f
     rotated = scaled.rotated(-tilt)
     centre = foot + up / 2
     return rotated, float(centre[0]), float(centre[1]), float(depth[0])
+
+
+def place_plane(cam: Camera, t: Thing, sprite: Sprite) -> tuple[Sprite, float, float, float] | None:
+    """Lay a plan-view sprite on a horizontal plane at the object's top height and project it.
+
+    From a ceiling-corner camera a low object (e-bike, wheelchair, pram) shows mostly its plan, in
+    perspective; this is that view. None when the plane reaches behind the camera.
+    """
+    sh, sw = sprite.bgra.shape[:2]
+    z = TOP_Z_M[t.cls] * 0.7
+    c, s = np.cos(t.yaw), np.sin(t.yaw)
+    src = np.float32([[0, 0], [sw, 0], [sw, sh], [0, sh]])
+    local = (src - np.float32([sw / 2, sh / 2])) / SPRITE_PPM
+    world = np.stack([t.x + local[:, 0] * c - local[:, 1] * s, t.y + local[:, 0] * s + local[:, 1] * c,
+                      np.full(4, z)], 1)
+    uv, depth = cam.project(world)
+    if (depth < 0.15).any():
+        return None
+    x0, y0 = np.floor(uv.min(axis=0))
+    x1, y1 = np.ceil(uv.max(axis=0))
+    bw, bh = int(x1 - x0) + 1, int(y1 - y0) + 1
+    if bw > 4 * cam.width or bh > 4 * cam.height:
+        return None
+    h = cv2.getPerspectiveTransform(src, (uv - [x0, y0]).astype(np.float32))
+    warped = cv2.warpPerspective(sprite.bgra, h, (bw, bh), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0, 0))
+    _, centre_depth = cam.project(np.array([[t.x, t.y, z]]))
+    return Sprite(warped, sprite.cls), float(x0 + bw / 2), float(y0 + bh / 2), float(centre_depth[0])
+
+
+def _plane_chance(cam: Camera, t: Thing) -> float:
+    """The steeper the camera looks down at an object, the more its plan view dominates."""
+    d = np.array([t.x, t.y, 0.3]) - cam.position
+    elevation = np.degrees(np.arctan2(-d[2], np.hypot(d[0], d[1])))
+    return float(np.clip((elevation - 25.0) / 35.0, 0.0, 0.9))
 
 
 def _boxes(ids: np.ndarray, things: list[Thing], full: list[int], visible_before: list[int]) -> list[Box]:
@@ -183,15 +219,24 @@ def render_scene(rng: Rng, bank: CutoutBank, split: str = "train", cfg: SceneCon
     car = make_car(rng)
     top_down = rng.random() < cfg.top_down
     cam, walls = _camera(rng, car, cfg, top_down)
-    img = render_car(car, cam, walls)
+    img = render_car(car, cam, walls, float(cam.position[2]) - 0.3 if top_down else None)
     ids = np.zeros(img.shape[:2], np.uint8)
     things = _things(rng, car)
     placed = []
     used_cut = False
     for i, t in enumerate(things):
-        sprite, is_cut = _sprite(rng, t, top_down, bank, split, cfg)
+        plan = top_down or (t.cls != PERSON and rng.random() < _plane_chance(cam, t))
+        sprite, is_cut = _sprite(rng, t, plan, bank, split, cfg)
         used_cut = used_cut or is_cut
-        placed.append((i, *(_place_top if top_down else _place_side)(cam, t, sprite)))
+        if top_down:
+            placed.append((i, *place_top(cam, t, sprite)))
+            continue
+        on_plane = place_plane(cam, t, sprite) if plan and not is_cut else None
+        if on_plane is None:
+            if plan:  # a side view is needed after all (cut-outs are side photos)
+                sprite = sprite if is_cut else _sprite(rng, t, False, CutoutBank.empty(), split, cfg)[0]
+            on_plane = place_side(cam, t, sprite)
+        placed.append((i, *on_plane))
     # Painter's order: far first (corner view) or low first (top view); companions after their object.
     def order(p: tuple[int, Sprite, float, float, float]) -> tuple[float, int]:
         i = p[0]
@@ -201,7 +246,7 @@ def render_scene(rng: Rng, bank: CutoutBank, split: str = "train", cfg: SceneCon
 
     full = [0] * len(things)
     for i, sprite, u, v, _ in sorted(placed, key=order):
-        full[i] = _paste(img, ids, sprite, u, v, i + 1, shadow=True)
+        full[i] = paste(img, ids, sprite, u, v, i + 1, shadow=True)
     visible = [int(np.count_nonzero(ids == i + 1)) for i in range(len(things))]
     img = effects.lighting(rng, img)
     if rng.random() < cfg.fisheye:
