@@ -71,3 +71,29 @@ def test_merge_unions_manifests(tmp_path: Path) -> None:
     rows = merge_corpora(tmp_path / "m", [tmp_path / "a", tmp_path / "b"])
     assert len(rows) == 6 == len(read_manifest(tmp_path / "m"))
     assert class_counts(tmp_path / "m")["train"]["images"] == 6
+
+
+def test_demo_clip_timeline_and_readback(tmp_path: Path) -> None:
+    import json
+
+    import cv2
+
+    from tools.scenegen.clip import write_clip
+
+    out = tmp_path / "demo_clip.mp4"
+    truth = write_clip(out, seed=7, subject="ebike")
+    assert out.stat().st_size < 3_000_000
+    cap = cv2.VideoCapture(str(out))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok and frame.shape == (480, 640, 3)
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["fully_in_view_frame"] == truth["fully_in_view_frame"]
+    # Enters at ~2 s, fully in by ~3 s, gone by ~9 s (10 fps).
+    assert 18 <= sidecar["first_in_view_frame"] <= 22
+    assert 25 <= sidecar["fully_in_view_frame"] <= 32
+    assert 80 <= sidecar["last_in_view_frame"] <= 90
+    for rec in sidecar["per_frame"]:
+        for b in rec["boxes"]:
+            x1, y1, x2, y2 = b["xyxy"]
+            assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480

@@ -21,10 +21,10 @@ import numpy as np
 from tools.corpus import CLASS_ID, CLASSES
 from tools.scenegen import effects
 from tools.scenegen.camera import Camera
-from tools.scenegen.catalog import SIDE, SPRITE_PPM
-from tools.scenegen.draw_people import person_side
+from tools.scenegen.catalog import SPRITE_PPM, TOP
+from tools.scenegen.draw_people import person_side, person_top
 from tools.scenegen.room import Car, make_car, render_car
-from tools.scenegen.scene import Thing, paste, place_side
+from tools.scenegen.scene import Thing, paste, place_plane, place_side
 from tools.scenegen.sprite import Sprite
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class Actor:
 def _position(frame: int, car: Car) -> float | None:
     """Depth y (m) of the subject along its path, or None when it is off stage."""
     t = frame / FPS
-    outside, inside = -1.0, car.depth * 0.55
+    outside, inside = -1.0, car.depth * 0.5
     if t < 2.0 or t >= 9.0:
         return None
     if t < 3.0:
@@ -53,6 +53,15 @@ def _position(frame: int, car: Car) -> float | None:
     if t < 7.0:
         return inside
     return inside + (outside - inside) * min(1.0, (t - 7.0) / 1.6)
+
+
+def _place(cam: Camera, t: Thing, sprite: Sprite) -> tuple[Sprite, float, float, float]:
+    """Plan sprites (wider than tall) lie on a plane; standing people are upright."""
+    if sprite.bgra.shape[1] > sprite.bgra.shape[0] or t.cls != CLASS_ID["person"]:
+        on_plane = place_plane(cam, t, sprite)
+        if on_plane is not None:
+            return on_plane
+    return place_side(cam, t, sprite)
 
 
 def _door_mask(car: Car, cam: Camera) -> np.ndarray:
@@ -81,15 +90,16 @@ def render_clip(seed: int, subject: str) -> tuple[list[np.ndarray], dict[str, ob
     car = make_car(rng, min_width=1.35, min_depth=1.7)  # room for an e-bike and the person pushing it
     w, h = SIZE
     cam = Camera.look_at(np.array([car.width - 0.06, car.depth - 0.06, car.height - 0.1]),
-                         np.array([car.width * 0.45, car.depth * 0.2, 0.3]), 95.0, w, h)
-    base = render_car(car, cam, ("door", "left"))
+                         np.array([car.width * 0.4, car.depth * 0.25, 0.0]), 100.0, w, h)
+    base = render_car(car, cam, ("door", "left", "right"))
     door = _door_mask(car, cam)
     open_base = base.copy()
     _open_door(open_base, door, rng)
     cls = CLASS_ID[subject]
-    subject_sprite = SIDE[cls](rng, SPRITE_PPM)
+    # Seen from a ceiling corner, low objects show mostly their plan (see scene.place_plane).
+    subject_sprite = TOP[cls](rng, SPRITE_PPM)
     if subject == "wheelchair":  # the user sits in it
-        companions = [Actor(person_side(rng, SPRITE_PPM, seated=True), (0.05, 0.0))]
+        companions = [Actor(person_top(rng, SPRITE_PPM, seated=True), (0.2, 0.0))]
     elif subject == "ebike":  # pushed by a rider walking beside it
         companions = [Actor(person_side(rng, SPRITE_PPM), (0.3, 0.5))]
     else:  # pushed from behind
@@ -107,7 +117,7 @@ def render_clip(seed: int, subject: str) -> tuple[list[np.ndarray], dict[str, ob
         door_open = y is not None or (1.5 <= f / FPS < 9.5)
         img = (open_base if door_open else base).copy()
         ids = np.zeros(img.shape[:2], np.uint8)
-        full = 0
+        full = in_frame = 0
         if y is not None:
             dx, dy = np.cos(yaw), np.sin(yaw)
             thing = Thing(cls, x_path, y, yaw)
@@ -116,7 +126,7 @@ def render_clip(seed: int, subject: str) -> tuple[list[np.ndarray], dict[str, ob
                 ahead, left = a.offset
                 pos = (x_path + ahead * dx - left * dy, y + ahead * dy + left * dx)
                 layers.append((a.sprite, Thing(CLASS_ID["person"], pos[0], pos[1], yaw), 2))
-            placed = [(place_side(cam, t, s), idx, t) for s, t, idx in layers]
+            placed = [(_place(cam, t, s), idx, t) for s, t, idx in layers]
             placed.sort(key=lambda p: -p[0][3])  # far first
             for (sprite, u, v, _), idx, t in placed:
                 if t.y < 0.0:  # still on the landing: visible only through the door opening
@@ -129,7 +139,10 @@ def render_clip(seed: int, subject: str) -> tuple[list[np.ndarray], dict[str, ob
                 else:
                     area = paste(img, ids, sprite, u, v, idx, shadow=True)
                 if idx == 1:
-                    full = area
+                    # Visible share of the subject ignoring its own rider/occupant: image bounds only.
+                    alone = np.zeros_like(ids)
+                    paste(np.zeros_like(img), alone, sprite, u, v, 1, shadow=False)
+                    full, in_frame = area, int(np.count_nonzero(alone))
         # Same light on every frame (a real car's light does not flicker), fresh sensor noise.
         img = cv2.convertScaleAbs(img, alpha=gain)
         img = effects.sensor_noise(np.random.default_rng([seed, f]), img, 3.0)
@@ -141,7 +154,7 @@ def render_clip(seed: int, subject: str) -> tuple[list[np.ndarray], dict[str, ob
                 x, y0, bw, bh = cv2.boundingRect(mask)
                 boxes.append({"class": name, "class_id": CLASSES.index(name), "xyxy": [x, y0, x + bw, y0 + bh]})
         inside = y is not None and y >= INSIDE_DEPTH_M
-        if full_view_frame is None and inside and np.count_nonzero(ids == 1) >= FULL_VIEW_FRACTION * full:
+        if full_view_frame is None and inside and in_frame >= FULL_VIEW_FRACTION * full:
             full_view_frame = f
         frames.append(img)
         records.append({"frame": f, "t": round(f / FPS, 2), "boxes": boxes})

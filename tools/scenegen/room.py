@@ -91,6 +91,28 @@ def make_car(rng: Rng, min_width: float = 0.0, min_depth: float = 0.0) -> Car:
     return Car(width, depth, height, floor_tex, walls, ceiling)
 
 
+def _draw_wall(img: np.ndarray, cam: Camera, corners: np.ndarray, tex: np.ndarray) -> None:
+    """Draw a wall; if its near end reaches behind the camera, keep only the part in front of it.
+
+    A corner camera sits against two walls; what it sees of them is their far part, strongly
+    foreshortened. Cutting the wall (and its texture) from the near end keeps the projection valid.
+    """
+    tl, tr, br, bl = corners
+    near_left = np.linalg.norm((tl + bl) / 2 - cam.position) < np.linalg.norm((tr + br) / 2 - cam.position)
+    tw = tex.shape[1]
+    for keep in (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3):
+        if near_left:
+            q = np.array([tr + (tl - tr) * keep, tr, br, br + (bl - br) * keep])
+            part = tex[:, tw - max(2, int(tw * keep)):]
+        else:
+            q = np.array([tl, tl + (tr - tl) * keep, bl + (br - bl) * keep, bl])
+            part = tex[:, : max(2, int(tw * keep))]
+        uv, depth = cam.project(q)
+        if (depth > 0.05).all():
+            warp_plane(img, part, uv)
+            return
+
+
 def render_car(car: Car, cam: Camera, visible_walls: tuple[str, ...], wall_top: float | None = None) -> np.ndarray:
     """Background image: ceiling colour, then the visible walls (up to ``wall_top``), then the floor.
 
@@ -101,11 +123,9 @@ def render_car(car: Car, cam: Camera, visible_walls: tuple[str, ...], wall_top: 
     img[:] = car.ceiling
     top = car.height if wall_top is None else min(car.height, wall_top)
     for name in visible_walls:
-        uv, depth = cam.project(car.surface_corners(name, top))
-        if (depth > 0.05).all():
-            tex = car.walls[name]
-            cut = round((car.height - top) * TEX_PPM)
-            warp_plane(img, tex[cut:] if cut < tex.shape[0] - 2 else tex, uv)
+        tex = car.walls[name]
+        cut = round((car.height - top) * TEX_PPM)
+        _draw_wall(img, cam, car.surface_corners(name, top), tex[cut:] if cut < tex.shape[0] - 2 else tex)
     uv, _ = cam.project(car.surface_corners("floor"))
     warp_plane(img, car.floor_tex, uv)
     return img

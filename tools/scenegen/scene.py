@@ -86,13 +86,13 @@ def _camera(rng: Rng, car: Car, cfg: SceneConfig, top_down: bool) -> tuple[Camer
     if top_down:
         pos = np.array([w / 2 + rng.uniform(-0.15, 0.15), d / 2 + rng.uniform(-0.2, 0.2), h - 0.05])
         target = pos * np.array([1, 1, 0]) + np.array([rng.uniform(-0.1, 0.1), rng.uniform(-0.1, 0.1), 0])
-        cam = Camera.look_at(pos, target, rng.uniform(62, 88), cfg.width, cfg.height, rng.uniform(-180, 180))
+        cam = Camera.look_at(pos, target, rng.uniform(80, 110), cfg.width, cfg.height, rng.uniform(-180, 180))
         return cam, ("door", "back", "left", "right")
     on_right = rng.random() < 0.5
     pos = np.array([w - 0.06 if on_right else 0.06, d - 0.06, h - rng.uniform(0.05, 0.2)])
     target = np.array([w * rng.uniform(0.3, 0.7), d * rng.uniform(0.05, 0.4), rng.uniform(0.0, 0.6)])
     cam = Camera.look_at(pos, target, rng.uniform(78, 105), cfg.width, cfg.height, rng.uniform(-4, 4))
-    return cam, ("door", "left" if on_right else "right")
+    return cam, ("door", "left", "right")
 
 
 def _sprite(
@@ -223,9 +223,14 @@ def render_scene(rng: Rng, bank: CutoutBank, split: str = "train", cfg: SceneCon
     ids = np.zeros(img.shape[:2], np.uint8)
     things = _things(rng, car)
     placed = []
+    plan_of: list[bool] = []
     used_cut = False
     for i, t in enumerate(things):
-        plan = top_down or (t.cls != PERSON and rng.random() < _plane_chance(cam, t))
+        if t.seated and t.parent >= 0:  # the occupant is seen the same way as the wheelchair
+            plan = plan_of[t.parent]
+        else:
+            plan = top_down or (t.cls != PERSON and rng.random() < _plane_chance(cam, t))
+        plan_of.append(plan)
         sprite, is_cut = _sprite(rng, t, plan, bank, split, cfg)
         used_cut = used_cut or is_cut
         if top_down:
