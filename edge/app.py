@@ -270,7 +270,12 @@ class Pipeline:
             finally:
                 self.actuators.set_hold(False)
                 self.actuators.close()
-        self.sink.close()
+            try:
+                now = self.clock()
+                for event in self.policy.shutdown(now).events:
+                    self._emit(event, now, None, now, None)
+            finally:
+                self.sink.close()
 
 
 # --- drivers -----------------------------------------------------------------------------------

@@ -58,7 +58,8 @@ class Notifier:
             try:
                 if self._sock is None:
                     self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                self._sock.sendto(message, _socket_address(self.socket_path))
+                # Never block the service on a slow reader: drop the datagram instead (logged).
+                self._sock.sendto(message, socket.MSG_DONTWAIT, _socket_address(self.socket_path))
                 return True
             except OSError as exc:
                 log.warning("sd_notify to %s failed: %s", self.socket_path, exc)

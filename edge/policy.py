@@ -256,6 +256,12 @@ class Policy:
         self.state = State.COOLDOWN
         return Decision(False, False, self.state, [ev] if ev else [])
 
+    def shutdown(self, now: float) -> Decision:
+        """The service is stopping: end an open hold so the fleet sees the door released."""
+        ev = self._release(now, "ebike_blocked", "released: service stopping", cooldown=False)
+        self.state = State.IDLE
+        return Decision(False, False, self.state, [ev] if ev else [])
+
     def set_blocking(self, enabled: bool, now: float) -> Decision:
         self.blocking_enabled = enabled
         events: list[EventPayload] = []

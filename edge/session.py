@@ -187,7 +187,8 @@ def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = 
             now = time.time()
             health.set_camera(camera.state.value)
             if frame is None:
-                pipeline.tick(now, camera_ok=False)
+                if not camera.ended:  # a recording that ran out is not a camera fault
+                    pipeline.tick(now, camera_ok=False)
                 continue
             health.component_up("camera")
             if camera.live and now - last < min_interval:
@@ -195,7 +196,7 @@ def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = 
             last = now
             pipeline.process(frame, camera_ok=camera.ok)
             health.set_door(actuators.held)
-            health.frame_processed(now, inference_ms=pipeline.stats.inference_ms[-1])
+            health.frame_processed(inference_ms=pipeline.stats.inference_ms[-1])
     finally:
         pipeline.close()
         camera.close()
