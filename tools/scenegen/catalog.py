@@ -29,6 +29,12 @@ SIDE: dict[int, Drawer] = {
     CLASS_ID["person"]: ppl.person_side,
     CLASS_ID["cart"]: ppl.cart_side,
 }
+# Share of e-bikes drawn as stand-up e-scooters (the rest: seated e-bikes / mopeds).
+ESCOOTER_SHARE = 0.2
+ESCOOTER_TOP: Drawer = tw.escooter_top
+ESCOOTER_SIDE: Drawer = tw.escooter_side
+CLUTTER_TOP: Drawer = ppl.clutter_top
+
 # Typical upright height (m) of a real object: sets the size of pasted real cut-outs.
 HEIGHT_M: dict[int, float] = {
     CLASS_ID["ebike"]: 1.1, CLASS_ID["bicycle"]: 1.0, CLASS_ID["wheelchair"]: 0.95,
@@ -42,7 +48,7 @@ LENGTH_M: dict[int, float] = {
 # Height (m) of the part of the object a ceiling camera sees, for top-down magnification.
 TOP_Z_M: dict[int, float] = {
     CLASS_ID["ebike"]: 0.8, CLASS_ID["bicycle"]: 0.8, CLASS_ID["wheelchair"]: 0.6,
-    CLASS_ID["stroller"]: 0.8, CLASS_ID["person"]: 1.25, CLASS_ID["cart"]: 0.5,
+    CLASS_ID["stroller"]: 0.8, CLASS_ID["person"]: 1.25, CLASS_ID["cart"]: 0.5, -1: 0.15,
 }
 # Relative frequency of the "main" object of a scene; e-bikes and the never-block classes dominate.
 MAIN_WEIGHTS: dict[int, float] = {

@@ -200,3 +200,45 @@ def bicycle_side(rng: Rng, ppm: float) -> Sprite:
             cv2.line(img, (c[0] - d[0], c[1] - d[1]), (c[0] + d[0], c[1] + d[1]), spoke, 1)
     cv2.circle(img, P(*crank), max(2, int(0.08 * ppm)), rgba(DARK), 2)
     return Sprite(img, CLASS_ID["bicycle"]).trimmed()
+
+
+def escooter_top(rng: Rng, ppm: float) -> Sprite:
+    """Stand-up e-scooter from above: narrow deck, one stem, T handlebar; small solid wheels."""
+    length = rng.uniform(1.0, 1.2)
+    bar_w = rng.uniform(0.4, 0.55)
+    img = canvas(length + 0.2, bar_w + 0.2, ppm)
+    cy = img.shape[0] / 2
+
+    def P(x: float, y: float) -> tuple[int, int]:
+        return int((x + 0.1) * ppm), int(cy + y * ppm)
+
+    body = pick(rng, ((30, 30, 30), (200, 200, 200), (60, 60, 60), (40, 40, 160)), 10)
+    deck_w = rng.uniform(0.14, 0.2)
+    for x0 in (0.0, length - 0.22):
+        _rrect(img, *P(x0, -0.03), *P(x0 + 0.22, 0.03), BLACK, 0.02 * ppm)
+    _rrect(img, *P(0.12, -deck_w / 2), *P(length - 0.2, deck_w / 2), body, 0.03 * ppm)
+    _rrect(img, *P(0.2, -deck_w / 2 + 0.02), *P(length - 0.3, deck_w / 2 - 0.02), BLACK, 0.02 * ppm)
+    hx = length - 0.12
+    cv2.line(img, P(hx, -bar_w / 2), P(hx, bar_w / 2), rgba(DARK), max(2, int(0.03 * ppm)), cv2.LINE_AA)
+    cv2.circle(img, P(hx, 0), max(2, int(0.03 * ppm)), rgba(body), -1)
+    return Sprite(img, CLASS_ID["ebike"]).trimmed()
+
+
+def escooter_side(rng: Rng, ppm: float) -> Sprite:
+    length = rng.uniform(1.0, 1.2)
+    height = rng.uniform(1.05, 1.2)
+    img = canvas(length + 0.2, height + 0.1, ppm)
+    ground = img.shape[0] - 0.03 * ppm
+
+    def P(x: float, y: float) -> tuple[int, int]:
+        return int((x + 0.1) * ppm), int(ground - y * ppm)
+
+    body = pick(rng, ((30, 30, 30), (200, 200, 200), (60, 60, 60), (40, 40, 160)), 10)
+    r = rng.uniform(0.09, 0.12)
+    cv2.line(img, P(r, r), P(length - r - 0.05, r), rgba(body), max(3, int(0.06 * ppm)))  # deck
+    cv2.line(img, P(length - r, r), P(length - r - 0.12, height), rgba(DARK), max(2, int(0.035 * ppm)), cv2.LINE_AA)
+    cv2.line(img, P(length - r - 0.22, height), P(length - r - 0.02, height), rgba(BLACK), max(2, int(0.03 * ppm)))
+    for x in (r, length - r):
+        cv2.circle(img, P(x, r), int(r * ppm), rgba(BLACK), -1, cv2.LINE_AA)
+        cv2.circle(img, P(x, r), max(1, int(r * ppm * 0.4)), rgba(CHROME), -1)
+    return Sprite(img, CLASS_ID["ebike"]).trimmed()

@@ -15,13 +15,26 @@ import numpy as np
 from tools.corpus import CLASS_ID, Box
 from tools.scenegen import effects
 from tools.scenegen.camera import Camera, fisheye
-from tools.scenegen.catalog import HEIGHT_M, LENGTH_M, MAIN_WEIGHTS, SIDE, SPRITE_PPM, TOP, TOP_Z_M
+from tools.scenegen.catalog import (
+    CLUTTER_TOP,
+    ESCOOTER_SHARE,
+    ESCOOTER_SIDE,
+    ESCOOTER_TOP,
+    HEIGHT_M,
+    LENGTH_M,
+    MAIN_WEIGHTS,
+    SIDE,
+    SPRITE_PPM,
+    TOP,
+    TOP_Z_M,
+)
 from tools.scenegen.cutouts import CutoutBank
 from tools.scenegen.draw_people import person_side, person_top
 from tools.scenegen.room import Car, make_car, render_car
 from tools.scenegen.sprite import Rng, Sprite
 
 PERSON = CLASS_ID["person"]
+CLUTTER = -1  # drawn, never labelled
 MIN_VISIBLE = 0.3  # fraction of an object's pixels that must stay visible for it to be labelled
 MIN_BOX_SIDE = 6  # pixels
 
@@ -71,10 +84,15 @@ def _things(rng: Rng, car: Car) -> list[Thing]:
             things.append(Thing(PERSON, t.x + 0.1 * dx, t.y + 0.1 * dy, t.yaw, seated=True, parent=idx))
         if cls in (CLASS_ID["wheelchair"], CLASS_ID["stroller"], CLASS_ID["cart"]) and rng.random() < 0.5:
             things.append(Thing(PERSON, t.x - 0.6 * dx, t.y - 0.6 * dy, t.yaw, parent=idx))
-        if cls in (CLASS_ID["ebike"], CLASS_ID["bicycle"]) and rng.random() < 0.65:
+        if cls == CLASS_ID["ebike"] and rng.random() < 0.2:  # rider standing over it, hiding the seat
+            things.append(Thing(PERSON, t.x + 0.1 * dx, t.y + 0.1 * dy, t.yaw, parent=idx))
+        elif cls in (CLASS_ID["ebike"], CLASS_ID["bicycle"]) and rng.random() < 0.65:
             side = rng.choice([-1.0, 1.0])
             things.append(Thing(PERSON, t.x + 0.3 * dx - side * 0.45 * dy, t.y + 0.3 * dy + side * 0.45 * dx,
                                 t.yaw, parent=idx))
+    for _ in range(int(rng.choice([0, 0, 0, 1, 2]))):
+        things.append(Thing(CLUTTER, rng.uniform(0.1, car.width - 0.1), rng.uniform(0.1, car.depth - 0.1),
+                            rng.uniform(0, 2 * np.pi)))
     for _ in range(int(rng.choice([0, 0, 1, 1, 2, 3]))):
         things.append(Thing(PERSON, rng.uniform(0.2, car.width - 0.2), rng.uniform(0.1, car.depth - 0.2),
                             rng.uniform(0, 2 * np.pi)))
@@ -110,6 +128,10 @@ def _sprite(
     if t.cls == PERSON:
         draw_person = person_top if top_down else person_side
         return draw_person(rng, SPRITE_PPM, t.seated), False
+    if t.cls == CLUTTER:
+        return CLUTTER_TOP(rng, SPRITE_PPM), False
+    if t.cls == CLASS_ID["ebike"] and rng.random() < ESCOOTER_SHARE:
+        return (ESCOOTER_TOP if top_down else ESCOOTER_SIDE)(rng, SPRITE_PPM), False
     return (TOP if top_down else SIDE)[t.cls](rng, SPRITE_PPM), False
 
 
@@ -205,7 +227,7 @@ def _plane_chance(cam: Camera, t: Thing) -> float:
 def _boxes(ids: np.ndarray, things: list[Thing], full: list[int], visible_before: list[int]) -> list[Box]:
     boxes = []
     for i, t in enumerate(things, start=1):
-        if full[i - 1] == 0 or visible_before[i - 1] < MIN_VISIBLE * full[i - 1]:
+        if t.cls == CLUTTER or full[i - 1] == 0 or visible_before[i - 1] < MIN_VISIBLE * full[i - 1]:
             continue
         mask = (ids == i).astype(np.uint8)
         x, y, w, h = cv2.boundingRect(mask)
@@ -229,7 +251,7 @@ def render_scene(rng: Rng, bank: CutoutBank, split: str = "train", cfg: SceneCon
         if t.seated and t.parent >= 0:  # the occupant is seen the same way as the wheelchair
             plan = plan_of[t.parent]
         else:
-            plan = top_down or (t.cls != PERSON and rng.random() < _plane_chance(cam, t))
+            plan = top_down or t.cls == CLUTTER or (t.cls != PERSON and rng.random() < _plane_chance(cam, t))
         plan_of.append(plan)
         sprite, is_cut = _sprite(rng, t, plan, bank, split, cfg)
         used_cut = used_cut or is_cut
