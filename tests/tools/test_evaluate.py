@@ -1,0 +1,84 @@
+"""`liftguard eval` on a hand-made fixture: a fake detector whose outputs we choose, so every number is known."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.detect import Detection, ModelMetadata
+from tools.evaluate import evaluate
+
+CLASSES = ("ebike", "bicycle", "wheelchair", "stroller", "person", "cart")
+BOX = (20.0, 20.0, 60.0, 60.0)  # every labelled object sits here in its 100×80 image
+OTHER = (70.0, 5.0, 95.0, 30.0)
+
+# image → (label class or None, detections the fake model returns)
+FIXTURE: dict[str, tuple[int | None, list[Detection]]] = {
+    "a_ebike_hit": (0, [Detection(BOX, 0.9, "ebike")]),
+    "b_ebike_low": (0, [Detection(BOX, 0.4, "ebike")]),  # below the 0.5 e-bike threshold: missed
+    "c_ebike_vetoed": (0, [Detection(BOX, 0.8, "ebike"), Detection(BOX, 0.7, "wheelchair")]),  # veto: missed
+    "d_wheelchair": (2, [Detection(BOX, 0.6, "ebike"), Detection(BOX, 0.9, "wheelchair")]),  # veto: allowed
+    "e_bicycle": (1, [Detection(OTHER, 0.7, "ebike"), Detection(BOX, 0.8, "bicycle")]),  # false block
+    "f_person": (4, []),
+}
+
+
+class FakeDetector:
+    metadata = ModelMetadata("fake-1", CLASSES, 320, 256, (0.5,) * 3, (0.5,) * 3, thresholds={"wheelchair": 0.5})
+
+    def detect(self, frame: np.ndarray) -> list[Detection]:
+        name = sorted(FIXTURE)[int(frame[0, 0, 0]) // 10]  # the image index is written into its first pixel
+        return FIXTURE[name][1]
+
+
+@pytest.fixture()
+def folder(tmp_path: Path) -> Path:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for i, (name, (cls, _)) in enumerate(sorted(FIXTURE.items())):
+        img = np.full((80, 100, 3), 128, np.uint8)
+        img[0, 0] = i * 10
+        cv2.imwrite(str(tmp_path / "images" / f"{name}.png"), img)
+        x1, y1, x2, y2 = BOX
+        line = f"{cls} {(x1 + x2) / 200} {(y1 + y2) / 160} {(x2 - x1) / 100} {(y2 - y1) / 80}\n"
+        (tmp_path / "labels" / f"{name}.txt").write_text(line if cls is not None else "")
+    (tmp_path / "data.yaml").write_text("names: [ebike, bicycle, wheelchair, stroller, person, cart]\n")
+    return tmp_path
+
+
+def test_metrics_from_yolo_labels_are_exact(folder: Path) -> None:
+    out = folder / "out"
+    m = evaluate("fake.onnx", folder / "images", out, folder / "labels", folder / "data.yaml",
+                 detector=FakeDetector(), bench_runs=5)
+    assert m["n_images"] == 6
+    assert m["ebike_recall"] == pytest.approx(1 / 3)
+    assert m["false_block_rate"] == pytest.approx(1 / 3)
+    ebike = m["per_class"]["ebike"]
+    # Score order 0.9 TP, 0.8 TP, 0.7 FP, 0.6 FP, 0.4 TP → AP = 1/3 + 1/3 + 1/3 · 3/5.
+    assert ebike["AP50"] == pytest.approx(1 / 3 + 1 / 3 + 0.2)
+    assert ebike["precision"] == pytest.approx(0.5) and ebike["recall"] == pytest.approx(2 / 3)
+    assert m["per_class"]["wheelchair"]["recall"] == 1.0
+    assert m["false_block_by_class"]["bicycle"] == {"images": 1, "false_block_rate": 1.0}
+    assert m["false_block_by_class"]["wheelchair"] == {"images": 1, "false_block_rate": 0.0}
+    assert m["latency_640x480_runs"] == 5 and m["latency_ms_p95"] >= m["latency_ms_p50"] >= 0
+    for name in ("metrics.json", "decisions.csv", "confusion.png", "pr_curves.png", "contact_sheet.png"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "metrics.json").read_text())["ebike_recall"] == pytest.approx(1 / 3)
+    rows = {r["image"]: r for r in csv.DictReader((out / "decisions.csv").open())}
+    assert rows["a_ebike_hit.png"]["decided"] == "block" and rows["c_ebike_vetoed.png"]["decided"] == "allow"
+    assert rows["e_bicycle.png"] == {"image": "e_bicycle.png", "expected": "allow", "decided": "block",
+                                     "ebike_score": "0.7", "top_class": "bicycle", "top_score": "0.8"}
+
+
+def test_truth_csv_and_threshold_override(folder: Path) -> None:
+    truth = folder / "truth.csv"
+    truth.write_text("image,expected\na_ebike_hit.png,block\nb_ebike_low.png,block\ne_bicycle.png,allow\n")
+    m = evaluate("fake.onnx", folder / "images", folder / "out2", truth_csv=truth, thresholds={"ebike": 0.35},
+                 detector=FakeDetector(), bench_runs=0)
+    assert m["n_images"] == 3 and m["ebike_recall"] == 1.0 and m["false_block_rate"] == 1.0
+    assert "per_class" not in m

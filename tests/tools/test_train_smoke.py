@@ -1,0 +1,65 @@
+"""Training smoke run on a tiny generated corpus, plus the pieces it is built from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.tools.synthcorpus import make_corpus
+from tools import train
+from tools.augment import augment, letterbox, letterbox_params
+from tools.features import GRID_H, GRID_W, build_targets
+from tools.model import EfficientNetLite0
+
+
+def test_pretrained_backbone_loads_with_strict_keys() -> None:
+    net = EfficientNetLite0()
+    net.load_pretrained()  # raises on any missing or unexpected key
+    p4, p5 = net.eval().features(torch.zeros(1, 3, 256, 320))
+    assert p4.shape == (1, 112, 16, 20)
+    assert p5.shape == (1, 320, 8, 10)
+
+
+def test_letterbox_of_a_vga_frame_matches_the_model_format() -> None:
+    assert letterbox_params(640, 480) == (0.5, 0, 8)
+    img, boxes = letterbox(np.zeros((480, 640, 3), np.uint8), np.array([[0, 100, 100, 300, 200]], np.float32))
+    assert img.shape == (256, 320, 3)
+    assert (img[:8] == 114).all() and (img[8:248] == 0).all()
+    np.testing.assert_allclose(boxes[0, 1:], [50, 58, 150, 108])
+
+
+def test_augmented_boxes_stay_inside_the_input() -> None:
+    rng = np.random.default_rng(0)
+    src = np.array([[0, 10, 20, 200, 150], [2, 300, 100, 620, 470]], np.float32)
+    for _ in range(50):
+        img, boxes = augment(np.full((480, 640, 3), 90, np.uint8), src, rng)
+        assert img.shape == (256, 320, 3)
+        assert (boxes[:, [1, 3]] >= 0).all() and (boxes[:, [1, 3]] <= 320).all()
+        assert (boxes[:, [2, 4]] >= 0).all() and (boxes[:, [2, 4]] <= 256).all()
+        assert (boxes[:, 3] > boxes[:, 1]).all() and (boxes[:, 4] > boxes[:, 2]).all()
+
+
+def test_targets_peak_at_the_box_centre_cell() -> None:
+    heat, reg = build_targets(np.array([[2, 100, 40, 164, 104]], np.float32))  # centre (132, 72) px
+    assert heat.shape == (6, GRID_H, GRID_W)
+    assert heat[2, 4, 8] == 1.0 and heat[2].sum() > 1.0 and heat[0].max() == 0
+    np.testing.assert_allclose(reg[:, 4, 8], [132 / 16 - 8, 72 / 16 - 4, np.log(4), np.log(4), 1.0], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_training_smoke_run_writes_a_model_and_learns(tmp_path: Path) -> None:
+    data = make_corpus(tmp_path / "corpus", n_train=16, n_val=4)
+    out = tmp_path / "run"
+    assert train.main(["--data", str(data), "--out", str(out), "--epochs", "4", "--copies", "1",
+                       "--ebike-extra", "0", "--batch", "8", "--seed", "0"]) == 0
+    for name in ("model.pt", "metrics.json", "loss_curve.png", "pr_val.png"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    history = metrics["history"]
+    assert len(history) == 4 and history[-1]["train_loss"] < history[0]["train_loss"]
+    assert set(metrics["thresholds"]) == {"ebike", "bicycle", "wheelchair", "stroller", "person", "cart"}
+    assert "synthetic: 16" in metrics["trained_on"]

@@ -1,0 +1,117 @@
+"""Export a training run to the LiftGuard ONNX format (docs/MODEL_FORMAT.md, v1).
+
+    python -m tools.export --run /work/runs/v2 --out models/liftguard-det.onnx
+
+Decoding (3×3 max-pool peaks, TopK 50 over all classes, boxes in input pixels) is inside the graph,
+so the device only un-letterboxes, thresholds and runs NMS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from tools.model import CLASSES, INPUT_H, INPUT_W, MEAN, STD, LiftGuardDetector
+
+log = logging.getLogger("tools.export")
+OPSET = 17
+
+
+def load_run(run: Path) -> tuple[LiftGuardDetector, dict[str, Any]]:
+    ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=False)
+    model = LiftGuardDetector(len(ckpt["classes"]))
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    return model.eval(), ckpt
+
+
+def metadata(ckpt: Mapping[str, Any]) -> dict[str, str]:
+    version = str(ckpt.get("version", "0.1.0"))
+    props = {
+        "liftguard_format": "1",
+        "model_id": f"liftguard-det-{version}",
+        "classes": json.dumps(list(ckpt.get("classes", CLASSES))),
+        "input_size": json.dumps([INPUT_W, INPUT_H]),
+        "mean": json.dumps(list(MEAN)),
+        "std": json.dumps(list(STD)),
+        "output_layout": "xyxy_score_class",
+        "letterbox": "center,114",
+        "version": version,
+        "trained_on": str(ckpt.get("trained_on", "")),
+    }
+    if ckpt.get("thresholds"):
+        props["thresholds"] = json.dumps({k: round(float(v), 3) for k, v in ckpt["thresholds"].items()})
+    return props
+
+
+def export_model(model: LiftGuardDetector, out: Path, props: Mapping[str, str]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(1, 3, INPUT_H, INPUT_W)
+    # The TorchScript exporter gives a plain, static graph that onnxruntime fuses well.
+    torch.onnx.export(model, (dummy,), str(out), input_names=["images"], output_names=["detections"],
+                      opset_version=OPSET, do_constant_folding=True, dynamo=False)
+    proto = onnx.load(str(out))
+    del proto.metadata_props[:]
+    for k, v in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(out))
+
+
+def max_abs_diff(model: LiftGuardDetector, onnx_path: Path, seed: int = 0) -> float:
+    """PyTorch vs onnxruntime on one random input; scores and coordinates must agree."""
+    import onnxruntime as ort
+
+    x = torch.from_numpy(np.random.default_rng(seed).uniform(-1, 1, (1, 3, INPUT_H, INPUT_W)).astype(np.float32))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = sess.run(["detections"], {"images": x.numpy()})[0]
+    return float(np.abs(ref - got).max())
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    """Dynamic INT8 weights (no calibration set needed); accuracy must be measured before shipping it."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8)
+    proto = onnx.load(str(dst))
+    src_props = {p.key: p.value for p in onnx.load(str(src)).metadata_props}
+    del proto.metadata_props[:]
+    for k, v in src_props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, (v + "-int8" if k == "model_id" else v)
+    onnx.save(proto, str(dst))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True, help="training run directory holding model.pt")
+    ap.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    ap.add_argument("--version", default=None, help="override the version recorded in the run")
+    ap.add_argument("--int8", type=Path, default=None, help="also write a dynamic-INT8 variant here")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    model, ckpt = load_run(args.run)
+    if args.version:
+        ckpt["version"] = args.version
+    props = metadata(ckpt)
+    export_model(model, args.out, props)
+    diff = max_abs_diff(model, args.out)
+    log.info("wrote %s (%s); PyTorch vs onnxruntime max |diff| %.2e", args.out, props["model_id"], diff)
+    if args.int8:
+        quantize_int8(args.out, args.int8)
+        log.info("wrote INT8 variant %s", args.int8)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,153 @@
+"""Detection metrics and the image-level block decision, shared by training and evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+EBIKE = "ebike"
+VETO_CLASSES = ("wheelchair", "stroller")
+VETO_IOU = 0.3
+DEFAULT_EBIKE_THRESHOLD = 0.5
+DEFAULT_THRESHOLD = 0.3
+
+
+class DetectionLike(Protocol):
+    """What `edge.detect.Detection` offers; our own `Det` matches it for tests and training."""
+
+    @property
+    def box(self) -> tuple[float, float, float, float]: ...
+    @property
+    def score(self) -> float: ...
+    @property
+    def cls(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Det:
+    box: tuple[float, float, float, float]
+    score: float
+    cls: str
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.reshape(-1, 4), b.reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod((rb - lt).clip(0), axis=2)
+    area_a = np.prod((a[:, 2:] - a[:, :2]).clip(0), axis=1)
+    area_b = np.prod((b[:, 2:] - b[:, :2]).clip(0), axis=1)
+    return np.asarray(inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9))
+
+
+def threshold_for(thresholds: Mapping[str, float], cls: str) -> float:
+    default = DEFAULT_EBIKE_THRESHOLD if cls == EBIKE else DEFAULT_THRESHOLD
+    return float(thresholds.get(cls, default))
+
+
+def decide(dets: Sequence[DetectionLike], thresholds: Mapping[str, float]) -> tuple[bool, float]:
+    """Block iff an e-bike ≥ its threshold is not overlapped (IoU ≥ 0.3) by a confident wheelchair/stroller.
+
+    Returns (block, best e-bike score); the veto mirrors the device policy so that a wheelchair
+    misread as an e-bike is never held.
+    """
+    ebikes = [d for d in dets if d.cls == EBIKE]
+    best = max((d.score for d in ebikes), default=0.0)
+    vetoes = [d for d in dets if d.cls in VETO_CLASSES and d.score >= threshold_for(thresholds, d.cls)]
+    thr = threshold_for(thresholds, EBIKE)
+    for e in ebikes:
+        if e.score < thr:
+            continue
+        if vetoes and iou_matrix(np.array([e.box]), np.array([v.box for v in vetoes])).max() >= VETO_IOU:
+            continue
+        return True, best
+    return False, best
+
+
+@dataclass
+class ClassCurve:
+    """Score-sorted matches of one class over a dataset at IoU 0.5."""
+
+    scores: np.ndarray
+    tp: np.ndarray
+    n_gt: int
+
+    def precision_recall(self) -> tuple[np.ndarray, np.ndarray]:
+        tps = np.cumsum(self.tp)
+        fps = np.cumsum(1 - self.tp)
+        recall = tps / max(self.n_gt, 1)
+        precision = tps / np.maximum(tps + fps, 1e-9)
+        return precision, recall
+
+    def ap50(self) -> float:
+        """All-point interpolated AP (VOC 2010+ / COCO style at a single IoU)."""
+        if self.n_gt == 0:
+            return float("nan")
+        precision, recall = self.precision_recall()
+        r = np.concatenate([[0.0], recall, [1.0]])
+        p = np.concatenate([[1.0], precision, [0.0]])
+        p = np.maximum.accumulate(p[::-1])[::-1]
+        return float(np.sum((r[1:] - r[:-1]) * p[1:]))
+
+    def at(self, threshold: float) -> tuple[float, float]:
+        """(precision, recall) counting detections with score ≥ threshold."""
+        keep = self.scores >= threshold
+        tp = float(self.tp[keep].sum())
+        n = int(keep.sum())
+        return (tp / n if n else 1.0), (tp / self.n_gt if self.n_gt else float("nan"))
+
+    def best_f1_threshold(self, lo: float = 0.15, hi: float = 0.8) -> float:
+        precision, recall = self.precision_recall()
+        if len(self.scores) == 0 or self.n_gt == 0:
+            return DEFAULT_THRESHOLD
+        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-9)
+        ok = (self.scores >= lo) & (self.scores <= hi)
+        if not ok.any():
+            return float(np.clip(DEFAULT_THRESHOLD, lo, hi))
+        return float(self.scores[ok][np.argmax(f1[ok])])
+
+
+def class_curve(
+    dets: Sequence[Sequence[DetectionLike]], truths: Sequence[np.ndarray], names: Sequence[str], cls: str,
+) -> ClassCurve:
+    """Greedy matching by score at IoU ≥ 0.5. `truths[i]` is [M,5] (class index, x1, y1, x2, y2)."""
+    ci = list(names).index(cls)
+    scores: list[float] = []
+    tp: list[float] = []
+    n_gt = 0
+    for d_img, t_img in zip(dets, truths, strict=True):
+        gt = t_img[t_img[:, 0] == ci, 1:5] if len(t_img) else np.zeros((0, 4))
+        n_gt += len(gt)
+        used = np.zeros(len(gt), bool)
+        for d in sorted((d for d in d_img if d.cls == cls), key=lambda d: -d.score):
+            hit = 0.0
+            if len(gt):
+                ious = iou_matrix(np.array([d.box]), gt)[0]
+                ious[used] = 0
+                j = int(np.argmax(ious))
+                if ious[j] >= 0.5:
+                    used[j] = True
+                    hit = 1.0
+            scores.append(d.score)
+            tp.append(hit)
+    order = np.argsort(-np.array(scores, np.float64), kind="stable")
+    return ClassCurve(np.array(scores, np.float64)[order], np.array(tp, np.float64)[order], n_gt)
+
+
+def suggest_ebike_threshold(
+    ebike_scores_pos: Sequence[float], ebike_scores_neg: Sequence[float], max_false_block: float = 0.01,
+    lo: float = 0.2, hi: float = 0.7,
+) -> float:
+    """Lowest threshold in [lo, hi] whose image-level false-block rate on negatives is ≤ the budget.
+
+    Lowest, because a missed e-bike is the failure the product exists to prevent; the false-block
+    budget (wheelchairs, strollers, bicycles held) is the hard constraint.
+    """
+    neg = np.sort(np.asarray(ebike_scores_neg, np.float64))
+    for t in np.arange(lo, hi + 1e-9, 0.025):
+        if len(neg) == 0 or float((neg >= t).mean()) <= max_false_block:
+            return round(float(t), 3)
+    return hi

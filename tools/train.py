@@ -1,0 +1,238 @@
+"""Train the LiftGuard detector head on cached EfficientNet-Lite0 features.
+
+    python -m tools.train --data /work/data/corpus_v2 --out /work/runs/v2 --seed 0
+
+Writes RUN_DIR/model.pt (full detector state + suggested thresholds + data summary), metrics.json,
+train_log.csv, loss_curve.png and pr_val.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from tools.features import FeatureCache, Sample, build_cache, load_split
+from tools.metrics import (
+    EBIKE,
+    Det,
+    class_curve,
+    suggest_ebike_threshold,
+)
+from tools.model import CLASSES, CenterHead, LiftGuardDetector, decode
+
+log = logging.getLogger("tools.train")
+
+
+def focal_loss(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss, normalised by the number of object centres."""
+    pos = gt >= 0.999
+    log_p = F.logsigmoid(logits)
+    log_1p = F.logsigmoid(-logits)
+    p = torch.sigmoid(logits)
+    pos_term = (log_p * (1 - p) ** 2)[pos].sum()
+    neg_term = (log_1p * p**2 * (1 - gt) ** 4)[~pos].sum()
+    return -(pos_term + neg_term) / pos.sum().clamp(min=1)
+
+
+def box_loss(pred: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
+    """L1 on centre offset and log size at object centres only."""
+    mask = reg[:, 4:5]
+    return (F.l1_loss(pred * mask, reg[:, :4] * mask, reduction="sum")) / mask.sum().clamp(min=1)
+
+
+def batch_loss(head: CenterHead, cache: FeatureCache, idx: torch.Tensor) -> torch.Tensor:
+    heat, box = head(cache.p4[idx].float(), cache.p5[idx].float())
+    return focal_loss(heat, cache.heat[idx].float()) + box_loss(box, cache.reg[idx])
+
+
+def train_head(
+    head: CenterHead, train: FeatureCache, val: FeatureCache | None, epochs: int, lr: float,
+    batch: int, seed: int, desc: str = "head",
+) -> list[dict[str, float]]:
+    """AdamW + cosine schedule over cached features; returns one log row per epoch."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * math.ceil(len(train) / batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", dynamic_ncols=True)
+    for epoch in bar:
+        head.train()
+        perm = torch.randperm(len(train), generator=gen)
+        total, n = 0.0, 0
+        for start in range(0, len(train), batch):
+            idx = perm[start : start + batch]
+            if len(idx) < 2:  # BatchNorm needs more than one sample
+                continue
+            loss = batch_loss(head, train, idx)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+            n += len(idx)
+        row = {"epoch": epoch + 1, "train_loss": total / max(n, 1)}
+        if val is not None and len(val):
+            row["val_loss"] = eval_loss(head, val, batch)
+        history.append(row)
+        bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "epoch"})
+        log.info("epoch %d %s", epoch + 1, " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))
+    return history
+
+
+@torch.no_grad()
+def eval_loss(head: CenterHead, cache: FeatureCache, batch: int) -> float:
+    head.eval()
+    total = 0.0
+    for start in range(0, len(cache), batch):
+        idx = torch.arange(start, min(start + batch, len(cache)))
+        total += float(batch_loss(head, cache, idx)) * len(idx)
+    return total / max(len(cache), 1)
+
+
+@torch.no_grad()
+def predict(head: CenterHead, cache: FeatureCache, floor: float = 0.02, batch: int = 64) -> list[list[Det]]:
+    """Decoded detections (input-tensor pixels) per cached view, through the same decode as the export."""
+    head.eval()
+    out: list[list[Det]] = []
+    for start in range(0, len(cache), batch):
+        sl = slice(start, start + batch)
+        rows = decode(*head(cache.p4[sl].float(), cache.p5[sl].float())).numpy()
+        for img in rows:
+            out.append([Det((float(r[0]), float(r[1]), float(r[2]), float(r[3])), float(r[4]), CLASSES[int(r[5])])
+                        for r in img if r[4] >= floor])
+    return out
+
+
+def validation_report(dets: Sequence[Sequence[Det]], truths: Sequence[np.ndarray]) -> dict[str, Any]:
+    """Per-class AP50 and suggested thresholds; the e-bike one from the image-level false-block budget."""
+    per_class: dict[str, dict[str, float]] = {}
+    thresholds: dict[str, float] = {}
+    for cls in CLASSES:
+        curve = class_curve(dets, truths, CLASSES, cls)
+        thr = round(curve.best_f1_threshold(), 3)
+        p, r = curve.at(thr)
+        per_class[cls] = {"AP50": curve.ap50(), "precision": p, "recall": r, "threshold": thr, "n_gt": curve.n_gt}
+        thresholds[cls] = thr
+    ebike_id = CLASSES.index(EBIKE)
+    best = [max((d.score for d in ds if d.cls == EBIKE), default=0.0) for ds in dets]
+    is_pos = [bool(len(t) and (t[:, 0] == ebike_id).any()) for t in truths]
+    pos = [s for s, p in zip(best, is_pos, strict=True) if p]
+    neg = [s for s, p in zip(best, is_pos, strict=True) if not p]
+    thresholds[EBIKE] = suggest_ebike_threshold(pos, neg)
+    t = thresholds[EBIKE]
+    image_level = {
+        "ebike_recall": float(np.mean([s >= t for s in pos])) if pos else float("nan"),
+        "false_block_rate": float(np.mean([s >= t for s in neg])) if neg else float("nan"),
+        "n_pos": len(pos), "n_neg": len(neg),
+    }
+    return {"per_class": per_class, "thresholds": thresholds, "image_level": image_level}
+
+
+def data_summary(train: Sequence[Sample], val: Sequence[Sample], data: Path) -> str:
+    by_source = Counter(s.source for s in train)
+    boxes = Counter(CLASSES[int(c)] for s in train for c in s.boxes[:, 0])
+    src = ", ".join(f"{k}: {v}" for k, v in sorted(by_source.items()))
+    cls = ", ".join(f"{k} {boxes.get(k, 0)}" for k in CLASSES)
+    return f"{data.name}: {len(train)} train / {len(val)} val images; train per source: {src}; train boxes: {cls}"
+
+
+def save_plots(out: Path, history: Sequence[dict[str, float]], dets: Sequence[Sequence[Det]],
+               truths: Sequence[np.ndarray]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ep = [h["epoch"] for h in history]
+    ax.plot(ep, [h["train_loss"] for h in history], label="train")
+    if history and "val_loss" in history[0]:
+        ax.plot(ep, [h["val_loss"] for h in history], label="val")
+    ax.set(xlabel="epoch", ylabel="loss", title="head training loss", yscale="log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "loss_curve.png", dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for cls in CLASSES:
+        curve = class_curve(dets, truths, CLASSES, cls)
+        if curve.n_gt:
+            p, r = curve.precision_recall()
+            ax.plot(r, p, label=f"{cls} AP50={curve.ap50():.2f}")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="validation PR (IoU 0.5)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "pr_val.png", dpi=100)
+    plt.close(fig)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True, help="YOLO corpus root (images/, labels/, manifest.csv)")
+    ap.add_argument("--out", type=Path, required=True, help="run directory (created)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--copies", type=int, default=3, help="augmented views cached per training image")
+    ap.add_argument("--ebike-extra", type=int, default=3, help="extra views for images with an e-bike")
+    ap.add_argument("--max-train", type=int, default=0, help="cap on training images (0: all)")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--version", default="0.1.0")
+    ap.add_argument("--feature-store", type=Path, default=None,
+                    help="folder of per-view cached features reused across runs and corpora (outside the repo)")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(2)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    train_s, val_s = load_split(args.data, "train"), load_split(args.data, "val")
+    if args.max_train and len(train_s) > args.max_train:
+        pick = np.random.default_rng(args.seed).choice(len(train_s), args.max_train, replace=False)
+        train_s = [train_s[i] for i in sorted(pick)]
+    log.info("%d train / %d val images from %s", len(train_s), len(val_s), args.data)
+    model = LiftGuardDetector()
+    model.backbone.load_pretrained()
+    cache_path = args.out / "features.pt"
+    store = args.feature_store
+    train_c = build_cache(model.backbone, train_s, args.copies, args.ebike_extra, args.seed, True,
+                          desc="train views", store=store)
+    val_c = build_cache(model.backbone, val_s, 1, 0, args.seed, False, desc="val views", store=store)
+    # Kept so cross-validation and reruns skip the slow part; lives in the run dir, outside the repo.
+    torch.save({"train": train_c, "val": val_c, "train_samples": train_s, "val_samples": val_s}, cache_path)
+    t_cache = time.time() - t0
+    history = train_head(model.head, train_c, val_c, args.epochs, args.lr, args.batch, args.seed)
+    dets = predict(model.head, val_c)
+    report = validation_report(dets, val_c.boxes)
+    summary = data_summary(train_s, val_s, args.data)
+    torch.save({"state_dict": model.state_dict(), "classes": CLASSES, "thresholds": report["thresholds"],
+                "trained_on": summary, "version": args.version}, args.out / "model.pt")
+    save_plots(args.out, history, dets, val_c.boxes)
+    metrics = {**report, "trained_on": summary, "seed": args.seed, "epochs": args.epochs,
+               "train_views": len(train_c), "cache_seconds": round(t_cache, 1),
+               "total_seconds": round(time.time() - t0, 1), "history": history}
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    log.info("done in %.0f s; thresholds %s; image-level %s", time.time() - t0, report["thresholds"],
+             report["image_level"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
