@@ -722,6 +722,7 @@ def add_provision_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (set up by the CLI)")
     parser.add_argument("--answers", type=Path, help="YAML file of answers (non-interactive)")
     parser.add_argument("-y", "--non-interactive", action="store_true", help="never prompt; defaults fill gaps")
     parser.add_argument("--config-path", default=DEFAULT_CONFIG_PATH, help="where the config goes")

@@ -514,6 +514,7 @@ def exit_code(results: Sequence[CheckResult]) -> int:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (set up by the CLI)")
     parser.add_argument("--config", type=Path, default=Path(DEFAULT_CONFIG_PATH))
     parser.add_argument("--reference", type=Path, help="reference frame (default: reference.png beside the config)")
     parser.add_argument("--skip", action="append", default=[], choices=CHECK_NAMES, help="skip a check (repeatable)")

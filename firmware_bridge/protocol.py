@@ -236,4 +236,4 @@ def describe(msg: tuple[int, int, bytes]) -> str:
     """Human-readable one-liner for logs."""
     msg_type, seq, payload = msg
     name = TYPE_NAMES.get(msg_type, f"0x{msg_type:02x}")
-    return f"{name} seq={seq} payload={bytes(payload)!r}"
+    return "{} seq={} payload={}".format(name, seq, repr(bytes(payload)))  # noqa: UP032 (MicroPython)

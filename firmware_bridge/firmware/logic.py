@@ -2,7 +2,7 @@
 
 Runs under MicroPython on the board (driven by main.py) and under CPython in the tests (driven by a
 fake `machine` module and a fake clock). Pins are any objects with `value()` / `value(v)`; the
-clock is any object with `ticks_ms()` and `ticks_diff(a, b)` (MicroPython's `time` module is one).
+clock is any object with `ticks_ms()`, `ticks_add(t, ms)` and `ticks_diff(a, b)` (MicroPython's `time` module is one).
 
 Safety rules this file enforces on its own, whatever the host does:
 - the relay is energised only while host heartbeats keep arriving: more than HEARTBEAT_TIMEOUT_MS
@@ -172,7 +172,7 @@ class BoardLogic:
                 self.release(P.REASON_HEARTBEAT)
             elif self.clock.ticks_diff(now, self.hold_started) >= self.hold_cap_ms:
                 self.release(P.REASON_CAP)
-                self.cooldown_until = now + self.cooldown_ms
+                self.cooldown_until = self.clock.ticks_add(now, self.cooldown_ms)
         else:
             self.relay.value(0)  # belt and braces: an IRQ or glitch can never leave it half-set
         inputs = (fire, self.door_state())
