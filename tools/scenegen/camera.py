@@ -48,7 +48,7 @@ class Camera:
 def warp_plane(dst: np.ndarray, texture: np.ndarray, corners_uv: np.ndarray) -> None:
     """Paint a texture onto the image quad ``corners_uv`` (texture corners TL, TR, BR, BL)."""
     th, tw = texture.shape[:2]
-    src = np.float32([[0, 0], [tw, 0], [tw, th], [0, th]])
+    src = np.array([[0, 0], [tw, 0], [tw, th], [0, th]], np.float32)
     h = cv2.getPerspectiveTransform(src, corners_uv.astype(np.float32))
     cv2.warpPerspective(texture, h, (dst.shape[1], dst.shape[0]), dst, flags=cv2.INTER_LINEAR,
                         borderMode=cv2.BORDER_TRANSPARENT)

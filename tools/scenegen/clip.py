@@ -173,7 +173,7 @@ def render_clip(seed: int, subject: str) -> tuple[list[np.ndarray], dict[str, ob
 def write_clip(out: Path, seed: int = 7, subject: str = "ebike") -> dict[str, object]:
     frames, truth = render_clip(seed, subject)
     out.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), FPS, SIZE)
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter.fourcc(*"mp4v"), FPS, SIZE)
     if not writer.isOpened():
         raise RuntimeError(f"cannot open a video writer for {out}")
     for frame in frames:

@@ -141,14 +141,14 @@ def clutter_top(rng: Rng, ppm: float) -> Sprite:
     img = canvas(0.7, 0.7, ppm)
     color = pick(rng, (*LUGGAGE, (220, 220, 220), (60, 160, 60)))
     if kind == 0:
-        _rrect(img, *(int(v * ppm) for v in (0.2, 0.25, 0.5, 0.45)), color, 0.03 * ppm)
+        _rrect(img, 0.2 * ppm, 0.25 * ppm, 0.5 * ppm, 0.45 * ppm, color, 0.03 * ppm)
         cv2.ellipse(img, (int(0.35 * ppm), int(0.25 * ppm)), (int(0.08 * ppm), int(0.06 * ppm)), 0, 180, 360,
                     rgba(shade(color, 0.6)), max(1, int(0.015 * ppm)))
     elif kind == 1:
         cv2.ellipse(img, (int(0.35 * ppm), int(0.35 * ppm)), (int(0.16 * ppm), int(0.12 * ppm)), 0, 0, 360,
                     rgba(color), -1, cv2.LINE_AA)
     elif kind == 2:
-        _rrect(img, *(int(v * ppm) for v in (0.15, 0.2, 0.55, 0.5)), (60, 120, 170), 0)
+        _rrect(img, 0.15 * ppm, 0.2 * ppm, 0.55 * ppm, 0.5 * ppm, (60, 120, 170), 0)
         cv2.line(img, (int(0.15 * ppm), int(0.35 * ppm)), (int(0.55 * ppm), int(0.35 * ppm)), rgba((40, 80, 120)), 2)
     else:
         cv2.line(img, (int(0.05 * ppm), int(0.35 * ppm)), (int(0.65 * ppm), int(0.35 * ppm)), rgba(color),

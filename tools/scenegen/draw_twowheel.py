@@ -39,7 +39,7 @@ def ebike_top(rng: Rng, ppm: float) -> Sprite:
     body_w = rng.uniform(0.26, 0.36)
     bar_w = rng.uniform(0.55, 0.72)
     img = canvas(length + 0.2, bar_w + 0.2, ppm)
-    cy = img.shape[0] / 2
+    cy = float(img.shape[0]) / 2
 
     def X(m: float) -> float:
         return (m + 0.1) * ppm
@@ -138,9 +138,9 @@ def ebike_side(rng: Rng, ppm: float) -> Sprite:
         box = pick(rng, ((30, 30, 30), (220, 220, 220), (40, 40, 180)))
         x0, y0 = P(rear_x - r, seat_h + 0.02)
         cv2.rectangle(img, (x0, y0 - int(0.32 * ppm)), (x0 + int(0.38 * ppm), y0), rgba(box), -1)
-    for x in (rear_x, front_x):  # small fat wheels, hub visible
-        cv2.circle(img, P(x, r), int(r * ppm - tyre / 2), rgba(BLACK), tyre, cv2.LINE_AA)
-        cv2.circle(img, P(x, r), max(2, int(r * ppm * 0.45)), rgba(shade(CHROME, rng.uniform(0.6, 1))), -1)
+    for wx in (rear_x, front_x):  # small fat wheels, hub visible
+        cv2.circle(img, P(wx, r), int(r * ppm - tyre / 2), rgba(BLACK), tyre, cv2.LINE_AA)
+        cv2.circle(img, P(wx, r), max(2, int(r * ppm * 0.45)), rgba(shade(CHROME, rng.uniform(0.6, 1))), -1)
     return Sprite(img, CLASS_ID["ebike"]).trimmed()
 
 
@@ -195,8 +195,8 @@ def bicycle_side(rng: Rng, ppm: float) -> Sprite:
         c = P(cx, cy)
         cv2.circle(img, c, int(r * ppm), rgba(BLACK), max(2, int(0.03 * ppm)), cv2.LINE_AA)
         for k in range(8):
-            a = k * np.pi / 8
-            d = (int(np.cos(a) * r * ppm * 0.95), int(np.sin(a) * r * ppm * 0.95))
+            ang = k * np.pi / 8
+            d = (int(np.cos(ang) * r * ppm * 0.95), int(np.sin(ang) * r * ppm * 0.95))
             cv2.line(img, (c[0] - d[0], c[1] - d[1]), (c[0] + d[0], c[1] + d[1]), spoke, 1)
     cv2.circle(img, P(*crank), max(2, int(0.08 * ppm)), rgba(DARK), 2)
     return Sprite(img, CLASS_ID["bicycle"]).trimmed()

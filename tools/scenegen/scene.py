@@ -199,8 +199,8 @@ def place_plane(cam: Camera, t: Thing, sprite: Sprite) -> tuple[Sprite, float, f
     sh, sw = sprite.bgra.shape[:2]
     z = TOP_Z_M[t.cls] * 0.7
     c, s = np.cos(t.yaw), np.sin(t.yaw)
-    src = np.float32([[0, 0], [sw, 0], [sw, sh], [0, sh]])
-    local = (src - np.float32([sw / 2, sh / 2])) / SPRITE_PPM
+    src = np.array([[0, 0], [sw, 0], [sw, sh], [0, sh]], np.float32)
+    local = (src - np.array([sw / 2, sh / 2], np.float32)) / SPRITE_PPM
     world = np.stack([t.x + local[:, 0] * c - local[:, 1] * s, t.y + local[:, 0] * s + local[:, 1] * c,
                       np.full(4, z)], 1)
     uv, depth = cam.project(world)
