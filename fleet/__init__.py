@@ -1,0 +1,1 @@
+"""LiftGuard fleet server: MQTT ingest, storage, HTTP API and dashboard (docs: fleet/README.md)."""

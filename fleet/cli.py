@@ -1,0 +1,209 @@
+"""`liftguard-fleet serve | simulate | ca | migrate | user`."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge.errors import LiftGuardError
+
+log = logging.getLogger("fleet")
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from fleet.config import load_settings
+
+    overrides = {k: getattr(args, k, None) for k in (
+        "db", "mqtt_url", "shared_group", "http_host", "http_port", "client_id", "silence_s", "batch_max",
+        "batch_window_ms", "mqtt_username", "mqtt_password_file", "mqtt_ca", "mqtt_cert", "mqtt_key")}
+    if getattr(args, "cookie_secure", False):
+        overrides["cookie_secure"] = True
+    return load_settings(overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fleet.api import build_context, create_app
+    from fleet.ingest import Ingestor
+    from fleet.store import Store
+
+    settings = _settings(args)
+    store = Store.open(settings.db)
+    if not args.no_migrate:
+        store.migrate()
+    ctx = build_context(settings, store)
+    ingestor = Ingestor(settings, store, on_commit=ctx.notifier.on_commit)
+    ctx.ingestor = ingestor
+    ingestor.start()
+    log.info("fleet server: db=%s mqtt=%s subscription=%s http=%s:%s", settings.db.split("@")[-1],
+             settings.mqtt_url, ingestor.topic_filter, settings.http_host, settings.http_port)
+    try:
+        uvicorn.run(create_app(ctx), host=settings.http_host, port=settings.http_port, log_level="warning",
+                    timeout_graceful_shutdown=3)
+    finally:
+        ingestor.stop()
+        if args.stats_out:
+            Path(args.stats_out).write_text(json.dumps(ingestor.stats.snapshot(), indent=1))
+        store.close()
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from fleet.store import Store
+
+    store = Store.open(_settings(args).db)
+    applied = store.migrate()
+    print(f"schema version {store.schema_version()}; applied: {', '.join(applied) or 'nothing'}")
+    store.close()
+    return 0
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    from fleet.api import build_context
+    from fleet.store import Store
+
+    settings = _settings(args)
+    if args.password_file:
+        password = Path(args.password_file).read_text().strip()
+    elif os.environ.get("LIFTGUARD_FLEET_PASSWORD"):
+        password = os.environ["LIFTGUARD_FLEET_PASSWORD"]
+    else:
+        password = getpass.getpass(f"password for {args.username}: ")
+    store = Store.open(settings.db)
+    store.migrate()
+    build_context(settings, store).auth.add_user(args.username, args.role, password)
+    store.close()
+    print(f"user {args.username} ({args.role}) saved")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from fleet.config import load_settings
+    from fleet.simulate import SimConfig, Simulator
+
+    settings = load_settings({"mqtt_url": args.mqtt_url})
+    config = SimConfig(host=settings.mqtt_host, port=settings.mqtt_port, units=args.units, prefix=args.prefix,
+                       heartbeat_s=args.heartbeat_s, alert_rate=args.alert_rate, alert_start_s=args.alert_start_s,
+                       alert_duration_s=args.alert_duration_s, duration_s=args.duration_s,
+                       connect_rate=args.connect_rate, seed=args.seed)
+    sim = Simulator(config)
+    try:
+        report = sim.run()
+    finally:
+        sim.stop(graceful=args.stop == "graceful")
+    result = report.as_dict()
+    if args.report:
+        Path(args.report).write_text(json.dumps({**result, "event_ids": report.event_ids}))
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_ca(args: argparse.Namespace) -> int:
+    from fleet.ca import CA_KEY, init_ca, issue_unit
+
+    ca_dir = Path(args.ca_dir)
+    if args.ca_command == "init":
+        print(init_ca(ca_dir, force=args.force))
+        return 0
+    if not (ca_dir / CA_KEY).exists():
+        # First provisioning on a fresh fleet: create the CA rather than fail the installer.
+        print(f"no CA in {ca_dir}; creating one", file=sys.stderr)
+        init_ca(ca_dir)
+    files = issue_unit(ca_dir, args.unit, Path(args.out), days=args.days)
+    print(json.dumps({"key": str(files.key), "cert": str(files.cert), "ca_cert": str(files.ca_cert)}))
+    return 0
+
+
+def _server_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", help="sqlite:///path (default sqlite:///data/fleet.db) or postgresql://...")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="liftguard-fleet", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="MQTT ingest + HTTP API + dashboard")
+    _server_flags(serve)
+    serve.add_argument("--mqtt", dest="mqtt_url", help="broker URL, mqtt://host:port or mqtts://")
+    serve.add_argument("--mqtt-username")
+    serve.add_argument("--mqtt-password-file")
+    serve.add_argument("--mqtt-ca")
+    serve.add_argument("--mqtt-cert")
+    serve.add_argument("--mqtt-key")
+    serve.add_argument("--shared-group", help="MQTT v5 shared subscription group, for several servers")
+    serve.add_argument("--client-id", help="stable MQTT client id (unique per server)")
+    serve.add_argument("--http-host")
+    serve.add_argument("--http-port", type=int)
+    serve.add_argument("--silence-s", type=float, help="heartbeat silence that marks a unit offline")
+    serve.add_argument("--batch-max", type=int)
+    serve.add_argument("--batch-window-ms", type=float)
+    serve.add_argument("--cookie-secure", action="store_true", help="Secure cookies (serve behind HTTPS)")
+    serve.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations at start")
+    serve.add_argument("--stats-out", help="write ingest statistics as JSON here on shutdown")
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = sub.add_parser("migrate", help="apply pending schema migrations")
+    _server_flags(migrate)
+    migrate.set_defaults(func=cmd_migrate)
+
+    user = sub.add_parser("user", help="manage dashboard users").add_subparsers(dest="user_command", required=True)
+    add = user.add_parser("add", help="create a user or reset its password and role")
+    _server_flags(add)
+    add.add_argument("username")
+    add.add_argument("--role", choices=("manager", "admin"), default="manager")
+    add.add_argument("--password-file", help="else $LIFTGUARD_FLEET_PASSWORD, else a prompt")
+    add.set_defaults(func=cmd_user_add)
+
+    sim = sub.add_parser("simulate", help="N simulated units speaking the v1 contract")
+    sim.add_argument("--mqtt", dest="mqtt_url", default=None)
+    sim.add_argument("--units", type=int, default=10)
+    sim.add_argument("--prefix", default="sim")
+    sim.add_argument("--heartbeat-s", type=float, default=30.0)
+    sim.add_argument("--alert-rate", type=float, default=0.05, help="alerts per second, whole fleet")
+    sim.add_argument("--alert-start-s", type=float, default=0.0)
+    sim.add_argument("--alert-duration-s", type=float, default=None)
+    sim.add_argument("--duration-s", type=float, default=60.0)
+    sim.add_argument("--connect-rate", type=float, default=2000.0)
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--stop", choices=("graceful", "drop"), default="graceful",
+                     help="drop: close sockets without DISCONNECT so every unit's LWT fires")
+    sim.add_argument("--report", help="write counters and published event ids as JSON here")
+    sim.set_defaults(func=cmd_simulate)
+
+    ca = sub.add_parser("ca", help="certificates for unit provisioning").add_subparsers(dest="ca_command",
+                                                                                       required=True)
+    default_ca = os.environ.get("LIFTGUARD_FLEET_CA_DIR", "data/ca")
+    ca_init = ca.add_parser("init", help="create the fleet CA")
+    ca_init.add_argument("--ca-dir", default=default_ca)
+    ca_init.add_argument("--force", action="store_true")
+    ca_issue = ca.add_parser("issue", help="issue a unit key + certificate (CN = unit id)")
+    ca_issue.add_argument("--ca-dir", default=default_ca)
+    ca_issue.add_argument("--unit", required=True)
+    ca_issue.add_argument("--out", required=True)
+    ca_issue.add_argument("--days", type=int, default=825)
+    for p in (ca_init, ca_issue):
+        p.set_defaults(func=cmd_ca)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except LiftGuardError as exc:
+        print(f"liftguard-fleet: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Fleet server settings: one validated model, filled from LIFTGUARD_FLEET_* variables, then flags."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge.errors import ConfigError
+
+ENV_PREFIX = "LIFTGUARD_FLEET_"
+
+
+class FleetSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    db: str = Field("sqlite:///data/fleet.db", description="sqlite:///path or postgresql://user@host:port/db")
+    mqtt_url: str = Field("mqtt://127.0.0.1:1883", description="mqtt:// or mqtts:// broker URL")
+    mqtt_username: str | None = None
+    mqtt_password_file: Path | None = Field(None, description="file holding the broker password")
+    mqtt_ca: Path | None = Field(None, description="CA bundle for mqtts://")
+    mqtt_cert: Path | None = Field(None, description="client certificate for mqtts://")
+    mqtt_key: Path | None = Field(None, description="client key for mqtts://")
+    client_id: str = Field("liftguard-fleet", max_length=64, description="stable: the broker keeps the session")
+    shared_group: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_-]{1,32}$",
+        description="subscribe as $share/<group>/... so several servers split the load")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+    silence_s: float = Field(90.0, ge=5, le=86400, description="no heartbeat this long = offline")
+    batch_max: int = Field(2000, ge=1, le=100_000, description="most messages per DB transaction")
+    batch_window_ms: float = Field(25.0, ge=0, le=5000, description="wait this long to fill a batch")
+    session_ttl_s: float = Field(12 * 3600, ge=60, le=30 * 86400)
+    cookie_secure: bool = Field(False, description="set the Secure cookie flag (behind HTTPS)")
+    login_max_failures: int = Field(5, ge=1, le=1000, description="per user and per client address")
+    login_window_s: float = Field(300.0, ge=1, le=86400)
+
+    @property
+    def mqtt_host(self) -> str:
+        return urlparse(self.mqtt_url).hostname or "127.0.0.1"
+
+    @property
+    def mqtt_port(self) -> int:
+        parsed = urlparse(self.mqtt_url)
+        return parsed.port or (8883 if parsed.scheme == "mqtts" else 1883)
+
+    @property
+    def mqtt_tls(self) -> bool:
+        return urlparse(self.mqtt_url).scheme == "mqtts"
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None,
+                  environ: Mapping[str, str] | None = None) -> FleetSettings:
+    """Environment first, then explicit overrides (CLI flags); None overrides are ignored."""
+    env = os.environ if environ is None else environ
+    fields = FleetSettings.model_fields
+    data: dict[str, Any] = {}
+    for name in fields:
+        value = env.get(ENV_PREFIX + name.upper())
+        if value is not None:
+            data[name] = value
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return FleetSettings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"fleet setting {where} ({ENV_PREFIX}{where.upper()}): {first['msg']}") from None

@@ -1,0 +1,19 @@
+"""Fleet-side domain exceptions, rooted in the project's LiftGuardError tree."""
+
+from edge.errors import LiftGuardError
+
+
+class FleetError(LiftGuardError):
+    """Base of the fleet server's deliberate errors."""
+
+
+class StoreError(FleetError, RuntimeError):
+    """The database is unreachable or refused an operation."""
+
+
+class AuthError(FleetError, PermissionError):
+    """Login failed, the session is missing/expired, or the role is not enough."""
+
+
+class CertificateError(FleetError, ValueError):
+    """The CA material is missing or a certificate request is invalid."""

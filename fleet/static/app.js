@@ -1,0 +1,154 @@
+// LiftGuard dashboard: live alert queue (SSE), verdicts, unit commands, daily chart. No framework:
+// the page is rendered by the server; this script only adds the live parts.
+"use strict";
+
+const csrf = document.querySelector('meta[name="csrf-token"]').content;
+
+async function api(method, url, body) {
+  const res = await fetch(url, {
+    method,
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (res.status === 401) { window.location = "/login"; throw new Error("logged out"); }
+  const data = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error(data.detail || res.statusText);
+  return data;
+}
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  for (const c of children) node.append(c);  // text is appended as text: device strings stay inert
+  return node;
+}
+
+// ---- live alert queue -------------------------------------------------------------------------
+const queue = document.getElementById("alert-queue");
+const VERDICTS = [["acknowledged", "Acknowledge"], ["false_alarm", "False alarm"], ["confirmed", "Confirmed"]];
+
+function updateCount() {
+  const n = queue.querySelectorAll(".alert").length;
+  document.getElementById("alert-count").textContent = n ? `(${n} open)` : "(none open)";
+}
+
+function loadSnapshot(img, url, tries) {
+  // The JPEG travels on its own topic and may land a moment after the event: retry briefly.
+  img.onerror = () => { if (tries > 0) setTimeout(() => loadSnapshot(img, url, tries - 1), 1000); };
+  img.src = `${url}?t=${Date.now()}`;
+}
+
+function showAlert(a) {
+  const existing = queue.querySelector(`[data-event-id="${CSS.escape(a.event_id)}"]`);
+  if (a.verdict) { if (existing) existing.remove(); updateCount(); return; }
+  if (existing) {
+    const img = existing.querySelector("img");
+    if (img && a.has_snapshot && !img.complete) loadSnapshot(img, a.snapshot_url, 3);
+    return;
+  }
+  const when = new Date(a.ts * 1000).toLocaleString();
+  const card = el("div", { class: "alert", "data-event-id": a.event_id });
+  if (a.snapshot_url) {
+    const img = el("img", { class: "snapshot", alt: `snapshot of ${a.unit_id}` });
+    loadSnapshot(img, a.snapshot_url, 10);
+    card.append(img);
+  }
+  const conf = a.confidence == null ? "" : ` ${(a.confidence * 100).toFixed(0)}%`;
+  card.append(el("div", {}, el("strong", {}, a.type.replace("_", " ")), ` · ${a.unit_id}`),
+              el("div", { class: "muted" }, `${a.building || ""} ${a.elevator || ""} · ${when} · ${a.cls || ""}${conf}`));
+  const buttons = el("div", {});
+  for (const [verdict, label] of VERDICTS) {
+    const b = el("button", { class: "verdict", "data-verdict": verdict }, label);
+    b.addEventListener("click", async () => {
+      b.disabled = true;
+      try { await api("POST", `/api/alerts/${encodeURIComponent(a.event_id)}/verdict`, { verdict }); card.remove(); }
+      catch (e) { b.disabled = false; card.append(el("div", { class: "error" }, e.message)); }
+      updateCount();
+    });
+    buttons.append(b, " ");
+  }
+  card.append(buttons);
+  queue.prepend(card);
+  updateCount();
+}
+
+async function startAlerts() {
+  const data = await api("GET", "/api/alerts?status=open&limit=50");
+  for (const a of data.alerts.reverse()) showAlert(a);
+  updateCount();
+  const source = new EventSource("/api/alerts/stream");
+  source.addEventListener("alert", (ev) => showAlert(JSON.parse(ev.data)));
+}
+
+// ---- unit commands ----------------------------------------------------------------------------
+async function sendCommand(button) {
+  const row = button.closest("tr");
+  const status = row.querySelector(".cmd-status");
+  const { unit, cmd } = button.dataset;
+  if (cmd !== "release" && !confirm(`${cmd} blocking on ${unit}?`)) return;
+  status.textContent = `${cmd}: sending…`;
+  try {
+    const sent = await api("POST", `/api/units/${encodeURIComponent(unit)}/commands`, { name: cmd });
+    for (let i = 0; i < 30; i++) {
+      const c = await api("GET", `/api/commands/${sent.command_id}`);
+      if (c.status !== "pending") { status.textContent = `${cmd}: ${c.status} ${c.result_detail || ""}`; return; }
+      status.textContent = `${cmd}: waiting for the unit…`;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    status.textContent = `${cmd}: no answer from the unit`;
+  } catch (e) { status.textContent = `${cmd}: ${e.message}`; }
+}
+
+document.addEventListener("click", (ev) => {
+  const b = ev.target.closest("button.cmd");
+  if (b) sendCommand(b);
+});
+
+// ---- daily chart (inline SVG) -----------------------------------------------------------------
+const COLORS = ["#3566c5", "#d9822b", "#1a7f37", "#c62828", "#7b3fb0", "#0f8b8d", "#9a6700", "#5a6270"];
+
+function svg(tag, attrs, text) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+async function drawChart() {
+  const box = document.getElementById("daily-chart");
+  const data = await api("GET", "/api/stats/daily?days=14");
+  const W = 900, H = 220, L = 40, B = 30, T = 10;
+  const totals = data.days.map((_, i) => data.series.reduce((s, x) => s + x.counts[i], 0));
+  const max = Math.max(1, ...totals);
+  const chart = svg("svg", { viewBox: `0 0 ${W} ${H + 20 * Math.ceil(data.series.length / 4)}`, width: "100%", role: "img",
+                             "aria-label": "e-bike alerts per day" });
+  const bw = (W - L) / data.days.length;
+  chart.append(svg("text", { x: 0, y: T + 10, "font-size": 11 }, String(max)));
+  chart.append(svg("line", { x1: L, y1: H - B, x2: W, y2: H - B, stroke: "#999" }));
+  data.days.forEach((day, i) => {
+    let y = H - B;
+    data.series.forEach((s, k) => {
+      const h = (s.counts[i] / max) * (H - B - T);
+      if (h > 0) {
+        const r = svg("rect", { x: L + i * bw + 2, y: y - h, width: bw - 4, height: h, fill: COLORS[k % COLORS.length] });
+        r.append(svg("title", {}, `${s.building} ${day}: ${s.counts[i]}`));
+        chart.append(r);
+        y -= h;
+      }
+    });
+    chart.append(svg("text", { x: L + i * bw + bw / 2, y: H - B + 14, "font-size": 10, "text-anchor": "middle" }, day.slice(5)));
+  });
+  data.series.forEach((s, k) => {
+    const x = L + (k % 4) * 220, y = H + 10 + 20 * Math.floor(k / 4);
+    chart.append(svg("rect", { x, y: y - 9, width: 10, height: 10, fill: COLORS[k % COLORS.length] }));
+    chart.append(svg("text", { x: x + 14, y, "font-size": 11 }, s.building));
+  });
+  box.replaceChildren(chart);
+}
+
+if (queue) {
+  startAlerts().catch((e) => console.error(e));
+  drawChart().catch((e) => console.error(e));
+  setInterval(() => drawChart().catch(() => {}), 60000);
+}

@@ -1,0 +1,164 @@
+"""Server-rendered dashboard pages. Plain HTML + one small vanilla script (static/app.js), no build
+step and nothing from a CDN. Every value from the database goes through `esc`: unit ids, sites and
+details come from devices and are untrusted."""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from fleet.auth import Principal
+
+esc = html.escape
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}
+header{background:#1d2330;color:#fff;padding:.6rem 1rem;display:flex;gap:1rem;align-items:center}
+header a{color:#cfe0ff} header .who{margin-left:auto} header form{display:inline}
+main{padding:1rem;display:grid;grid-template-columns:minmax(0,2fr) minmax(18rem,1fr);gap:1rem}
+section{background:#fff;border-radius:6px;padding:.8rem;box-shadow:0 1px 2px #0002}
+table{border-collapse:collapse;width:100%;font-size:.9rem} td,th{padding:.25rem .4rem;text-align:left;
+border-bottom:1px solid #e3e5ea} h2{margin:.2rem 0 .6rem} h3{margin:.8rem 0 .3rem;font-size:1rem}
+.badge{padding:.05rem .4rem;border-radius:3px;font-size:.8rem;color:#fff;background:#888}
+.online{background:#1a7f37}.offline,.silent,.frozen{background:#c62828}.stopped,.starting{background:#9a6700}
+.alert{border:1px solid #e3e5ea;border-radius:6px;padding:.4rem;margin-bottom:.6rem}
+.alert img{max-width:100%;display:block;margin-bottom:.3rem;background:#eee;min-height:3rem}
+.error{color:#c62828} form.filters{display:flex;gap:.4rem;flex-wrap:wrap;margin-bottom:.5rem}
+.full{grid-column:1/-1} .muted{color:#667} button{cursor:pointer}
+.login{max-width:22rem;margin:4rem auto;display:block}
+.login input{display:block;width:100%;margin:.2rem 0 .6rem;padding:.3rem}
+"""
+
+
+def _page(title: str, body: str, who: Principal | None = None, script: bool = True) -> str:
+    meta = f'<meta name="csrf-token" content="{esc(who.csrf_token)}">' if who else ""
+    header = ""
+    if who:
+        header = (f'<header><strong>LiftGuard fleet</strong><a href="/">Units</a><a href="/alerts">Alert history</a>'
+                  f'<span class="who">{esc(who.username)} ({esc(who.role)})</span>'
+                  f'<form method="post" action="/logout"><input type="hidden" name="csrf" '
+                  f'value="{esc(who.csrf_token)}"><button id="logout">Log out</button></form></header>')
+    js = '<script src="/static/app.js" defer></script>' if who and script else ""
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1">{meta}'
+            f"<style>{_CSS}</style>{js}</head><body data-role=\"{esc(who.role) if who else ''}\">"
+            f"{header}{body}</body></html>")
+
+
+def login_page(csrf: str, error: str = "") -> str:
+    err = f'<p class="error" id="login-error">{esc(error)}</p>' if error else ""
+    body = (f'<section class="login"><h2>LiftGuard fleet</h2>{err}'
+            f'<form method="post" action="/login"><input type="hidden" name="csrf" value="{esc(csrf)}">'
+            '<label>Username<input name="username" autocomplete="username" required></label>'
+            '<label>Password<input name="password" type="password" autocomplete="current-password" required>'
+            '</label><button type="submit">Log in</button></form></section>')
+    return _page("Log in · LiftGuard", body)
+
+
+def _ago(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "never"
+    seconds = max(0, int(now - ts))
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h ago"
+
+
+def _utc(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    return dt.datetime.fromtimestamp(float(ts), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _options(values: Iterable[str], selected: str, blank: str) -> str:
+    out = [f'<option value="">{esc(blank)}</option>']
+    for v in sorted(set(values)):
+        out.append(f'<option value="{esc(v)}"{" selected" if v == selected else ""}>{esc(v)}</option>')
+    return "".join(out)
+
+
+def _unit_row(u: Mapping[str, Any], who: Principal, now: float) -> str:
+    uid = esc(u["unit_id"])
+    camera = u.get("camera") or "unknown"
+    blocking = {True: "enabled", False: "disabled", None: "?"}[u.get("blocking_enabled")]
+    actions = f'<button class="cmd" data-cmd="release" data-unit="{uid}">Release</button>'
+    if who.role == "admin":
+        actions += (f' <button class="cmd" data-cmd="disable" data-unit="{uid}">Disable</button>'
+                    f' <button class="cmd" data-cmd="enable" data-unit="{uid}">Enable</button>')
+    return (f'<tr class="unit" data-unit-id="{uid}"><td>{uid}</td><td>{esc(u.get("elevator") or "")}</td>'
+            f'<td><span class="badge state {esc(u["status"])}">{esc(u["status"])}</span></td>'
+            f'<td title="{esc(_utc(u.get("last_heartbeat")))}">{esc(_ago(u.get("last_heartbeat"), now))}</td>'
+            f'<td>{esc(u.get("software") or "")}</td><td>{esc(u.get("model_id") or "")}</td>'
+            f'<td><span class="badge {esc(camera)}">{esc(camera)}</span>'
+            f' <span class="muted">{u.get("fps") or 0:.0f} fps</span></td>'
+            f'<td>{esc(u.get("relay") or "")}</td><td class="blocking">{blocking}</td>'
+            f'<td>{actions} <span class="cmd-status"></span></td></tr>')
+
+
+def dashboard_page(who: Principal, units: list[dict[str, Any]], all_units: list[dict[str, Any]],
+                   filters: Mapping[str, str]) -> str:
+    now = time.time()
+    online = sum(1 for u in units if u["online"])
+    sites = _options((u["site"] for u in all_units), filters["site"], "All sites")
+    building_opts = _options((u["building"] for u in all_units), filters["building"], "All buildings")
+    states = _options(("online", "offline", "silent", "stopped"), filters["status"], "Any state")
+    form = (f'<form class="filters" method="get" action="/">'
+            f'<input name="q" placeholder="Search unit, site, building" value="{esc(filters["q"])}">'
+            f'<select name="site">{sites}</select><select name="building">{building_opts}</select>'
+            f'<select name="status">{states}</select><button type="submit">Filter</button></form>')
+    groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for u in units:
+        groups.setdefault(u["site"], {}).setdefault(u["building"], []).append(u)
+    head = ("<tr><th>Unit</th><th>Elevator</th><th>State</th><th>Last heartbeat</th><th>Software</th>"
+            "<th>Model</th><th>Camera</th><th>Relay</th><th>Blocking</th><th>Actions</th></tr>")
+    parts = []
+    for site, buildings in sorted(groups.items()):
+        parts.append(f'<div class="site" data-site="{esc(site)}"><h3>{esc(site)}</h3>')
+        for building, rows in sorted(buildings.items()):
+            n_on = sum(1 for r in rows if r["online"])
+            parts.append(f'<h4 class="building">{esc(building)} <span class="muted">{n_on}/{len(rows)} online'
+                         f'</span></h4><table>{head}{"".join(_unit_row(r, who, now) for r in rows)}</table>')
+        parts.append("</div>")
+    units_html = "".join(parts) or '<p class="muted">No units match.</p>'
+    body = (f'<main><section id="units"><h2>Units <span class="muted" id="unit-summary">{online}/{len(units)}'
+            f' online</span></h2>{form}{units_html}</section>'
+            '<section id="alerts"><h2>Live alerts <span class="muted" id="alert-count"></span></h2>'
+            '<div id="alert-queue"></div></section>'
+            '<section class="full"><h2>E-bike alerts per day and building (UTC)</h2>'
+            '<div id="daily-chart"></div></section></main>')
+    return _page("Units · LiftGuard", body, who)
+
+
+def alerts_page(who: Principal, rows: list[dict[str, Any]], filters: Mapping[str, str]) -> str:
+    statuses = ("all", "open", "acknowledged", "false_alarm", "confirmed")
+    status_opts = "".join(f'<option value="{s}"{" selected" if s == filters["status"] else ""}>{s}</option>'
+                          for s in statuses)
+    types = ("ebike_blocked", "blocking_disabled", "camera_fault")
+    form = (f'<form class="filters" method="get" action="/alerts">'
+            f'<input name="q" placeholder="Search unit, building, class" value="{esc(filters["q"])}">'
+            f'<select name="status">{status_opts}</select>'
+            f'<input name="building" placeholder="Building" value="{esc(filters["building"])}">'
+            f'<select name="type">{_options(types, filters["type"], "Any type")}</select>'
+            f'<input name="day" type="date" value="{esc(filters["day"])}">'
+            '<button type="submit">Search</button>'
+            + ('<a href="/api/export/dataset.zip" id="export">Export labelled dataset</a>'
+               if who.role == "admin" else "") + "</form>")
+    trs = []
+    for r in rows:
+        conf = f'{r["confidence"]:.2f}' if r.get("confidence") is not None else ""
+        snap = (f'<a href="{esc(r["snapshot_url"])}" target="_blank">image</a>'
+                if r.get("snapshot_url") and r.get("has_snapshot") else "")
+        trs.append(f'<tr class="alert-row" data-event-id="{esc(r["event_id"])}"><td>{esc(_utc(r["ts"]))}</td>'
+                   f'<td>{esc(r["unit_id"])}</td><td>{esc(r.get("building") or "")}</td><td>{esc(r["type"])}</td>'
+                   f'<td>{esc(r.get("cls") or "")} {conf}</td><td>{snap}</td>'
+                   f'<td class="verdict">{esc(r.get("verdict") or "open")}</td>'
+                   f'<td>{esc(r.get("labelled_by") or "")}</td></tr>')
+    table = ("<table><tr><th>Time</th><th>Unit</th><th>Building</th><th>Type</th><th>Class</th><th>Snapshot</th>"
+             f"<th>Verdict</th><th>By</th></tr>{''.join(trs)}</table>") if trs else '<p class="muted">No alerts.</p>'
+    body = f'<main><section class="full"><h2>Alert history ({len(rows)})</h2>{form}{table}</section></main>'
+    return _page("Alerts · LiftGuard", body, who, script=False)

@@ -1,0 +1,64 @@
+"""classify(): what ingest accepts from a unit and what it rejects, and under which counter."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edge.contract import MAX_SNAPSHOT_BYTES, EventPayload, HeartbeatPayload, encode
+from fleet.ingest import Rejected, classify
+
+T = "liftguard/v1/units/u-1/"
+JPEG = b"\xff\xd8\xff\xe0" + b"\0" * 100
+HB = HeartbeatPayload(unit_id="u-1", ts=1.0, uptime_s=1, fps=10, inference_p50_ms=1, inference_p95_ms=2,
+                      camera="online", relay="released", outbox_depth=0, model_id="m", software="s")
+EV = EventPayload(incident_id="incident-1", unit_id="u-1", type="ebike_blocked", phase="start", ts=1.0)
+
+
+@pytest.mark.parametrize(("topic", "payload", "kind"), [
+    (T + "heartbeat", encode(HB), "heartbeat"),
+    (T + "events", encode(EV), "event"),
+    (T + "status", b"online", "status"),
+    (T + "status", b"offline", "status"),
+    (T + "status", json.dumps({"state": "stopped", "software": "1.0"}).encode(), "status"),
+    (T + "snapshots/abc-123", JPEG, "snapshot"),
+    (T + "cmd_result", json.dumps({"command_id": "c1", "command": "release", "ok": True, "ts": 1}).encode(),
+     "cmd_result"),
+])
+def test_valid_uplink_messages_are_accepted_as_their_kind(topic: str, payload: bytes, kind: str) -> None:
+    message = classify(topic, payload, 5.0)
+    assert message is not None
+    assert (message.kind, message.unit_id, message.received_at) == (kind, "u-1", 5.0)
+
+
+@pytest.mark.parametrize(("topic", "payload", "reason"), [
+    ("liftguard/v2/units/u-1/heartbeat", encode(HB), "bad_topic"),
+    ("liftguard/v1/units/../heartbeat", encode(HB), "bad_topic"),
+    (T + "snapshots/../../x", JPEG, "bad_topic"),
+    (T + "heartbeat", b"{not json", "bad_payload"),
+    (T + "heartbeat", b"[1, 2]", "bad_payload"),
+    (T + "heartbeat", json.dumps({**HB.model_dump(), "fps": -1}).encode(), "bad_payload"),
+    (T + "heartbeat", json.dumps({**HB.model_dump(), "surprise": 1}).encode(), "bad_payload"),
+    (T + "events", json.dumps({**EV.model_dump(), "type": "teleported"}).encode(), "bad_payload"),
+    (T + "status", b"sleeping", "bad_payload"),
+    (T + "heartbeat", encode(HB.model_copy(update={"unit_id": "u-2"})), "unit_mismatch"),
+    (T + "events", encode(EV.model_copy(update={"unit_id": "u-2"})), "unit_mismatch"),
+    (T + "snapshots/s1", b"GIF89a....", "bad_snapshot"),
+    (T + "snapshots/s1", b"\xff\xd8\xff" + b"\0" * MAX_SNAPSHOT_BYTES, "bad_snapshot"),
+    (T + "firmware", b"{}", "unknown_topic"),
+])
+def test_invalid_messages_are_rejected_with_a_reason(topic: str, payload: bytes, reason: str) -> None:
+    with pytest.raises(Rejected) as info:
+        classify(topic, payload, 0.0)
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(("topic", "payload"), [
+    (T + "cmd/release", b'{"command_id": "abcdefgh"}'),  # our own downlink, echoed by the `#` filter
+    (T + "config/desired", b"{}"),
+    (T + "config/reported", b"{}"),
+    (T + "status", b""),  # a retained status being cleared
+])
+def test_echoes_and_cleared_retained_messages_are_ignored_not_rejected(topic: str, payload: bytes) -> None:
+    assert classify(topic, payload, 0.0) is None

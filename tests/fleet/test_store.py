@@ -1,0 +1,155 @@
+"""The store on both engines (SQLite file and a real PostgreSQL server): one schema, one behaviour."""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+import zipfile
+
+import pytest
+
+from edge.contract import CommandResultPayload, EventPayload, HeartbeatPayload, StatusPayload
+from fleet.api import write_dataset_zip
+from fleet.store import IngestBatch, Store, utc_day
+
+JPEG = b"\xff\xd8\xff\xe0jpeg-bytes"
+
+
+def heartbeat(unit: str, **kw: object) -> HeartbeatPayload:
+    fields: dict[str, object] = dict(unit_id=unit, ts=time.time(), uptime_s=1, fps=10, inference_p50_ms=10,
+                                     inference_p95_ms=20, camera="online", relay="released", outbox_depth=0,
+                                     model_id="m1", software="1.0", site="S", building="B1")
+    fields.update(kw)
+    return HeartbeatPayload.model_validate(fields)
+
+
+def alert(unit: str, ts: float | None = None, **kw: object) -> EventPayload:
+    event_id = str(uuid.uuid4())
+    fields: dict[str, object] = dict(event_id=event_id, incident_id=str(uuid.uuid4()), unit_id=unit,
+                                     type="ebike_blocked", phase="start", ts=ts or time.time(), cls="ebike",
+                                     confidence=0.9, snapshot=f"snapshots/{event_id}")
+    fields.update(kw)
+    return EventPayload.model_validate(fields)
+
+
+def batch_of(*events: EventPayload, snapshots: bool = True) -> IngestBatch:
+    batch = IngestBatch()
+    now = time.time()
+    for e in events:
+        batch.events.append((e, now, e.model_dump_json()))
+        if snapshots and e.snapshot:
+            batch.snapshots.append((e.unit_id, e.snapshot.removeprefix("snapshots/"), JPEG, now))
+    return batch
+
+
+def test_migrate_applies_each_file_once_and_records_the_version(store: Store) -> None:
+    latest = max(v for v, _, _ in Store.migration_files())
+    assert store.schema_version() == latest
+    assert store.migrate() == []  # idempotent: a second server starting changes nothing
+    assert store.schema_version() == latest
+
+
+def test_events_are_deduplicated_by_event_id_within_and_across_batches(store: Store) -> None:
+    e1, e2 = alert("u1"), alert("u1")
+    assert [e.event_id for e in store.write_batch(batch_of(e1, e1, e2))] == [e1.event_id, e2.event_id]
+    assert store.write_batch(batch_of(e1)) == []  # redelivery after a reconnect
+    assert store.count_events() == 2
+
+
+def test_heartbeats_update_the_unit_and_roll_up_per_hour(store: Store) -> None:
+    batch = IngestBatch()
+    batch.add_heartbeat(heartbeat("u1", camera="frozen", fps=0), 7200.5)
+    batch.add_heartbeat(heartbeat("u1", software="1.1", inference_p95_ms=40), 7201.0)
+    store.write_batch(batch)
+    unit = store.get_unit("u1")
+    assert unit is not None
+    assert (unit["state"], unit["software"], unit["camera"], unit["last_heartbeat"]) == ("online", "1.1", "online",
+                                                                                          7201.0)
+    rollup = store.query("SELECT * FROM heartbeat_hours WHERE unit_id = 'u1'")
+    assert [(r["hour"], r["beats"], r["camera_bad"], r["inference_p95_max"]) for r in rollup] == [(2, 2, 1, 40.0)]
+
+
+def test_an_lwt_after_the_last_heartbeat_marks_the_unit_offline_but_an_older_one_does_not(store: Store) -> None:
+    batch = IngestBatch()
+    batch.add_heartbeat(heartbeat("late-lwt"), 100.0)
+    batch.statuses["late-lwt"] = (StatusPayload(state="offline"), 101.0)
+    batch.add_heartbeat(heartbeat("old-lwt"), 100.0)
+    batch.statuses["old-lwt"] = (StatusPayload(state="offline"), 99.0)
+    store.write_batch(batch)
+    assert store.get_unit("late-lwt")["state"] == "offline"  # type: ignore[index]
+    assert store.get_unit("old-lwt")["state"] == "online"  # type: ignore[index]
+
+
+def test_a_unit_can_only_answer_commands_addressed_to_it(store: Store) -> None:
+    store.create_command("cmd-00001", "u1", "release", "alice")
+    batch = IngestBatch()
+    batch.cmd_results.append(("u2", CommandResultPayload(command_id="cmd-00001", command="release", ok=False,
+                                                         ts=1), 1.0))
+    store.write_batch(batch)
+    assert store.get_command("cmd-00001")["result_ok"] is None  # type: ignore[index]
+    batch.cmd_results[:] = [("u1", CommandResultPayload(command_id="cmd-00001", command="release", ok=True,
+                                                        detail="released", ts=2), 2.0)]
+    store.write_batch(batch)
+    cmd = store.get_command("cmd-00001")
+    assert cmd is not None and (cmd["result_ok"], cmd["result_detail"]) == (1, "released")
+
+
+def test_alert_queue_filters_and_verdicts(store: Store) -> None:
+    hb = IngestBatch()
+    hb.add_heartbeat(heartbeat("u1", building="North"), time.time())
+    hb.add_heartbeat(heartbeat("u2", building="South"), time.time())
+    store.write_batch(hb)
+    a1, a2 = alert("u1"), alert("u2", cls="escooter")
+    fault = alert("u2", type="camera_fault", snapshot=None)
+    end = alert("u1", phase="end")
+    store.write_batch(batch_of(a1, a2, fault, end))
+
+    open_ids = {r["event_id"] for r in store.list_alerts("open")}
+    assert open_ids == {a1.event_id, a2.event_id, fault.event_id}  # `end` phases are not alerts
+    assert [r["event_id"] for r in store.list_alerts("open", building="North")] == [a1.event_id]
+    assert [r["event_id"] for r in store.list_alerts("open", q="ESCOOT")] == [a2.event_id]
+    assert store.get_alert(a1.event_id)["has_snapshot"]  # type: ignore[index]
+
+    store.set_label(a1.event_id, "false_alarm", "alice")
+    store.set_label(a1.event_id, "confirmed", "bob")  # a later verdict replaces the earlier one
+    assert a1.event_id not in {r["event_id"] for r in store.list_alerts("open")}
+    labelled = store.list_alerts("confirmed")
+    assert [(r["event_id"], r["labelled_by"]) for r in labelled] == [(a1.event_id, "bob")]
+
+
+def test_dataset_export_has_a_labels_csv_and_the_snapshots(store: Store) -> None:
+    a1, a2 = alert("u1"), alert("u1")
+    store.write_batch(batch_of(a1, a2))
+    store.set_label(a1.event_id, "false_alarm", "alice")
+    buf = io.BytesIO()
+    assert write_dataset_zip(store, buf) == 1
+    with zipfile.ZipFile(buf) as zf:
+        assert zf.read(f"snapshots/{a1.event_id}.jpg") == JPEG
+        lines = zf.read("labels.csv").decode().splitlines()
+    assert lines[0].startswith("event_id,unit_id")
+    assert len(lines) == 2 and a1.event_id in lines[1] and "false_alarm" in lines[1]
+
+
+def test_daily_counts_group_ebike_alerts_by_building_and_utc_day(store: Store) -> None:
+    hb = IngestBatch()
+    hb.add_heartbeat(heartbeat("u1", building="North"), time.time())
+    store.write_batch(hb)
+    day1, day2 = 1_700_000_000.0, 1_700_000_000.0 + 86400
+    store.write_batch(batch_of(alert("u1", ts=day1), alert("u1", ts=day1 + 60), alert("u1", ts=day2),
+                               alert("u9", ts=day2), alert("u1", ts=day2, type="camera_fault")))
+    counts = {(r["day"], r["building"]): r["n"] for r in store.daily_counts(utc_day(day1), utc_day(day2))}
+    assert counts == {(utc_day(day1), "North"): 2, (utc_day(day2), "North"): 1, (utc_day(day2), "unassigned"): 1}
+
+
+def test_sessions_expire(store: Store) -> None:
+    store.add_user("alice", "manager", "scrypt$x")
+    store.create_session("h1", "alice", "csrf", ttl_s=60)
+    store.create_session("h2", "alice", "csrf", ttl_s=-1)
+    assert store.get_session("h1") is not None
+    assert store.get_session("h2") is None
+
+
+def test_unknown_database_urls_are_refused() -> None:
+    with pytest.raises(ValueError, match="unsupported database URL"):
+        Store.open("mysql://nope")
