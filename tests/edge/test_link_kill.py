@@ -1,0 +1,132 @@
+"""A device process that dies (SIGKILL) or hangs (SIGSTOP) loses no alert and is reported offline.
+
+Each scenario runs the device as a real subprocess (tests/edge/link_device.py) raising events
+through MqttLink, and a fleet-side subscriber with a persistent session watching the broker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edge.contract import StatusPayload, decode
+from edge.outbox import Outbox
+from tests.edge.link_support import FleetSubscriber, read_line, spawn_device
+from tests.support.mosquitto import MosquittoBroker
+
+UNIT = "liftguard/v1/units/unit-a"
+KEEPALIVE_S = 5
+# Mosquitto 2.0 runs its keepalive sweep in ~5 s buckets, so a *silent* client is dropped up to
+# 5 s after the 1.5 x keepalive the spec allows (measured: ~10.5 s for keepalive 5 s).
+MOSQUITTO_KEEPALIVE_SLACK_S = 5.0
+
+
+@pytest.fixture
+def devices() -> Iterator[list[subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGCONT)
+            p.kill()
+        p.wait()
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    proc.kill()
+    proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_killed_in_the_middle_of_publishing_50_events_all_arrive_after_restart(
+        mosquitto: MosquittoBroker, devices: list[subprocess.Popen[str]], tmp_path: Path) -> None:
+    assert mosquitto.proc is not None
+    broker_pid = mosquitto.proc.pid
+    seen = 0
+
+    def freeze_broker_on_the_tenth(msg: mqtt.MQTTMessage) -> None:  # publishing is now mid-way
+        nonlocal seen
+        seen += 1
+        if seen == 10:
+            os.kill(broker_pid, signal.SIGSTOP)
+
+    fleet = FleetSubscriber(mosquitto, [f"{UNIT}/events"], on_message=freeze_broker_on_the_tenth)
+    outbox = tmp_path / "outbox.db"
+    devices.append(device := spawn_device(mosquitto.port, outbox, "--emit", "50", "--before-start", "--window", "4"))
+    raised = set(read_line(device, "committed ").split(","))
+    assert len(raised) == 50
+    try:
+        assert fleet.wait_for(lambda f: len(f.payloads("/events")) >= 10, 15)
+        kill(device)
+    finally:
+        os.kill(broker_pid, signal.SIGCONT)
+    left = Outbox(outbox)
+    assert left.depth() > 0, "the kill must land before every event was acknowledged"
+    left.close()
+
+    devices.append(spawn_device(mosquitto.port, outbox))
+    assert fleet.wait_for(lambda f: f.event_ids() == raised, 20), f"{len(fleet.event_ids())} of 50 arrived"
+    fleet.close()
+
+
+@pytest.mark.slow
+def test_killed_right_after_a_commit_the_event_is_delivered_after_restart(
+        mosquitto: MosquittoBroker, devices: list[subprocess.Popen[str]], tmp_path: Path) -> None:
+    fleet = FleetSubscriber(mosquitto, [f"{UNIT}/events"])
+    outbox = tmp_path / "outbox.db"
+    devices.append(device := spawn_device(mosquitto.port, outbox, "--emit", "1", "--die-after-commit"))
+    event_id = read_line(device, "committed ")
+    assert device.wait(timeout=10) == -signal.SIGKILL
+
+    with sqlite3.connect(outbox) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    devices.append(spawn_device(mosquitto.port, outbox))
+    assert fleet.wait_for(lambda f: event_id in f.event_ids(), 15)
+    fleet.close()
+
+
+def status_log(fleet: FleetSubscriber) -> list[str]:
+    return [decode(StatusPayload, p).state for p in fleet.payloads("/status")]
+
+
+@pytest.mark.slow
+def test_a_killed_device_is_reported_offline_at_once(mosquitto: MosquittoBroker,
+                                                     devices: list[subprocess.Popen[str]], tmp_path: Path) -> None:
+    fleet = FleetSubscriber(mosquitto, [f"{UNIT}/status"])
+    devices.append(device := spawn_device(mosquitto.port, tmp_path / "outbox.db"))
+    read_line(device, "connected")
+    assert fleet.wait_for(lambda f: status_log(f)[-1:] == ["online"], 5)
+    kill(device)
+    started = time.monotonic()
+    assert fleet.wait_for(lambda f: status_log(f)[-1:] == ["offline"], 1.5 * KEEPALIVE_S)
+    print(f"offline {time.monotonic() - started:.2f}s after SIGKILL")
+    fleet.close()
+
+
+@pytest.mark.slow
+def test_a_hung_device_is_reported_offline_once_the_broker_keepalive_expires(
+        mosquitto: MosquittoBroker, devices: list[subprocess.Popen[str]], tmp_path: Path) -> None:
+    fleet = FleetSubscriber(mosquitto, [f"{UNIT}/status"])
+    devices.append(device := spawn_device(mosquitto.port, tmp_path / "outbox.db", "--keepalive", str(KEEPALIVE_S)))
+    read_line(device, "connected")
+    assert fleet.wait_for(lambda f: status_log(f)[-1:] == ["online"], 5)
+    device.send_signal(signal.SIGSTOP)  # socket stays open: only the keepalive can tell
+    started = time.monotonic()
+    limit = 1.5 * KEEPALIVE_S + MOSQUITTO_KEEPALIVE_SLACK_S + 1.0
+    assert fleet.wait_for(lambda f: status_log(f)[-1:] == ["offline"], limit)
+    took = time.monotonic() - started
+    print(f"offline {took:.2f}s after the device hung (keepalive {KEEPALIVE_S}s)")
+    retained = FleetSubscriber(mosquitto, [f"{UNIT}/status"], client_id="late-observer")
+    assert retained.wait_for(lambda f: status_log(f) == ["offline"], 5), "offline is retained"
+    assert json.loads(retained.payloads("/status")[0]) == {"state": "offline"}
+    retained.close()
+    fleet.close()
