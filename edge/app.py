@@ -30,6 +30,7 @@ from edge.contract import EventPayload, HeartbeatPayload
 from edge.detect import Detection, Detector
 from edge.events import EventSink
 from edge.policy import Conditions, Decision, Policy, State
+from edge.privacy import blur_faces
 from edge.track import IouTracker
 
 log = logging.getLogger(__name__)
@@ -161,9 +162,16 @@ class Pipeline:
         """Keep the frame with the strongest e-bike evidence for the next start event."""
         score = max((d.score for d in detections if d.cls in self.cfg.policy.block_classes), default=0.0)
         if score > 0 and (self.best_snapshot is None or score >= self.best_snapshot[0]):
-            self.best_snapshot = (score, annotate(frame.image, detections))
+            self.best_snapshot = (score, self._picture(frame.image, detections))
         elif self.state == State.IDLE:
             self.best_snapshot = None  # evidence went away without a block: don't keep a stale picture
+
+    def _picture(self, image: ImageBGR, detections: list[Detection]) -> ImageBGR:
+        """The annotated snapshot, anonymised here, where it is made, before any sink sees it: heads
+        of detected people are pixelated (or every face, where OpenCV has a face detector)."""
+        if self.cfg.events.blur_faces:
+            image = blur_faces(image, [d.box for d in detections if d.cls == "person"])
+        return annotate(image, detections)
 
     def _apply(self, decision: Decision, now: float, frame: Frame | None) -> None:
         relay_at = voice_at = None
@@ -231,7 +239,7 @@ class Pipeline:
         with self._lock:
             if self.last_frame is None:
                 return None
-            ok, buf = cv2.imencode(".jpg", annotate(self.last_frame.image, self.last_detections))
+            ok, buf = cv2.imencode(".jpg", self._picture(self.last_frame.image, self.last_detections))
             return buf.tobytes() if ok else None
 
     def apply_config(self, fragment: dict[str, Any]) -> dict[str, Any]:

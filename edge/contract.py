@@ -159,6 +159,8 @@ def decode(model: type[M], raw: bytes) -> M:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PayloadError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadError("JSON nested too deeply") from None
     if not isinstance(data, dict):
         raise PayloadError("payload is not a JSON object")
     try:

@@ -146,7 +146,9 @@ def _start_link(cfg: Config, pipeline: Pipeline, fan_out: FanOut, camera_state: 
     """The MQTT link as one more event sink, answering fleet commands through the pipeline."""
     from edge.link import MqttLink
 
-    link = MqttLink.from_config(cfg, pipeline, lambda: pipeline.heartbeat(
+    # Snapshots are anonymised by the pipeline with its person boxes; the link must not pixelate again.
+    link_cfg = cfg.model_copy(update={"events": cfg.events.model_copy(update={"blur_faces": False})})
+    link = MqttLink.from_config(link_cfg, pipeline, lambda: pipeline.heartbeat(
         camera_state(), outbox_depth=link.outbox.depth(), outbox_evicted=link.outbox.evicted()))
     fan_out.sinks.append(link)
     pipeline.on_relay_change = link.set_relay_state
