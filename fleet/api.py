@@ -22,15 +22,16 @@ import time
 import uuid
 import zipfile
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs
 
+import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from edge.contract import EventPayload
 from fleet import web
@@ -84,6 +85,8 @@ class FleetContext:
     auth: Authenticator
     notifier: AlertNotifier
     ingestor: Ingestor | None = None
+    # Set when the server shuts down: SSE streams end instead of holding the graceful shutdown open.
+    closing: threading.Event = field(default_factory=threading.Event)
 
 
 # -- response helpers -----------------------------------------------------------------------------
@@ -108,10 +111,12 @@ def alert_view(row: Row) -> dict[str, Any]:
 
 
 class VerdictIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     verdict: Literal["acknowledged", "false_alarm", "confirmed"]
 
 
 class CommandIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     name: Literal["release", "disable", "enable"]
 
 
@@ -302,7 +307,7 @@ def create_app(ctx: FleetContext) -> FastAPI:
             sent: dict[str, bool] = {}
             try:
                 yield "retry: 2000\n\n"
-                while not await request.is_disconnected():
+                while not ctx.closing.is_set() and not await request.is_disconnected():
                     # Re-reading the store (not trusting the in-process wake-up alone) also shows
                     # alerts that another fleet server on the shared subscription ingested.
                     rows = await run_in_threadpool(ctx.store.list_alerts, "all", received_after=cursor - 10,
@@ -319,7 +324,7 @@ def create_app(ctx: FleetContext) -> FastAPI:
                         sent = dict(list(sent.items())[-1000:])
                     entry[1].clear()
                     try:
-                        await asyncio.wait_for(entry[1].wait(), timeout=2.0)
+                        await asyncio.wait_for(entry[1].wait(), timeout=1.0)
                     except TimeoutError:
                         yield ": keep-alive\n\n"
             finally:
@@ -439,6 +444,18 @@ def write_dataset_zip(store: Store, target: Any) -> int:
                              row["verdict"], row["labelled_by"], row["labelled_at"], snapshot])
         zf.writestr("labels.csv", labels.getvalue())
     return len(rows)
+
+
+class FleetServer(uvicorn.Server):
+    """uvicorn, plus telling the SSE streams to finish as soon as shutdown begins."""
+
+    def __init__(self, config: uvicorn.Config, ctx: FleetContext) -> None:
+        super().__init__(config)
+        self.ctx = ctx
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.ctx.closing.set()
+        super().handle_exit(sig, frame)
 
 
 def build_context(settings: FleetSettings, store: Store) -> FleetContext:

@@ -7,6 +7,7 @@ import getpass
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ def _settings(args: argparse.Namespace) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from fleet.api import build_context, create_app
+    from fleet.api import FleetServer, build_context, create_app
     from fleet.ingest import Ingestor
     from fleet.store import Store
 
@@ -44,9 +45,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ingestor.start()
     log.info("fleet server: db=%s mqtt=%s subscription=%s http=%s:%s", settings.db.split("@")[-1],
              settings.mqtt_url, ingestor.topic_filter, settings.http_host, settings.http_port)
+    # uvicorn handles SIGTERM/SIGINT itself and re-raises them after its shutdown; with no-op
+    # handlers installed here, that re-raise lands on them and the cleanup below still runs
+    # (committing the last batch, handing the MQTT session back cleanly).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     try:
-        uvicorn.run(create_app(ctx), host=settings.http_host, port=settings.http_port, log_level="warning",
-                    timeout_graceful_shutdown=3)
+        config = uvicorn.Config(create_app(ctx), host=settings.http_host, port=settings.http_port,
+                                log_level="warning", timeout_graceful_shutdown=3)
+        FleetServer(config, ctx).run()
     finally:
         ingestor.stop()
         if args.stats_out:

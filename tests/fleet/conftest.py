@@ -95,7 +95,11 @@ class RunningFleet:
         assert response.status_code == 200, response.text
         return client, response.json()["csrf_token"]
 
+    def ctx_app_routes(self) -> list[Any]:
+        return list(self.server.config.app.routes)
+
     def stop(self) -> None:
+        self.ctx.closing.set()
         self.server.should_exit = True
         self.thread.join(10)
         self.ingestor.stop()

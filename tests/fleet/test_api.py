@@ -1,0 +1,148 @@
+"""The HTTP API as a property manager's browser and scripts use it."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from fleet.auth import LoginLimiter, hash_password, verify_password
+from tests.fleet.conftest import PASSWORD, FakeUnit, RunningFleet, wait_until
+
+PUBLIC = {"/healthz", "/login", "/api/login"}
+
+
+def test_only_health_and_login_answer_without_a_session(fleet: RunningFleet) -> None:
+    anonymous = httpx.Client(base_url=fleet.url)
+    assert anonymous.get("/healthz").json() == {"status": "ok", "db": True, "mqtt": True}
+    for route in fleet.ctx_app_routes():
+        if route.path in PUBLIC or route.path == "/logout":
+            continue
+        path = route.path.replace("{unit_id}", "u1").replace("{event_id}", "e1").replace("{command_id}", "c1")
+        for method in route.methods - {"HEAD"}:
+            response = anonymous.request(method, path, json={})
+            assert response.status_code in (401, 303), f"{method} {path} answered {response.status_code}"
+            if response.status_code == 303:
+                assert response.headers["location"] == "/login"
+
+
+def test_openapi_schema_is_served_to_logged_in_users(fleet: RunningFleet) -> None:
+    client, _ = fleet.login()
+    paths = client.get("/openapi.json").json()["paths"]
+    expected = {"/api/units", "/api/alerts", "/api/alerts/{event_id}/verdict", "/api/units/{unit_id}/commands"}
+    assert expected <= set(paths)
+
+
+def test_passwords_are_scrypt_hashed_with_their_parameters() -> None:
+    encoded = hash_password("s3cret-passphrase", n=2**10)
+    assert encoded.startswith("scrypt$1024$8$1$") and "s3cret" not in encoded
+    assert verify_password("s3cret-passphrase", encoded)
+    assert not verify_password("s3cret-passphrasE", encoded)
+    assert not verify_password("anything", "md5$garbage")
+
+
+def test_login_is_rate_limited_per_user_and_address(fleet: RunningFleet) -> None:
+    client = httpx.Client(base_url=fleet.url)
+    for _ in range(fleet.ctx.settings.login_max_failures):
+        assert client.post("/api/login", json={"username": "admin", "password": "wrong"}).status_code == 401
+    blocked = client.post("/api/login", json={"username": "admin", "password": PASSWORD})
+    assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) > 0
+
+
+def test_login_limiter_window_slides() -> None:
+    now = [0.0]
+    limiter = LoginLimiter(max_failures=2, window_s=10, clock=lambda: now[0])
+    limiter.failed("user:a")
+    limiter.failed("user:a")
+    assert limiter.retry_after("user:a") == 10
+    now[0] = 10.5
+    assert limiter.retry_after("user:a") == 0
+
+
+def test_state_changes_need_the_sessions_csrf_token(fleet: RunningFleet,
+                                                    make_unit: Callable[..., FakeUnit]) -> None:
+    make_unit("lift-1").heartbeat()
+    wait_until(lambda: fleet.store.get_unit("lift-1"))
+    client, csrf = fleet.login()
+    assert client.post("/api/units/lift-1/commands", json={"name": "release"}).status_code == 403
+    assert client.post("/api/units/lift-1/commands", json={"name": "release"},
+                       headers={"X-CSRF-Token": "forged"}).status_code == 403
+    assert client.post("/api/units/lift-1/commands", json={"name": "release"},
+                       headers={"X-CSRF-Token": csrf}).status_code == 202
+
+
+def test_managers_may_release_but_only_admins_may_disable(fleet: RunningFleet,
+                                                          make_unit: Callable[..., FakeUnit]) -> None:
+    unit = make_unit("lift-2")
+    unit.heartbeat()
+    wait_until(lambda: fleet.store.get_unit("lift-2"))
+    fleet.add_user("manny", "manager")
+    manager, csrf = fleet.login("manny")
+    h = {"X-CSRF-Token": csrf}
+    assert manager.post("/api/units/lift-2/commands", json={"name": "disable"}, headers=h).status_code == 403
+    sent = manager.post("/api/units/lift-2/commands", json={"name": "release"}, headers=h).json()
+    result = wait_until(lambda: (r := manager.get(f"/api/commands/{sent['command_id']}").json())["status"] != "pending"
+                        and r)
+    assert (result["status"], result["result_detail"], result["requested_by"]) == ("ok", "release done", "manny")
+    assert [(name, cmd.command_id) for name, cmd in unit.commands] == [("release", sent["command_id"])]
+    assert manager.get("/api/export/dataset.zip").status_code == 403
+
+
+def test_units_are_listed_with_state_versions_and_camera_health(fleet: RunningFleet,
+                                                                make_unit: Callable[..., FakeUnit]) -> None:
+    make_unit("lift-n1", building="North").heartbeat(camera="frozen")
+    make_unit("lift-s1", building="South").heartbeat()
+    wait_until(lambda: len(fleet.store.list_units()) == 2 and all(u["camera"] for u in fleet.store.list_units()))
+    client, _ = fleet.login()
+    body = client.get("/api/units").json()
+    assert (body["total"], body["online"]) == (2, 2)
+    north = client.get("/api/units", params={"building": "North"}).json()["units"]
+    assert [(u["unit_id"], u["status"], u["camera"], u["software"], u["model_id"]) for u in north] == [
+        ("lift-n1", "online", "frozen", "1.4.2", "ebike-v3")]
+    assert [u["unit_id"] for u in client.get("/api/units", params={"q": "S1"}).json()["units"]] == ["lift-s1"]
+    page = client.get("/", params={"building": "South"}).text
+    assert "lift-s1" in page and "lift-n1" not in page
+
+
+def test_alert_verdicts_become_a_labelled_dataset(fleet: RunningFleet, make_unit: Callable[..., FakeUnit]) -> None:
+    unit = make_unit("lift-3")
+    first, second = unit.alert(), unit.alert()
+    wait_until(lambda: all((fleet.store.get_alert(e.event_id) or {}).get("has_snapshot") for e in (first, second)))
+    client, csrf = fleet.login()
+    assert {a["event_id"] for a in client.get("/api/alerts").json()["alerts"]} == {first.event_id, second.event_id}
+    snap = client.get(f"/api/alerts/{first.event_id}/snapshot")
+    assert snap.headers["content-type"] == "image/jpeg" and snap.content.startswith(b"\xff\xd8")
+    r = client.post(f"/api/alerts/{first.event_id}/verdict", json={"verdict": "false_alarm"},
+                    headers={"X-CSRF-Token": csrf})
+    assert r.json()["verdict"] == "false_alarm"
+    assert client.post(f"/api/alerts/{first.event_id}/verdict", json={"verdict": "meh"},
+                       headers={"X-CSRF-Token": csrf}).status_code == 422
+    assert [a["event_id"] for a in client.get("/api/alerts").json()["alerts"]] == [second.event_id]
+    with zipfile.ZipFile(io.BytesIO(client.get("/api/export/dataset.zip").content)) as zf:
+        assert set(zf.namelist()) == {"labels.csv", f"snapshots/{first.event_id}.jpg"}
+        assert "false_alarm" in zf.read("labels.csv").decode()
+    daily = client.get("/api/stats/daily", params={"days": 3}).json()
+    assert daily["series"] == [{"building": "Tower A", "counts": [0, 0, 2]}]
+
+
+def test_the_alert_stream_pushes_new_alerts(fleet: RunningFleet, make_unit: Callable[..., FakeUnit]) -> None:
+    unit = make_unit("lift-4")
+    client, _ = fleet.login()
+    with client.stream("GET", "/api/alerts/stream", timeout=15) as stream:
+        event = unit.alert(with_snapshot=False)
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                pushed = json.loads(line.removeprefix("data: "))
+                break
+    assert (pushed["event_id"], pushed["unit_id"], pushed["type"]) == (event.event_id, "lift-4", "ebike_blocked")
+
+
+@pytest.mark.parametrize("bad", [{"name": "self_destruct"}, {"name": "release", "extra": 1}])
+def test_unknown_commands_are_refused(fleet: RunningFleet, bad: dict[str, object]) -> None:
+    client, csrf = fleet.login()
+    response = client.post("/api/units/lift-x/commands", json=bad, headers={"X-CSRF-Token": csrf})
+    assert response.status_code == 422

@@ -1,0 +1,60 @@
+"""The `liftguard-fleet` commands an operator runs: migrate, user add, serve."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fleet.cli import main
+from fleet.store import Store
+from tests.fleet.conftest import PASSWORD, wait_until
+from tests.support.mosquitto import MosquittoBroker, free_port
+
+
+def test_migrate_reports_the_schema_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = f"sqlite:///{tmp_path / 'f.db'}"
+    assert main(["migrate", "--db", db]) == 0
+    assert "schema version 1; applied: 0001_initial.sql" in capsys.readouterr().out
+    assert main(["migrate", "--db", db]) == 0
+    assert "applied: nothing" in capsys.readouterr().out
+
+
+def test_user_add_stores_a_hashed_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = f"sqlite:///{tmp_path / 'f.db'}"
+    (tmp_path / "pw").write_text(PASSWORD + "\n")
+    assert main(["user", "add", "alice", "--role", "admin", "--db", db, "--password-file", str(tmp_path / "pw")]) == 0
+    user = Store.open(db).get_user("alice")
+    assert user is not None and user["role"] == "admin" and user["password_hash"].startswith("scrypt$")
+    monkeypatch.setenv("LIFTGUARD_FLEET_PASSWORD", "short")
+    assert main(["user", "add", "bob", "--db", db]) == 2  # too short: refused with a message
+
+
+def test_serve_runs_ingest_and_http_until_terminated(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "LIFTGUARD_FLEET_DB": f"sqlite:///{tmp_path / 'f.db'}",
+           "LIFTGUARD_FLEET_MQTT_URL": mosquitto.url, "LIFTGUARD_FLEET_HTTP_PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "-m", "fleet.cli", "serve", "--stats-out", str(tmp_path / "s.json")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        health = wait_until(lambda: _get(f"http://127.0.0.1:{port}/healthz"), timeout=20)
+        assert health == {"status": "ok", "db": True, "mqtt": True}
+        assert httpx.get(f"http://127.0.0.1:{port}/api/units").status_code == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+    assert proc.returncode == 0
+    assert (tmp_path / "s.json").exists()
+
+
+def _get(url: str) -> object:
+    try:
+        response = httpx.get(url, timeout=1)
+    except httpx.HTTPError:
+        return None
+    return response.json() if response.status_code == 200 and response.json()["mqtt"] else None
