@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -21,25 +20,16 @@ import numpy as np
 from tools.corpus import CLASS_ID, CLASSES
 from tools.scenegen import effects
 from tools.scenegen.camera import Camera
-from tools.scenegen.catalog import SPRITE_PPM, TOP
-from tools.scenegen.draw_people import person_side, person_top
+from tools.scenegen.models3d import build as build_model
 from tools.scenegen.room import Car, make_car, render_car
-from tools.scenegen.scene import Thing, paste, place_plane, place_side
-from tools.scenegen.sprite import Sprite
+from tools.scenegen.solids import Model, render_models
 
 log = logging.getLogger(__name__)
 FPS = 10
 SECONDS = 10
 SIZE = (640, 480)
-FULL_VIEW_FRACTION = 0.97  # share of the subject's pixels visible for "fully in view"
 # "Fully in" means the whole vehicle is past the door line: its centre is half a length inside.
 INSIDE_DEPTH_M = 0.9
-
-
-@dataclass(frozen=True)
-class Actor:
-    sprite: Sprite
-    offset: tuple[float, float]  # metres from the subject, in the subject's frame (ahead, left)
 
 
 def _position(frame: int, car: Car) -> float | None:
@@ -53,15 +43,6 @@ def _position(frame: int, car: Car) -> float | None:
     if t < 7.0:
         return inside
     return inside + (outside - inside) * min(1.0, (t - 7.0) / 1.6)
-
-
-def _place(cam: Camera, t: Thing, sprite: Sprite) -> tuple[Sprite, float, float, float]:
-    """Plan sprites (wider than tall) lie on a plane; standing people are upright."""
-    if sprite.bgra.shape[1] > sprite.bgra.shape[0] or t.cls != CLASS_ID["person"]:
-        on_plane = place_plane(cam, t, sprite)
-        if on_plane is not None:
-            return on_plane
-    return place_side(cam, t, sprite)
 
 
 def _door_mask(car: Car, cam: Camera) -> np.ndarray:
@@ -85,6 +66,24 @@ def _open_door(img: np.ndarray, door: np.ndarray, rng: np.random.Generator) -> N
     img[door > 0] = landing[door > 0]
 
 
+def _draw_actors(img: np.ndarray, ids: np.ndarray, cam: Camera, door: np.ndarray,
+                 actors: list[tuple[Model, float, float, float, int]]) -> dict[int, int]:
+    """Draw the actors; one still on the landing (y < 0) shows only through the door opening."""
+    layer, layer_ids = img.copy(), np.zeros_like(ids)
+    areas = render_models(layer, layer_ids, cam, actors)
+    keep = layer_ids > 0
+    for _, _, y, _, idx in actors:
+        if y < 0.0:
+            keep &= ~((layer_ids == idx) & (door == 0))
+    img[keep] = layer[keep]
+    ids[keep] = layer_ids[keep]
+    return areas
+
+
+def _touches_border(mask: np.ndarray) -> bool:
+    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+
+
 def render_clip(seed: int, subject: str) -> tuple[list[np.ndarray], dict[str, object]]:
     rng = np.random.default_rng([seed, 999])
     car = make_car(rng, min_width=1.35, min_depth=1.7)  # room for an e-bike and the person pushing it
@@ -96,15 +95,15 @@ def render_clip(seed: int, subject: str) -> tuple[list[np.ndarray], dict[str, ob
     open_base = base.copy()
     _open_door(open_base, door, rng)
     cls = CLASS_ID[subject]
-    # Seen from a ceiling corner, low objects show mostly their plan (see scene.place_plane).
-    subject_sprite = TOP[cls](rng, SPRITE_PPM)
+    subject_model = build_model(rng, cls, escooter_share=0.0)
+    # (model, offset ahead, offset left) of the person with the subject.
     if subject == "wheelchair":  # the user sits in it
-        companions = [Actor(person_top(rng, SPRITE_PPM, seated=True), (0.2, 0.0))]
+        companion = (build_model(rng, CLASS_ID["person"], seated=True), 0.05, 0.0)
     elif subject == "ebike":  # pushed by a rider walking beside it
-        companions = [Actor(person_side(rng, SPRITE_PPM), (0.3, 0.5))]
+        companion = (build_model(rng, CLASS_ID["person"]), 0.3, 0.5)
     else:  # pushed from behind
-        companions = [Actor(person_side(rng, SPRITE_PPM), (-0.75, 0.0))]
-    yaw = np.deg2rad(rng.uniform(70, 80))
+        companion = (build_model(rng, CLASS_ID["person"]), -0.8, 0.0)
+    yaw = float(np.deg2rad(rng.uniform(70, 80)))
     x_path = car.width * 0.5
     stamp_rng_seed = int(rng.integers(1 << 30))
     gain = float(rng.uniform(0.8, 1.1))
@@ -117,32 +116,20 @@ def render_clip(seed: int, subject: str) -> tuple[list[np.ndarray], dict[str, ob
         door_open = y is not None or (1.5 <= f / FPS < 9.5)
         img = (open_base if door_open else base).copy()
         ids = np.zeros(img.shape[:2], np.uint8)
-        full = in_frame = 0
+        subject_whole = False
         if y is not None:
-            dx, dy = np.cos(yaw), np.sin(yaw)
-            thing = Thing(cls, x_path, y, yaw)
-            layers = [(subject_sprite, thing, 1)]
-            for a in companions:
-                ahead, left = a.offset
-                pos = (x_path + ahead * dx - left * dy, y + ahead * dy + left * dx)
-                layers.append((a.sprite, Thing(CLASS_ID["person"], pos[0], pos[1], yaw), 2))
-            placed = [(_place(cam, t, s), idx, t) for s, t, idx in layers]
-            placed.sort(key=lambda p: -p[0][3])  # far first
-            for (sprite, u, v, _), idx, t in placed:
-                if t.y < 0.0:  # still on the landing: visible only through the door opening
-                    layer = img.copy()
-                    layer_ids = ids.copy()
-                    area = paste(layer, layer_ids, sprite, u, v, idx, shadow=False)
-                    sel = door > 0
-                    img[sel] = layer[sel]
-                    ids[sel] = layer_ids[sel]
-                else:
-                    area = paste(img, ids, sprite, u, v, idx, shadow=True)
-                if idx == 1:
-                    # Visible share of the subject ignoring its own rider/occupant: image bounds only.
-                    alone = np.zeros_like(ids)
-                    paste(np.zeros_like(img), alone, sprite, u, v, 1, shadow=False)
-                    full, in_frame = area, int(np.count_nonzero(alone))
+            # Wheelchairs and prams turn round inside (as they do), showing their sides; then
+            # they leave forwards. The e-bike is too long to turn in a car and backs out.
+            turn = subject != "ebike" and f / FPS >= 3.0
+            heading = yaw + (np.pi * min(1.0, (f / FPS - 3.0) / 1.5) if turn else 0.0)
+            dx, dy = np.cos(heading), np.sin(heading)
+            model, ahead, left = companion
+            actors = [(subject_model, x_path, y, heading, 1),
+                      (model, x_path + ahead * dx - left * dy, y + ahead * dy + left * dx, heading, 2)]
+            _draw_actors(img, ids, cam, door, actors)
+            alone = np.zeros_like(ids)
+            render_models(np.zeros_like(img), alone, cam, actors[:1])
+            subject_whole = bool(alone.any()) and not _touches_border(alone)
         # Same light on every frame (a real car's light does not flicker), fresh sensor noise.
         img = cv2.convertScaleAbs(img, alpha=gain)
         img = effects.sensor_noise(np.random.default_rng([seed, f]), img, 3.0)
@@ -154,7 +141,7 @@ def render_clip(seed: int, subject: str) -> tuple[list[np.ndarray], dict[str, ob
                 x, y0, bw, bh = cv2.boundingRect(mask)
                 boxes.append({"class": name, "class_id": CLASSES.index(name), "xyxy": [x, y0, x + bw, y0 + bh]})
         inside = y is not None and y >= INSIDE_DEPTH_M
-        if full_view_frame is None and inside and in_frame >= FULL_VIEW_FRACTION * full:
+        if full_view_frame is None and inside and subject_whole:
             full_view_frame = f
         frames.append(img)
         records.append({"frame": f, "t": round(f / FPS, 2), "boxes": boxes})

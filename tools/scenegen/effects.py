@@ -58,7 +58,7 @@ def timestamp_overlay(rng: Rng, img: np.ndarray, frame_seconds: float | None = N
     scale = w / 640 * rng.uniform(0.5, 0.8)
     color = (255, 255, 255) if rng.random() < 0.8 else (0, 255, 255)
     y = int(22 * scale / 0.6) if rng.random() < 0.7 else h - 10
-    cv2.putText(img, text, (8, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(img, text, (8, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 2, cv2.LINE_AA)
     cv2.putText(img, text, (8, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
     if rng.random() < 0.6:
         label = f"CAM{int(rng.integers(1, 40)):02d} LIFT-{'ABCDEF'[int(rng.integers(6))]}"

@@ -30,7 +30,9 @@ from tools.scenegen.catalog import (
 )
 from tools.scenegen.cutouts import CutoutBank
 from tools.scenegen.draw_people import person_side, person_top
+from tools.scenegen.models3d import build as build_model
 from tools.scenegen.room import Car, make_car, render_car
+from tools.scenegen.solids import render_models
 from tools.scenegen.sprite import Rng, Sprite
 
 PERSON = CLASS_ID["person"]
@@ -56,7 +58,8 @@ class SceneConfig:
     top_down: float = 0.4  # fraction of top-down views (rest: ceiling corner)
     fisheye: float = 0.3
     night_ir: float = 0.2
-    cutout: float = 0.3  # chance an object is a real cut-out when the bank has one
+    cutout: float = 0.3  # chance an object is a real cut-out when the bank has one (sprite scenes)
+    solid: float = 0.5  # fraction of scenes whose objects are 3D solids instead of sprites
 
 
 @dataclass
@@ -244,6 +247,37 @@ def render_scene(rng: Rng, bank: CutoutBank, split: str = "train", cfg: SceneCon
     img = render_car(car, cam, walls, float(cam.position[2]) - 0.3 if top_down else None)
     ids = np.zeros(img.shape[:2], np.uint8)
     things = _things(rng, car)
+    if rng.random() < cfg.solid:
+        full, used_cut = _draw_solids(rng, img, ids, cam, things), False
+    else:
+        full, used_cut = _draw_sprites(rng, img, ids, cam, things, top_down, bank, split, cfg)
+    visible = [int(np.count_nonzero(ids == i + 1)) for i in range(len(things))]
+    img = effects.lighting(rng, img)
+    if rng.random() < cfg.fisheye:
+        img, ids = fisheye(img, ids, rng.uniform(0.4, 1.2))
+    if rng.random() < cfg.night_ir:
+        img = effects.infrared(rng, img)
+    if rng.random() < 0.2:
+        img = effects.motion_blur(rng, img)
+    img = effects.sensor_noise(rng, img, rng.uniform(1, 8))
+    if rng.random() < 0.7:
+        effects.timestamp_overlay(rng, img)
+    if rng.random() < 0.5:
+        img = effects.jpeg_roundtrip(img, int(rng.integers(25, 80)))
+    return Scene(img, _boxes(ids, things, full, visible), used_cut)
+
+
+def _draw_solids(rng: Rng, img: np.ndarray, ids: np.ndarray, cam: Camera, things: list[Thing]) -> list[int]:
+    models = [(build_model(rng, t.cls, t.seated, ESCOOTER_SHARE), t.x, t.y, t.yaw, i + 1)
+              for i, t in enumerate(things)]
+    areas = render_models(img, ids, cam, models)
+    return [areas.get(i + 1, 0) for i in range(len(things))]
+
+
+def _draw_sprites(
+    rng: Rng, img: np.ndarray, ids: np.ndarray, cam: Camera, things: list[Thing], top_down: bool,
+    bank: CutoutBank, split: str, cfg: SceneConfig,
+) -> tuple[list[int], bool]:
     placed = []
     plan_of: list[bool] = []
     used_cut = False
@@ -274,17 +308,4 @@ def render_scene(rng: Rng, bank: CutoutBank, split: str = "train", cfg: SceneCon
     full = [0] * len(things)
     for i, sprite, u, v, _ in sorted(placed, key=order):
         full[i] = paste(img, ids, sprite, u, v, i + 1, shadow=True)
-    visible = [int(np.count_nonzero(ids == i + 1)) for i in range(len(things))]
-    img = effects.lighting(rng, img)
-    if rng.random() < cfg.fisheye:
-        img, ids = fisheye(img, ids, rng.uniform(0.4, 1.2))
-    if rng.random() < cfg.night_ir:
-        img = effects.infrared(rng, img)
-    if rng.random() < 0.2:
-        img = effects.motion_blur(rng, img)
-    img = effects.sensor_noise(rng, img, rng.uniform(1, 8))
-    if rng.random() < 0.7:
-        effects.timestamp_overlay(rng, img)
-    if rng.random() < 0.5:
-        img = effects.jpeg_roundtrip(img, int(rng.integers(25, 80)))
-    return Scene(img, _boxes(ids, things, full, visible), used_cut)
+    return full, used_cut
