@@ -97,3 +97,14 @@ def test_demo_clip_timeline_and_readback(tmp_path: Path) -> None:
         for b in rec["boxes"]:
             x1, y1, x2, y2 = b["xyxy"]
             assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480
+
+
+def test_grabcut_separates_an_object_from_its_background() -> None:
+    from tools.scenegen.cutouts import _grabcut_alpha
+
+    rng = np.random.default_rng(0)
+    crop = np.clip(rng.normal(200, 8, (100, 80, 3)), 0, 255).astype(np.uint8)
+    crop[20:85, 25:55] = (30, 40, 160)  # the object, inside the rect below
+    alpha = _grabcut_alpha(crop, (10, 10, 60, 85))
+    assert alpha is not None
+    assert alpha[50, 40] > 200 and alpha[15, 15] < 50 and alpha[50, 65] < 50

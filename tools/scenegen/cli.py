@@ -20,7 +20,7 @@ def _images(args: argparse.Namespace) -> None:
     if src is not None and not src.is_dir():
         log.warning("cut-out source %s not found: procedural objects only", src)
         src = None
-    bank = load_bank(src, args.val_fraction) if src is not None else CutoutBank.empty()
+    bank = load_bank(src, args.val_fraction, grabcut=not args.no_grabcut) if src is not None else CutoutBank.empty()
     generate(args.out, args.n, args.seed, args.val_fraction, bank)
     log.info("%s", class_counts(args.out))
 
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-fraction", type=float, default=0.15)
     p.add_argument("--cutouts", type=Path, default=DEFAULT_SRC, help="shared datasets folder for real cut-outs")
     p.add_argument("--no-cutouts", action="store_true", help="procedural objects only (redistributable output)")
+    p.add_argument("--no-grabcut", action="store_true", help="soft rectangular cut-outs (faster start-up)")
     p.set_defaults(func=_images)
     p = sub.add_parser("merge", help="merge corpora into one (union of manifests)")
     p.add_argument("--out", type=Path, required=True)

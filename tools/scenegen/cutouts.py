@@ -21,7 +21,7 @@ from tools.scenegen.sprite import Rng, Sprite
 from tools.sources import SourceImage, iter_sources
 
 log = logging.getLogger(__name__)
-MAX_SIDE = 220  # cut-outs are pasted at 20-200 px, no need to keep more
+MAX_SIDE = 180  # cut-outs are pasted at 20-200 px, no need to keep more
 MIN_SIDE = 48  # smaller source boxes are too blurry to paste
 
 
@@ -63,16 +63,47 @@ def _fit(bgra: np.ndarray) -> np.ndarray:
     return cv2.resize(bgra, (max(1, int(w * f)), max(1, int(h * f))), interpolation=cv2.INTER_AREA) if f < 1 else bgra
 
 
-def _box_cutouts(item: SourceImage, image: np.ndarray, classes: set[int]) -> list[Sprite]:
+def _grabcut_alpha(crop: np.ndarray, rect: tuple[int, int, int, int]) -> np.ndarray | None:
+    """Foreground alpha by GrabCut inside ``rect`` (x, y, w, h), or None when it looks unreliable."""
+    mask = np.zeros(crop.shape[:2], np.uint8)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut's k-means init draws from OpenCV's RNG: keep the bank reproducible
+    try:
+        cv2.grabCut(crop, mask, rect, bgd, fgd, 2, cv2.GC_INIT_WITH_RECT)
+    except cv2.error:
+        return None
+    fg = np.where((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD), 255, 0).astype(np.uint8)
+    share = np.count_nonzero(fg) / max(1, rect[2] * rect[3])
+    # Too little: it lost the object; nearly all: it kept the background. Use the soft patch then.
+    if not 0.2 < share < 0.9:
+        return None
+    return cv2.GaussianBlur(fg, (5, 5), 0)
+
+
+def _box_cutouts(item: SourceImage, image: np.ndarray, classes: set[int], grabcut: bool) -> list[Sprite]:
     h, w = image.shape[:2]
     out = []
     for b in item.pixel_boxes(w, h):
         if b.cls not in classes or min(b.x2 - b.x1, b.y2 - b.y1) < MIN_SIDE:
             continue
-        x1, y1, x2, y2 = int(max(0, b.x1)), int(max(0, b.y1)), int(min(w, b.x2)), int(min(h, b.y2))
+        # A margin around the box gives GrabCut background to learn from.
+        mx, my = 0.08 * (b.x2 - b.x1), 0.08 * (b.y2 - b.y1)
+        x1, y1 = int(max(0, b.x1 - mx)), int(max(0, b.y1 - my))
+        x2, y2 = int(min(w, b.x2 + mx)), int(min(h, b.y2 + my))
         crop = image[y1:y2, x1:x2]
-        bgra = np.dstack([crop, _soft_rect_alpha(*crop.shape[:2])])
-        out.append(Sprite(_fit(bgra), b.cls))
+        f = min(1.0, MAX_SIDE / max(crop.shape[:2]))
+        if f < 1.0:
+            crop = cv2.resize(crop, (max(1, int(crop.shape[1] * f)), max(1, int(crop.shape[0] * f))),
+                              interpolation=cv2.INTER_AREA)
+        rect = (int((b.x1 - x1) * f) + 1, int((b.y1 - y1) * f) + 1,
+                max(2, int((b.x2 - b.x1) * f) - 2), max(2, int((b.y2 - b.y1) * f) - 2))
+        alpha = _grabcut_alpha(crop, rect) if grabcut else None
+        if alpha is None:
+            rx, ry, rw, rh = rect
+            crop = crop[ry:ry + rh, rx:rx + rw]
+            alpha = _soft_rect_alpha(*crop.shape[:2])
+        bgra = np.dstack([crop, alpha])
+        out.append(Sprite(Sprite(bgra, b.cls).trimmed().bgra, b.cls))
     return out
 
 
@@ -100,8 +131,12 @@ _PLAN: tuple[tuple[str, tuple[str, ...], int], ...] = (
 )
 
 
-def load_bank(src: Path, val_fraction: float, scale: float = 1.0) -> CutoutBank:
-    """Read cut-outs from the shared sources under ``src`` (a few seconds; deterministic order)."""
+def load_bank(src: Path, val_fraction: float, scale: float = 1.0, grabcut: bool = True) -> CutoutBank:
+    """Read cut-outs from the shared sources under ``src`` (deterministic order).
+
+    With ``grabcut`` box crops are segmented (about a minute for the full bank on one core);
+    without, they are soft-edged rectangular patches (seconds).
+    """
     bank = CutoutBank()
     for folder, class_names, limit in _PLAN:
         items = list(iter_sources(src, {folder}))
@@ -114,7 +149,8 @@ def load_bank(src: Path, val_fraction: float, scale: float = 1.0) -> CutoutBank:
         step = max(1, len(items) // max(1, int(limit * scale)))
         for item in items[::step]:
             image = item.load()
-            sprites = _polygon_cutouts(item, image) if item.polygons else _box_cutouts(item, image, classes)
+            sprites = (_polygon_cutouts(item, image) if item.polygons
+                       else _box_cutouts(item, image, classes, grabcut))
             for s in sprites:
                 bank.by_split[splits[item.group]].setdefault(s.cls, []).append(s)
     log.info("cut-out bank: %s", bank.count())

@@ -32,7 +32,7 @@ from tools.scenegen.cutouts import CutoutBank
 from tools.scenegen.draw_people import person_side, person_top
 from tools.scenegen.models3d import build as build_model
 from tools.scenegen.room import Car, make_car, render_car
-from tools.scenegen.solids import render_models
+from tools.scenegen.solids import contact_shadows, render_models
 from tools.scenegen.sprite import Rng, Sprite
 
 PERSON = CLASS_ID["person"]
@@ -270,6 +270,7 @@ def render_scene(rng: Rng, bank: CutoutBank, split: str = "train", cfg: SceneCon
 def _draw_solids(rng: Rng, img: np.ndarray, ids: np.ndarray, cam: Camera, things: list[Thing]) -> list[int]:
     models = [(build_model(rng, t.cls, t.seated, ESCOOTER_SHARE), t.x, t.y, t.yaw, i + 1)
               for i, t in enumerate(things)]
+    contact_shadows(img, cam, [m for m in models if things[m[4] - 1].parent < 0 or not things[m[4] - 1].seated])
     areas = render_models(img, ids, cam, models)
     return [areas.get(i + 1, 0) for i in range(len(things))]
 

@@ -116,6 +116,26 @@ def _drawables(cam: Camera, model: Model, x: float, y: float, yaw: float, obj: i
     return out
 
 
+def contact_shadows(img: np.ndarray, cam: Camera, placed: list[tuple[Model, float, float, float, int]]) -> None:
+    """Darken the floor under each model (its footprint, blurred): objects look stood, not floating."""
+    mask = np.zeros(img.shape[:2], np.uint8)
+    for model, x, y, yaw, _ in placed:
+        pts = np.concatenate([f.points for f in model.faces])
+        lo, hi = pts[:, :2].min(axis=0), pts[:, :2].max(axis=0)
+        c, s = np.cos(yaw), np.sin(yaw)
+        corners = np.array([[lo[0], lo[1]], [hi[0], lo[1]], [hi[0], hi[1]], [lo[0], hi[1]]])
+        world = np.column_stack([x + corners[:, 0] * c - corners[:, 1] * s,
+                                 y + corners[:, 0] * s + corners[:, 1] * c, np.zeros(4)])
+        uv, depth = cam.project(world)
+        if (depth > 0.05).all():
+            cv2.fillConvexPoly(mask, np.round(uv).astype(np.int32), 255)
+    if not mask.any():
+        return
+    k = max(3, (img.shape[1] // 40) | 1)
+    soft = cv2.GaussianBlur(mask, (k, k), 0).astype(np.float32)[:, :, None] / 255.0
+    img[:] = (img.astype(np.float32) * (1.0 - 0.4 * soft)).astype(np.uint8)
+
+
 def render_models(img: np.ndarray, ids: np.ndarray, cam: Camera,
                   placed: list[tuple[Model, float, float, float, int]]) -> dict[int, int]:
     """Draw models (model, x, y, yaw, id) far-to-near into img and ids; return each id's solo area.
