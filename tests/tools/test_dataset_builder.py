@@ -162,3 +162,10 @@ def test_small_source_split_and_folds_are_balanced() -> None:
     assert 0 < val < sum(sizes.values())
     folds = grouped_folds([g for g, n in sizes.items() for _ in range(n)], 3)
     assert set(folds.values()) == {0, 1, 2}
+
+
+def test_cli_writes_corpus_and_folds(sources: Path, tmp_path: Path) -> None:
+    from tools.dataset_builder import main
+
+    assert main(["--src", str(sources), "--out", str(tmp_path / "c"), "--folds", "3"]) == 0
+    assert (tmp_path / "c" / "folds.csv").exists() and (tmp_path / "c" / "manifest.csv").exists()

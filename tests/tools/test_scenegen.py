@@ -108,3 +108,13 @@ def test_grabcut_separates_an_object_from_its_background() -> None:
     alpha = _grabcut_alpha(crop, (10, 10, 60, 85))
     assert alpha is not None
     assert alpha[50, 40] > 200 and alpha[15, 15] < 50 and alpha[50, 65] < 50
+
+
+def test_cli_images_and_merge(tmp_path: Path) -> None:
+    from tools.scenegen.cli import main
+
+    assert main(["images", "--out", str(tmp_path / "g"), "--n", "4", "--seed", "9", "--no-cutouts"]) == 0
+    assert main(["merge", "--out", str(tmp_path / "m"), str(tmp_path / "g")]) == 0
+    rows = read_manifest(tmp_path / "m")
+    assert len(rows) == 4 and {r.source for r in rows} == {"scenegen"}
+    assert (tmp_path / "m" / "data.yaml").exists()
