@@ -249,9 +249,12 @@ def create_app(ctx: FleetContext) -> FastAPI:
     @app.get("/api/units")
     def list_units(who: User, q: str = "", site: str = "", building: str = "",
                    status: Annotated[str, Query(pattern="^(|online|offline|silent|stopped|unknown)$")] = "",
-                   ) -> dict[str, Any]:
+                   limit: Annotated[int, Query(ge=1, le=50_000)] = 1000,
+                   offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+        """Units matching the filters (`total`, `online` count all matches; `units` is one page)."""
         rows = units(q, site, building, status)
-        return {"units": rows, "total": len(rows), "online": sum(1 for r in rows if r["online"])}
+        return {"units": rows[offset:offset + limit], "total": len(rows),
+                "online": sum(1 for r in rows if r["online"])}
 
     @app.get("/api/units/{unit_id}")
     def get_unit(unit_id: str, who: User) -> dict[str, Any]:
@@ -359,14 +362,22 @@ def create_app(ctx: FleetContext) -> FastAPI:
 
     # -- statistics and export ----------------------------------------------------------------
     @app.get("/api/stats/daily")
-    def daily(who: User, days: Annotated[int, Query(ge=1, le=366)] = 14) -> dict[str, Any]:
+    def daily(who: User, days: Annotated[int, Query(ge=1, le=366)] = 14,
+              top: Annotated[int, Query(ge=1, le=50)] = 8) -> dict[str, Any]:
         """E-bike alerts per building and UTC day, oldest day first."""
         today = dt.datetime.now(dt.UTC).date()
         day_list = [(today - dt.timedelta(days=days - 1 - i)).isoformat() for i in range(days)]
         series: dict[str, list[int]] = {}
         for row in ctx.store.daily_counts(day_list[0], day_list[-1]):
             series.setdefault(row["building"], [0] * days)[day_list.index(row["day"])] = int(row["n"])
-        return {"days": day_list, "series": [{"building": b, "counts": c} for b, c in sorted(series.items())]}
+        # A chart with a thousand buildings says nothing: keep the busiest, sum the rest.
+        ranked = sorted(series, key=lambda b: (-sum(series[b]), b))
+        shown = sorted(ranked[:top])
+        out = [{"building": b, "counts": series[b]} for b in shown]
+        if len(ranked) > top:
+            rest = [sum(series[b][i] for b in ranked[top:]) for i in range(days)]
+            out.append({"building": f"{len(ranked) - top} other buildings", "counts": rest})
+        return {"days": day_list, "series": out}
 
     @app.get("/api/export/dataset.zip", response_class=Response,
              responses={200: {"content": {"application/zip": {}}}})
@@ -396,10 +407,9 @@ def create_app(ctx: FleetContext) -> FastAPI:
     # -- pages --------------------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def dashboard(who: User, q: str = "", site: str = "", building: str = "", status: str = "") -> HTMLResponse:
-        all_units = units("", "", "", "")
-        shown = units(q, site, building, status)
-        return HTMLResponse(web.dashboard_page(who, shown, all_units, {"q": q, "site": site,
-                                                                      "building": building, "status": status}))
+        matches = units(q, site, building, status)
+        return HTMLResponse(web.dashboard_page(who, matches, ctx.store.sites_and_buildings(),
+                                               {"q": q, "site": site, "building": building, "status": status}))
 
     @app.get("/alerts", response_class=HTMLResponse, include_in_schema=False)
     def alerts_page(who: User, status: str = "all", q: str = "", building: str = "", type: str = "",

@@ -297,14 +297,20 @@ class Store:
             where.append("(LOWER(unit_id) LIKE ? OR LOWER(COALESCE(site, '')) LIKE ? "
                          "OR LOWER(COALESCE(building, '')) LIKE ? OR LOWER(COALESCE(elevator, '')) LIKE ?)")
             params += [f"%{q.lower()}%"] * 4
+        # Units that never reported a site/building are listed (and filtered) as "Unassigned".
         if site:
-            where.append("site = ?")
+            where.append("COALESCE(site, 'Unassigned') = ?")
             params.append(site)
         if building:
-            where.append("building = ?")
+            where.append("COALESCE(building, 'Unassigned') = ?")
             params.append(building)
         return self.query(f"SELECT * FROM units WHERE {' AND '.join(where)} "
                           "ORDER BY site, building, elevator, unit_id", params)
+
+    def sites_and_buildings(self) -> list[tuple[str, str]]:
+        rows = self.query("SELECT DISTINCT COALESCE(site, 'Unassigned') AS site, "
+                          "COALESCE(building, 'Unassigned') AS building FROM units")
+        return sorted((r["site"], r["building"]) for r in rows)
 
     def get_unit(self, unit_id: str) -> Row | None:
         rows = self.query("SELECT * FROM units WHERE unit_id = ?", (unit_id,))

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import zipfile
 from collections.abc import Callable
 
 import httpx
 import pytest
 
+from fleet import web
 from fleet.auth import LoginLimiter, hash_password, verify_password
+from fleet.store import IngestBatch
 from tests.fleet.conftest import PASSWORD, FakeUnit, RunningFleet, wait_until
 
 PUBLIC = {"/healthz", "/login", "/api/login"}
@@ -146,3 +149,38 @@ def test_unknown_commands_are_refused(fleet: RunningFleet, bad: dict[str, object
     client, csrf = fleet.login()
     response = client.post("/api/units/lift-x/commands", json=bad, headers={"X-CSRF-Token": csrf})
     assert response.status_code == 422
+
+
+def _seed_units(fleet: RunningFleet, n: int, buildings: int) -> None:
+    from tests.fleet.test_store import alert, batch_of, heartbeat
+
+    beats = IngestBatch()
+    for i in range(n):
+        beats.add_heartbeat(heartbeat(f"u{i:03d}", building=f"B{i % buildings:02d}"), time.time())
+    fleet.store.write_batch(beats)
+    # building B00 gets the most alerts, B01 the next most, ...
+    fleet.store.write_batch(batch_of(*[alert(f"u{i:03d}") for i in range(n) for _ in range(buildings - i % buildings)],
+                                     snapshots=False))
+
+
+def test_the_daily_chart_keeps_the_busiest_buildings_and_sums_the_rest(fleet: RunningFleet) -> None:
+    _seed_units(fleet, n=10, buildings=10)
+    client, _ = fleet.login()
+    series = client.get("/api/stats/daily", params={"days": 1, "top": 3}).json()["series"]
+    assert series == [{"building": "B00", "counts": [10]}, {"building": "B01", "counts": [9]},
+                      {"building": "B02", "counts": [8]}, {"building": "7 other buildings", "counts": [28]}]
+
+
+def test_large_fleets_are_paged_in_the_api_and_truncated_on_the_page(fleet: RunningFleet,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    _seed_units(fleet, n=30, buildings=3)
+    client, _ = fleet.login()
+    everything = [u["unit_id"] for u in client.get("/api/units").json()["units"]]
+    page = client.get("/api/units", params={"limit": 10, "offset": 25}).json()
+    assert (page["total"], page["online"]) == (30, 30)  # counts cover every match, not just the page
+    assert [u["unit_id"] for u in page["units"]] == everything[25:30]
+    assert everything[:10] == [f"u{i:03d}" for i in range(0, 30, 3)]  # grouped by building B00 first
+    monkeypatch.setattr(web, "MAX_UNITS_ON_PAGE", 12)
+    html = client.get("/").text
+    assert html.count('<tr class="unit"') == 12
+    assert "Showing 12 of 30 units" in html
