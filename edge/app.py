@@ -100,7 +100,7 @@ class Pipeline:
         self.clock = clock
         self.t0 = t0 if t0 is not None else clock()
         self.tracker = IouTracker(cfg.tracker.match_iou, cfg.tracker.max_missed_s, cfg.policy.veto_iou)
-        self.policy = Policy(cfg.policy, cfg.unit.id, cfg.blocking_enabled)
+        self.policy = Policy(cfg.policy, cfg.unit.id, cfg.blocking_enabled, step_s=1.0 / cfg.camera.fps)
         self.stats = Stats()
         self.camera_ok = True
         self.last_frame: Frame | None = None

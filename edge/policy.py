@@ -80,8 +80,10 @@ def point_in_polygon(x: float, y: float, poly: Sequence[tuple[float, float]]) ->
 
 
 class Policy:
-    def __init__(self, cfg: PolicyConfig, unit_id: str, blocking_enabled: bool = True) -> None:
+    def __init__(self, cfg: PolicyConfig, unit_id: str, blocking_enabled: bool = True, step_s: float = 0.1) -> None:
+        """`step_s`: the longest gap between two calls (one frame period); the hold cap allows for it."""
         self.cfg = cfg
+        self.step_s = step_s
         self.unit_id = unit_id
         self.blocking_enabled = blocking_enabled
         self.state = State.IDLE
@@ -243,7 +245,9 @@ class Policy:
             events += [ev] if ev else []
             self.state = State.SUPPRESSED
             return Decision(False, False, self.state, events)
-        if self._hold is not None and now - self._hold.started >= self.cfg.hold_max_s:
+        # Release at the last step that still fits the cap: the next step (one frame period later)
+        # would overshoot it, and "a hold never exceeds hold_max_s" is a promise, not a target.
+        if self._hold is not None and now - self._hold.started + self.step_s > self.cfg.hold_max_s:
             ev = self._release(now, "cap_released", f"hold cap {self.cfg.hold_max_s:g} s reached", cooldown=True)
             events += [ev] if ev else []
             self.state = State.COOLDOWN

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -95,9 +96,12 @@ def run_demo(opts: DemoOptions) -> int:
     clock = ClipClock()
     fan_out = FanOut(sinks)
     pipeline = Pipeline(cfg, detector, build_actuators(cfg), fan_out, timeline=print, clock=clock, t0=0.0)
+    pipeline.policy.step_s = 1.0 / fps  # the clip's frame period, not the live camera's
     link = None
     if opts.mqtt_url:
-        mqtt_cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(update={"url": opts.mqtt_url})})
+        outbox = (opts.events_out.parent if opts.events_out else Path(tempfile.gettempdir())) / "demo-outbox.sqlite3"
+        mqtt_cfg = cfg.model_copy(update={"mqtt": cfg.mqtt.model_copy(
+            update={"url": opts.mqtt_url, "outbox_path": str(outbox)})})
         link = _start_link(mqtt_cfg, pipeline, fan_out, lambda: "online")
     print(f"LiftGuard {opts.title}: {opts.clip.name} at {fps:g} fps, model {detector.metadata.model_id}, "
           f"unit {cfg.unit.id} (mock pins: relay {cfg.actuators.relay_pin})")

@@ -116,8 +116,10 @@ def test_the_hold_cap_releases_and_cooldown_blocks_a_new_hold() -> None:
     s = Scenario(hold_max_s=10, cooldown_s=20)
     s.frames(40.0, [ebike()])
     spans = s.hold_intervals()
-    assert spans[0][1] - spans[0][0] == pytest.approx(10.0, abs=0.11)
-    assert all(end - start <= 10.0 + 1e-6 for start, end in spans)
+    assert 10.0 - 0.11 <= spans[0][1] - spans[0][0] <= 10.0
+    assert all(end - start <= 10.0 + 1e-9 for start, end in spans)
+    assert all(e.hold_s is not None and e.hold_s <= 10.0 for _, d in s.decisions for e in d.events
+               if e.type == "cap_released")
     assert spans[1][0] - spans[0][1] >= 20.0  # no hold during the cool-down
     assert ("cap_released", "end") in s.events()
 
