@@ -22,8 +22,11 @@ REPO = Path(__file__).resolve().parents[2]
 def test_run_notifies_ready_then_watchdog_and_releases_on_the_way_out(tmp_path: Path) -> None:
     frames = tmp_path / "frames"
     frames.mkdir()
-    for i in range(120):
-        cv2.imwrite(str(frames / f"{i:04d}.png"), np.full((480, 640, 3), 250 if 20 <= i < 120 else 5, np.uint8))
+    rng = np.random.default_rng(0)
+    for i in range(120):  # sensor noise, so a slow run never looks like a frozen camera
+        level = 245 if 20 <= i < 120 else 5
+        image = np.full((480, 640, 3), level, np.uint8) + rng.integers(0, 10, (480, 640, 3), np.uint8)
+        cv2.imwrite(str(frames / f"{i:04d}.png"), image)
     model = brightness_model(tmp_path / "m.onnx", [40, 40, 200, 220])
     events = tmp_path / "events.jsonl"
     config = tmp_path / "config.yaml"
