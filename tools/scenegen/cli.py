@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+import cv2
+
 from tools.corpus import class_counts, merge_corpora
 
 log = logging.getLogger("tools.scenegen")
@@ -68,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=3)
     p.set_defaults(func=_sheet)
     args = parser.parse_args(argv)
+    # One thread: the generator is run beside other jobs on small shared machines, and OpenCV's
+    # thread pool buys little for 640x480 drawing.
+    cv2.setNumThreads(1)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args.func(args)
     return 0
