@@ -15,6 +15,7 @@ be 0), server CPU (share of one core) and peak RSS. Writes benchmarks/results/be
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -81,6 +82,7 @@ class Server:
             raise RuntimeError(f"server {name} did not come up")
         self.http.post("/api/login", json={"username": "bench", "password": PASSWORD}).raise_for_status()
         self.peak_rss = 0.0
+        self.samples: list[tuple[float, float, float]] = []  # (wall time, cpu seconds, rss MB)
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
@@ -88,9 +90,18 @@ class Server:
     def _sample(self) -> None:
         while not self._stop.wait(0.5):
             try:
-                self.peak_rss = max(self.peak_rss, proc_rss_mb(self.proc.pid))
-            except OSError:
+                rss = proc_rss_mb(self.proc.pid)
+                self.samples.append((time.time(), proc_cpu_s(self.proc.pid), rss))
+            except (OSError, IndexError):
                 return
+            self.peak_rss = max(self.peak_rss, rss)
+
+    def cpu_share_between(self, start: float, end: float) -> float:
+        """Average share of one core used between two wall-clock times (from the samples)."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return float("nan")
+        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
 
     def metrics(self) -> dict[str, Any]:
         return dict(self.http.get("/api/metrics").json())
@@ -170,6 +181,8 @@ def scenario(name: str, db: str, workdir: Path, units: int, n_servers: int,
             time.sleep(1)
         metrics = [s.metrics() for s in servers]
         beats = int(store.query("SELECT COALESCE(SUM(beats), 0) AS n FROM heartbeat_hours")[0]["n"])
+        window = store.query("SELECT MIN(received_at) AS a, MAX(received_at) AS b FROM events")[0]
+        burst_window = (float(window["a"] or 0), float(window["b"] or 0))
     finally:
         if sim.poll() is None:
             sim.kill()
@@ -181,7 +194,10 @@ def scenario(name: str, db: str, workdir: Path, units: int, n_servers: int,
     for s, m, c in zip(servers, metrics, cpu, strict=True):
         ingest = m["ingest"]
         per_server.append({
-            "name": s.name, "cpu_core_share": round(c / wall, 3), "peak_rss_mb": round(s.peak_rss, 1),
+            "name": s.name, "cpu_core_share": round(c / wall, 3),
+            "cpu_core_share_during_alerts": round(s.cpu_share_between(*burst_window), 3),
+            "peak_rss_mb": round(s.peak_rss, 1),
+            "timeline": [(round(t - burst_window[0], 1), round(cpu, 2), round(rss, 1)) for t, cpu, rss in s.samples],
             "accepted": {k: v for k, v in ingest["counters"].items() if k.startswith("accepted_")},
             "rejected": {k: v for k, v in ingest["counters"].items() if k.startswith("rejected_")},
             "latency_e2e": ingest["event_latency_e2e"], "latency_server": ingest["event_latency_server"]})
@@ -191,13 +207,15 @@ def scenario(name: str, db: str, workdir: Path, units: int, n_servers: int,
     result = {
         "scenario": name, "units": units, "servers": n_servers, "db": db.split(":")[0],
         "alert_rate_per_s": alert_rate, "burst_s": burst_s, "measured_wall_s": round(wall, 1),
-        "connect_to_all_known_s": round(connect_s, 1), "simulator": sim_report["counters"],
+        "connect_to_all_known_s": round(connect_s, 1), "simulator_connect_s": sim_report["connect_s"],
+        "simulator": sim_report["counters"],
         "events_published": len(published), "events_stored": len(published & stored),
         "events_lost": len(published - stored), "heartbeats_sent": sim_report["counters"].get("heartbeats", 0),
         "heartbeats_stored": beats, "latency_p50_ms": p50, "latency_p99_ms": p99, "per_server": per_server,
     }
     print(f"   published {len(published)} alerts, lost {result['events_lost']}, p50 {p50} ms, p99 {p99} ms; "
-          + "; ".join(f"{p['name']}: CPU {p['cpu_core_share'] * 100:.0f}% of a core, RSS {p['peak_rss_mb']} MB, "
+          + "; ".join(f"{p['name']}: CPU {p['cpu_core_share'] * 100:.0f}% of a core over the run, "
+                      f"{p['cpu_core_share_during_alerts'] * 100:.0f}% during alerts, RSS {p['peak_rss_mb']} MB, "
                       f"events {p['accepted'].get('accepted_event', 0)}" for p in per_server), flush=True)
     return result
 
@@ -209,7 +227,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = [f"{r['units']} units\n{r['servers']} server(s)\n{r['alert_rate_per_s']:g} alerts/s" for r in results]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.4))
     x = range(len(results))
     ax1.bar([i - 0.2 for i in x], [r["latency_p50_ms"] for r in results], 0.4, label="p50")
     ax1.bar([i + 0.2 for i in x], [r["latency_p99_ms"] for r in results], 0.4, label="p99")
@@ -218,17 +236,29 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     ax1.set_ylabel("ingest latency, publish -> committed (ms)")
     ax1.set_title("Event ingest latency (events lost: " + ", ".join(str(r["events_lost"]) for r in results) + ")")
     ax1.legend()
-    cpu = [sum(p["cpu_core_share"] for p in r["per_server"]) * 100 for r in results]
+    cpu = [sum(p["cpu_core_share_during_alerts"] for p in r["per_server"]) * 100 for r in results]
     rss = [max(p["peak_rss_mb"] for p in r["per_server"]) for r in results]
-    ax2.bar([i - 0.2 for i in x], cpu, 0.4, label="server CPU, % of one core (all servers)")
+    ax2.bar([i - 0.2 for i in x], cpu, 0.4, label="CPU during alerts, % of a core (all servers)")
     ax2b = ax2.twinx()
     ax2b.bar([i + 0.2 for i in x], rss, 0.4, color="tab:green", label="peak RSS per server (MB)")
     ax2.set_xticks(list(x), labels, fontsize=8)
+    ax2.set_ylim(0, max(cpu) * 1.5)  # headroom for the two legends
+    ax2b.set_ylim(0, max(rss) * 1.5)
     ax2.set_ylabel("CPU %")
     ax2b.set_ylabel("RSS MB")
     ax2.set_title("Server resources")
     ax2.legend(loc="upper left", fontsize=8)
     ax2b.legend(loc="upper right", fontsize=8)
+    for r in results:
+        for p in r["per_server"]:
+            tl = p["timeline"][::4]  # 2 s steps: 0.5 s of CPU ticks is too noisy to read
+            xs = [(a[0] + b[0]) / 2 for a, b in itertools.pairwise(tl)]
+            ys = [100 * (b[1] - a[1]) / max(1e-6, b[0] - a[0]) for a, b in itertools.pairwise(tl)]
+            ax3.plot(xs, ys, linewidth=0.8, label=f"{r['units']} units, {p['name']}")
+    ax3.set_xlabel("seconds from the first alert")
+    ax3.set_ylabel("server CPU, % of one core")
+    ax3.set_title("Server CPU over time (alerts start at 0)")
+    ax3.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

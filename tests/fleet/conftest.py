@@ -17,6 +17,7 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.contract import (
@@ -84,6 +85,7 @@ class RunningFleet:
     broker: MosquittoBroker
     server: uvicorn.Server
     thread: threading.Thread
+    app: FastAPI
 
     def add_user(self, username: str, role: str = "manager", password: str = PASSWORD) -> None:
         self.ctx.auth.add_user(username, role, password)
@@ -94,9 +96,6 @@ class RunningFleet:
         response = client.post("/api/login", json={"username": username, "password": password})
         assert response.status_code == 200, response.text
         return client, response.json()["csrf_token"]
-
-    def ctx_app_routes(self) -> list[Any]:
-        return list(self.server.config.app.routes)
 
     def stop(self) -> None:
         self.ctx.closing.set()
@@ -118,13 +117,14 @@ def start_fleet(broker: MosquittoBroker, db_url: str, **overrides: Any) -> Runni
     ctx.ingestor = ingestor
     ingestor.start()
     assert ingestor.wait_connected(10), "fleet ingest did not connect to the broker"
-    config = uvicorn.Config(create_app(ctx), host="127.0.0.1", port=port, log_level="warning",
+    app = create_app(ctx)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                             timeout_graceful_shutdown=1)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, 10)
-    fleet = RunningFleet(f"http://127.0.0.1:{port}", ctx, ingestor, store, broker, server, thread)
+    fleet = RunningFleet(f"http://127.0.0.1:{port}", ctx, ingestor, store, broker, server, thread, app)
     fleet.add_user("admin", "admin")
     return fleet
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge.contract import MAX_SNAPSHOT_BYTES, EventPayload, HeartbeatPayload, encode
 from fleet.ingest import Rejected, classify
@@ -62,3 +64,16 @@ def test_invalid_messages_are_rejected_with_a_reason(topic: str, payload: bytes,
 ])
 def test_echoes_and_cleared_retained_messages_are_ignored_not_rejected(topic: str, payload: bytes) -> None:
     assert classify(topic, payload, 0.0) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(suffix=st.sampled_from(["heartbeat", "events", "status", "cmd_result", "snapshots/x1", "cmd/release", "zz"]),
+       unit=st.text(max_size=70), payload=st.binary(max_size=2048))
+def test_no_input_makes_classify_fail_other_than_by_rejecting(suffix: str, unit: str, payload: bytes) -> None:
+    """Ingest distrusts every byte: whatever arrives, the answer is a message, None, or Rejected."""
+    try:
+        message = classify(f"liftguard/v1/units/{unit}/{suffix}", payload, 0.0)
+    except Rejected as exc:
+        assert exc.reason in {"bad_topic", "bad_payload", "unit_mismatch", "bad_snapshot", "unknown_topic"}
+    else:
+        assert message is None or message.unit_id == unit

@@ -27,7 +27,7 @@ def test_an_alert_and_its_snapshot_are_stored_once_even_when_redelivered(
     event = unit.alert()
     unit.publish("events", encode(event))  # at-least-once: the device resends after a lost PUBACK
     wait_until(lambda: counters(fleet).get("duplicate_events") == 1)
-    wait_until(lambda: fleet.store.get_alert(event.event_id) and fleet.store.get_alert(event.event_id)["has_snapshot"])
+    wait_until(lambda: (fleet.store.get_alert(event.event_id) or {}).get("has_snapshot"))
     assert fleet.store.count_events() == 1
     assert fleet.store.get_snapshot("lift-001", event.event_id).startswith(b"\xff\xd8")  # type: ignore[union-attr]
 
