@@ -24,6 +24,9 @@ CLASSES: tuple[str, ...] = ("ebike", "bicycle", "wheelchair", "stroller", "perso
 CLASS_ID: dict[str, int] = {name: i for i, name in enumerate(CLASSES)}
 SPLITS: tuple[str, ...] = ("train", "val")
 MANIFEST_FIELDS: tuple[str, ...] = ("file", "split", "source", "source_group", "licence", "n_boxes")
+# Optional side tables a merge carries over: grouped folds of real images, origins of pasted cut-outs.
+FOLDS_CSV = "folds.csv"
+CUTOUTS_CSV = "cutouts.csv"
 # Boxes narrower or shorter than this (in output pixels) carry no learnable signal.
 MIN_BOX_PX = 2.0
 
@@ -174,22 +177,23 @@ def merge_corpora(out: Path, sources: Sequence[Path]) -> list[ManifestRow]:
             rows.append(row)
     write_manifest(out, rows)
     write_data_yaml(out)
-    _merge_folds(out, sources)
+    for table in (FOLDS_CSV, CUTOUTS_CSV):
+        _merge_table(out, sources, table)
     return rows
 
 
-def _merge_folds(out: Path, sources: Sequence[Path]) -> None:
-    """Carry the builder's ``folds.csv`` (grouped K-fold of the real images) into the merged corpus."""
+def _merge_table(out: Path, sources: Sequence[Path], name: str) -> None:
+    """Concatenate a side table (same header in every source) into the merged corpus."""
     lines: list[str] = []
     header = ""
     for src in sources:
-        path = src / "folds.csv"
+        path = src / name
         if path.exists():
             head, *body = path.read_text().splitlines()
             header = header or head
             lines.extend(body)
     if header:
-        (out / "folds.csv").write_text("\n".join([header, *lines]) + "\n")
+        (out / name).write_text("\n".join([header, *lines]) + "\n")
 
 
 def class_counts(root: Path) -> dict[str, dict[str, int]]:

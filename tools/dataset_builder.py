@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tools.corpus import CorpusWriter, ManifestRow, class_counts, fit_max_side
+from tools.corpus import FOLDS_CSV, CorpusWriter, ManifestRow, class_counts, fit_max_side
 from tools.grouping import assign_splits, grouped_folds
 from tools.sources import READERS, SourceImage, iter_sources
 
@@ -71,7 +71,7 @@ def write_folds(out: Path, rows: list[ManifestRow], k: int) -> None:
     by_source: dict[str, list[ManifestRow]] = {}
     for r in rows:
         by_source.setdefault(r.source, []).append(r)
-    with (out / "folds.csv").open("w", newline="") as f:
+    with (out / FOLDS_CSV).open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["file", "source", "source_group", "fold"])
         for source in sorted(by_source):

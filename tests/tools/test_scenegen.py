@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +61,17 @@ def test_cutouts_are_used_and_marked_in_the_licence(tmp_path: Path) -> None:
     bank = CutoutBank()
     for split in ("train", "val"):
         bank.by_split[split] = {cls: [Sprite(bgra, cls)] for cls in range(len(CLASSES)) if cls != 3}
-    generate(tmp_path, 20, 3, 0.2, bank, SceneConfig(cutout=1.0), progress=False)
+    bank.by_split["val"] = {cls: [Sprite(bgra, cls, "photo/val-only")] for cls in range(len(CLASSES)) if cls != 3}
+    generate(tmp_path, 20, 3, 0.2, bank, SceneConfig(cutout=1.0, solid=0.0), progress=False)
     rows = read_manifest(tmp_path)
-    assert any(r.licence == LICENCE_CUTOUTS for r in rows)
+    with_cuts = {r.file for r in rows if r.licence == LICENCE_CUTOUTS}
+    assert with_cuts
+    with (tmp_path / "cutouts.csv").open() as f:
+        origins = list(csv.DictReader(f))
+    assert {o["file"] for o in origins} == with_cuts
+    split_of = {r.file: r.split for r in rows}
+    # A cut-out from a val photo only ever lands in val scenes.
+    assert all(split_of[o["file"]] == "val" for o in origins if o["cutout_source_group"] == "photo/val-only")
 
 
 def test_merge_unions_manifests(tmp_path: Path) -> None:

@@ -103,7 +103,7 @@ def _box_cutouts(item: SourceImage, image: np.ndarray, classes: set[int], grabcu
             crop = crop[ry:ry + rh, rx:rx + rw]
             alpha = _soft_rect_alpha(*crop.shape[:2])
         bgra = np.dstack([crop, alpha])
-        out.append(Sprite(Sprite(bgra, b.cls).trimmed().bgra, b.cls))
+        out.append(Sprite(Sprite(bgra, b.cls).trimmed().bgra, b.cls, item.group))
     return out
 
 
@@ -116,7 +116,7 @@ def _polygon_cutouts(item: SourceImage, image: np.ndarray) -> list[Sprite]:
         if min(w, h) < MIN_SIDE:
             continue
         alpha = cv2.GaussianBlur(mask[y:y + h, x:x + w], (3, 3), 0)
-        out.append(Sprite(_fit(np.dstack([image[y:y + h, x:x + w], alpha])), cls))
+        out.append(Sprite(_fit(np.dstack([image[y:y + h, x:x + w], alpha])), cls, item.group))
     return out
 
 

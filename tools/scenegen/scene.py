@@ -66,7 +66,11 @@ class SceneConfig:
 class Scene:
     image: np.ndarray
     boxes: list[Box]
-    used_cutouts: bool
+    cutout_origins: list[tuple[int, str]]  # (class, source group) of each real cut-out pasted
+
+    @property
+    def used_cutouts(self) -> bool:
+        return bool(self.cutout_origins)
 
 
 def _things(rng: Rng, car: Car) -> list[Thing]:
@@ -118,7 +122,8 @@ def _camera(rng: Rng, car: Car, cfg: SceneConfig, top_down: bool) -> tuple[Camer
 
 def _sprite(
     rng: Rng, t: Thing, top_down: bool, bank: CutoutBank, split: str, cfg: SceneConfig
-) -> tuple[Sprite, bool]:
+) -> tuple[Sprite, str | None]:
+    """The sprite, and the source group of the real photo when it is a cut-out (else None)."""
     """A sprite at SPRITE_PPM: procedural, or a real cut-out rescaled to the class's physical size."""
     use_cut = bank and not t.seated and t.parent < 0 and rng.random() < cfg.cutout * (0.5 if top_down else 1.0)
     if use_cut:
@@ -127,15 +132,15 @@ def _sprite(
             h, w = cut.bgra.shape[:2]
             size_m = LENGTH_M[t.cls] if top_down else HEIGHT_M[t.cls]
             ref = max(h, w) if top_down else h
-            return cut.scaled(size_m * SPRITE_PPM / ref * rng.uniform(0.85, 1.15)), True
+            return cut.scaled(size_m * SPRITE_PPM / ref * rng.uniform(0.85, 1.15)), cut.origin
     if t.cls == PERSON:
         draw_person = person_top if top_down else person_side
-        return draw_person(rng, SPRITE_PPM, t.seated), False
+        return draw_person(rng, SPRITE_PPM, t.seated), None
     if t.cls == CLUTTER:
-        return CLUTTER_TOP(rng, SPRITE_PPM), False
+        return CLUTTER_TOP(rng, SPRITE_PPM), None
     if t.cls == CLASS_ID["ebike"] and rng.random() < ESCOOTER_SHARE:
-        return (ESCOOTER_TOP if top_down else ESCOOTER_SIDE)(rng, SPRITE_PPM), False
-    return (TOP if top_down else SIDE)[t.cls](rng, SPRITE_PPM), False
+        return (ESCOOTER_TOP if top_down else ESCOOTER_SIDE)(rng, SPRITE_PPM), None
+    return (TOP if top_down else SIDE)[t.cls](rng, SPRITE_PPM), None
 
 
 def paste(img: np.ndarray, ids: np.ndarray, sprite: Sprite, cx: float, cy: float, idx: int,
@@ -248,9 +253,9 @@ def render_scene(rng: Rng, bank: CutoutBank, split: str = "train", cfg: SceneCon
     ids = np.zeros(img.shape[:2], np.uint8)
     things = _things(rng, car)
     if rng.random() < cfg.solid:
-        full, used_cut = _draw_solids(rng, img, ids, cam, things), False
+        full, origins = _draw_solids(rng, img, ids, cam, things), []
     else:
-        full, used_cut = _draw_sprites(rng, img, ids, cam, things, top_down, bank, split, cfg)
+        full, origins = _draw_sprites(rng, img, ids, cam, things, top_down, bank, split, cfg)
     visible = [int(np.count_nonzero(ids == i + 1)) for i in range(len(things))]
     img = effects.lighting(rng, img)
     if rng.random() < cfg.fisheye:
@@ -264,7 +269,7 @@ def render_scene(rng: Rng, bank: CutoutBank, split: str = "train", cfg: SceneCon
         effects.timestamp_overlay(rng, img)
     if rng.random() < 0.5:
         img = effects.jpeg_roundtrip(img, int(rng.integers(25, 80)))
-    return Scene(img, _boxes(ids, things, full, visible), used_cut)
+    return Scene(img, _boxes(ids, things, full, visible), origins)
 
 
 def _draw_solids(rng: Rng, img: np.ndarray, ids: np.ndarray, cam: Camera, things: list[Thing]) -> list[int]:
@@ -278,18 +283,20 @@ def _draw_solids(rng: Rng, img: np.ndarray, ids: np.ndarray, cam: Camera, things
 def _draw_sprites(
     rng: Rng, img: np.ndarray, ids: np.ndarray, cam: Camera, things: list[Thing], top_down: bool,
     bank: CutoutBank, split: str, cfg: SceneConfig,
-) -> tuple[list[int], bool]:
+) -> tuple[list[int], list[tuple[int, str]]]:
     placed = []
     plan_of: list[bool] = []
-    used_cut = False
+    origins: list[tuple[int, str]] = []
     for i, t in enumerate(things):
         if t.seated and t.parent >= 0:  # the occupant is seen the same way as the wheelchair
             plan = plan_of[t.parent]
         else:
             plan = top_down or t.cls == CLUTTER or (t.cls != PERSON and rng.random() < _plane_chance(cam, t))
         plan_of.append(plan)
-        sprite, is_cut = _sprite(rng, t, plan, bank, split, cfg)
-        used_cut = used_cut or is_cut
+        sprite, origin = _sprite(rng, t, plan, bank, split, cfg)
+        is_cut = origin is not None
+        if origin is not None:
+            origins.append((t.cls, origin))
         if top_down:
             placed.append((i, *place_top(cam, t, sprite)))
             continue
@@ -309,4 +316,4 @@ def _draw_sprites(
     full = [0] * len(things)
     for i, sprite, u, v, _ in sorted(placed, key=order):
         full[i] = paste(img, ids, sprite, u, v, i + 1, shadow=True)
-    return full, used_cut
+    return full, origins

@@ -15,6 +15,7 @@ Color = tuple[int, int, int]
 class Sprite:
     bgra: np.ndarray  # uint8 H x W x 4; alpha 0 = transparent
     cls: int  # LiftGuard class id, or -1 for unlabelled clutter
+    origin: str = ""  # source group of the real photo a cut-out came from ("" when drawn)
 
     @property
     def alpha(self) -> np.ndarray:
