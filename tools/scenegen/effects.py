@@ -17,7 +17,8 @@ def lighting(rng: Rng, img: np.ndarray) -> np.ndarray:
     falloff = 1.0 - rng.uniform(0.1, 0.5) * (((xs - lx) ** 2 + (ys - ly) ** 2) / (w * w + h * h)) * 2
     cast = 1.0 + rng.uniform(-0.08, 0.08, 3)
     out = img.astype(np.float32) * (gain * falloff)[:, :, None].astype(np.float32) * cast.astype(np.float32)
-    return np.clip(out, 0, 255).astype(np.uint8)
+    result: np.ndarray = np.clip(out, 0, 255).astype(np.uint8)
+    return result
 
 
 def infrared(rng: Rng, img: np.ndarray) -> np.ndarray:
@@ -28,22 +29,25 @@ def infrared(rng: Rng, img: np.ndarray) -> np.ndarray:
     ys, xs = np.ogrid[0:h, 0:w]
     hot = np.exp(-(((xs - w / 2) ** 2 + (ys - h / 2) ** 2) / (2 * (0.35 * w) ** 2))).astype(np.float32)
     gray = np.clip(gray * (0.7 + 0.5 * hot), 0, 255).astype(np.uint8)
-    return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    result: np.ndarray = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)
+    return result
 
 
 def motion_blur(rng: Rng, img: np.ndarray) -> np.ndarray:
     k = int(rng.integers(3, 9))
-    kernel = np.zeros((k, k), np.float32)
+    kernel: np.ndarray = np.zeros((k, k), np.float32)
     kernel[k // 2, :] = 1.0 / k
     m = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), float(rng.uniform(0, 180)), 1.0)
-    kernel = cv2.warpAffine(kernel, m, (k, k))
-    kernel /= max(kernel.sum(), 1e-6)
-    return cv2.filter2D(img, -1, kernel)
+    rotated = np.asarray(cv2.warpAffine(kernel, m, (k, k)), np.float32)
+    rotated = rotated / max(float(rotated.sum()), 1e-6)
+    result: np.ndarray = cv2.filter2D(img, -1, rotated)
+    return result
 
 
 def sensor_noise(rng: Rng, img: np.ndarray, sigma: float) -> np.ndarray:
     noise = rng.normal(0, sigma, img.shape[:2]).astype(np.float32)[:, :, None]
-    return np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+    result: np.ndarray = np.clip(img.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+    return result
 
 
 def timestamp_overlay(rng: Rng, img: np.ndarray, frame_seconds: float | None = None) -> None:

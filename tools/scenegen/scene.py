@@ -252,8 +252,9 @@ def render_scene(rng: Rng, bank: CutoutBank, split: str = "train", cfg: SceneCon
     img = render_car(car, cam, walls, float(cam.position[2]) - 0.3 if top_down else None)
     ids = np.zeros(img.shape[:2], np.uint8)
     things = _things(rng, car)
+    origins: list[tuple[int, str]] = []
     if rng.random() < cfg.solid:
-        full, origins = _draw_solids(rng, img, ids, cam, things), []
+        full = _draw_solids(rng, img, ids, cam, things)
     else:
         full, origins = _draw_sprites(rng, img, ids, cam, things, top_down, bank, split, cfg)
     visible = [int(np.count_nonzero(ids == i + 1)) for i in range(len(things))]

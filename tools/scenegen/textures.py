@@ -19,14 +19,15 @@ def _noise(rng: Rng, w: int, h: int, cell: int, amp: float) -> np.ndarray:
 
 def brushed_steel(rng: Rng, w: int, h: int) -> np.ndarray:
     base = rng.uniform(120, 200)
-    streaks = rng.normal(0, 14, (h, max(2, w // 24))).astype(np.float32)
+    streaks: np.ndarray = rng.normal(0, 14, (h, max(2, w // 24))).astype(np.float32)
     streaks = cv2.resize(streaks, (w, h), interpolation=cv2.INTER_LINEAR)  # long horizontal grain
     if rng.random() < 0.5:
         streaks = cv2.resize(rng.normal(0, 14, (max(2, h // 24), w)).astype(np.float32), (w, h))
     grad = np.linspace(rng.uniform(-25, 10), rng.uniform(-10, 25), h, dtype=np.float32)[:, None]
     gray = np.clip(base + streaks + grad, 0, 255)
     tint = np.array([1.0, 1.0, 1.0]) + rng.uniform(-0.04, 0.04, 3)
-    return np.clip(gray[:, :, None] * tint[None, None, :], 0, 255).astype(np.uint8)
+    result: np.ndarray = np.clip(gray[:, :, None] * tint[None, None, :], 0, 255).astype(np.uint8)
+    return result
 
 
 def painted(rng: Rng, w: int, h: int) -> np.ndarray:
@@ -52,7 +53,7 @@ def wall(rng: Rng, w: int, h: int) -> np.ndarray:
     if kind < 0.85:
         return painted(rng, w, h)
     # Mirror-like dark glossy panel with a blurred reflection band.
-    img = np.full((h, w, 3), rng.uniform(40, 80), np.float32)
+    img: np.ndarray = np.full((h, w, 3), rng.uniform(40, 80), np.float32)
     x = int(rng.integers(0, w))
     cv2.rectangle(img, (x, 0), (x + w // 6, h), (150, 150, 150), -1)
     img = cv2.GaussianBlur(img, (0, 0), w / 25)
@@ -93,7 +94,8 @@ def floor(rng: Rng, w: int, h: int, ppm: float) -> np.ndarray:
             img[y:y + plank] = jitter(rng, c1, 15)
             cv2.line(img, (0, y), (w, y), shade(c1, 0.6), 1)
     grain = _noise(rng, w, h, 6, rng.uniform(3, 10))
-    return np.clip(img.astype(np.float32) + grain[:, :, None], 0, 255).astype(np.uint8)
+    result: np.ndarray = np.clip(img.astype(np.float32) + grain[:, :, None], 0, 255).astype(np.uint8)
+    return result
 
 
 def poster(rng: Rng, w: int, h: int) -> np.ndarray:
