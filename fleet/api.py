@@ -96,7 +96,7 @@ def unit_view(row: Row, now: float, silence_s: float) -> dict[str, Any]:
     silent = last_seen is None or now - float(last_seen) > silence_s
     state = row.get("state") or "unknown"
     status = "silent" if state == "online" and silent else state
-    view = {k: v for k, v in row.items()}
+    view = dict(row)
     view["blocking_enabled"] = None if row.get("blocking_enabled") is None else bool(row["blocking_enabled"])
     view.update(status=status, online=status == "online", site=row.get("site") or "Unassigned",
                 building=row.get("building") or "Unassigned")

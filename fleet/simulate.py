@@ -28,6 +28,7 @@ from edge.contract import (
     CommandResultPayload,
     EventPayload,
     HeartbeatPayload,
+    RelayState,
     decode,
     encode,
     parse_topic,
@@ -68,7 +69,7 @@ class SimUnit:
     started: float = 0.0
     connected: bool = False
     blocking_enabled: bool = True
-    relay: str = "released"
+    relay: RelayState = "released"
 
 
 @dataclass
@@ -169,7 +170,7 @@ class Simulator:
     def heartbeat(self, unit: SimUnit) -> None:
         now = time.time()
         hb = HeartbeatPayload(unit_id=unit.unit_id, ts=now, uptime_s=now - unit.started, fps=10.0,
-                              inference_p50_ms=18.0, inference_p95_ms=24.0, camera="online", relay=unit.relay,  # type: ignore[arg-type]
+                              inference_p50_ms=18.0, inference_p95_ms=24.0, camera="online", relay=unit.relay,
                               blocking_enabled=unit.blocking_enabled, outbox_depth=0, model_id=MODEL_ID,
                               software=SOFTWARE, site=unit.site, building=unit.building, elevator=unit.elevator)
         unit.client.publish(unit_topic(unit.unit_id, "heartbeat"), encode(hb), qos=0)
@@ -271,6 +272,7 @@ class Simulator:
     def _settle(self, timeout: float = 15.0) -> None:
         """Wait until every QoS 1 publish is acknowledged by the broker, so `events_published` is
         exactly what the broker took responsibility for."""
+        # paho has no public "in-flight count"; `_out_messages` holds QoS>0 messages not yet acknowledged.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             pending = sum(len(u.client._out_messages) for u in self.units if u.connected)
