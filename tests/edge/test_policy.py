@@ -13,6 +13,11 @@ from edge.track import IouTracker
 
 FPS = 10.0
 EBIKE_BOX = (100.0, 100.0, 300.0, 400.0)
+FAULTS = [  # conditions under which the device must fail open, and the event that reports each
+    (Conditions(camera_ok=False), "camera_fault"),
+    (Conditions(within_budget=False), "overload"),
+    (Conditions(fire_active=True), "fire_override"),
+]
 
 
 def ebike(score: float = 0.9, box: tuple[float, float, float, float] = EBIKE_BOX) -> Detection:
@@ -132,14 +137,7 @@ def test_tick_enforces_the_cap_even_when_no_frames_arrive() -> None:
     assert d.hold is False and not s.policy.holding
 
 
-@pytest.mark.parametrize(
-    ("cond", "fault"),
-    [
-        (Conditions(camera_ok=False), "camera_fault"),
-        (Conditions(within_budget=False), "overload"),
-        (Conditions(fire_active=True), "fire_override"),
-    ],
-)
+@pytest.mark.parametrize(("cond", "fault"), FAULTS)
 def test_blind_camera_overload_and_fire_input_never_hold(cond: Conditions, fault: str) -> None:
     s = Scenario()
     s.frames(5.0, [ebike()], cond)
@@ -148,14 +146,7 @@ def test_blind_camera_overload_and_fire_input_never_hold(cond: Conditions, fault
     assert all(d.state == State.SUPPRESSED for _, d in s.decisions)
 
 
-@pytest.mark.parametrize(
-    ("cond", "fault"),
-    [
-        (Conditions(camera_ok=False), "camera_fault"),
-        (Conditions(within_budget=False), "overload"),
-        (Conditions(fire_active=True), "fire_override"),
-    ],
-)
+@pytest.mark.parametrize(("cond", "fault"), FAULTS)
 def test_a_fault_during_a_hold_releases_at_once(cond: Conditions, fault: str) -> None:
     s = Scenario()
     s.frames(1.0, [ebike()])
