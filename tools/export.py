@@ -78,11 +78,37 @@ def max_abs_diff(model: LiftGuardDetector, onnx_path: Path, seed: int = 0) -> fl
     return float(np.abs(ref - got).max())
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
-    """Dynamic INT8 weights (no calibration set needed); accuracy must be measured before shipping it."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+class _CalibrationReader:
+    """Feeds letterboxed images to onnxruntime's static quantizer (activation ranges)."""
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QUInt8)
+    def __init__(self, images: Sequence[Path]) -> None:
+        self._items = iter(images)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        from tools.augment import letterbox, normalise
+        from tools.features import read_rgb
+
+        path = next(self._items, None)
+        if path is None:
+            return None
+        img, _ = letterbox(read_rgb(path))
+        return {"images": normalise(img)[None]}
+
+
+def quantize_int8(src: Path, dst: Path, calibration: Sequence[Path]) -> None:
+    """Static INT8 (QDQ, per-channel weights) calibrated on real images; its accuracy is measured
+    separately with `liftguard eval` before it may ship."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = dst.with_suffix(".pre.onnx")
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    reader = _CalibrationReader(calibration)
+    # The decode tail (TopK/Gather/exp) stays float: only the backbone and head convs are quantised.
+    nodes = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"]
+    quantize_static(str(pre), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_quantize=nodes)
+    pre.unlink(missing_ok=True)
     proto = onnx.load(str(dst))
     src_props = {p.key: p.value for p in onnx.load(str(src)).metadata_props}
     del proto.metadata_props[:]
@@ -97,7 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--run", type=Path, required=True, help="training run directory holding model.pt")
     ap.add_argument("--out", type=Path, required=True, help="ONNX file to write")
     ap.add_argument("--version", default=None, help="override the version recorded in the run")
-    ap.add_argument("--int8", type=Path, default=None, help="also write a dynamic-INT8 variant here")
+    ap.add_argument("--int8", type=Path, default=None, help="also write a static-INT8 variant here")
+    ap.add_argument("--calib", type=Path, default=None, help="folder of calibration images for --int8")
+    ap.add_argument("--calib-n", type=int, default=64)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     model, ckpt = load_run(args.run)
@@ -108,7 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     diff = max_abs_diff(model, args.out)
     log.info("wrote %s (%s); PyTorch vs onnxruntime max |diff| %.2e", args.out, props["model_id"], diff)
     if args.int8:
-        quantize_int8(args.out, args.int8)
+        if args.calib is None:
+            ap.error("--int8 needs --calib")
+        files = sorted(p for p in args.calib.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
+        step = max(1, len(files) // args.calib_n)
+        quantize_int8(args.out, args.int8, files[::step][: args.calib_n])
         log.info("wrote INT8 variant %s", args.int8)
     return 0
 

@@ -136,8 +136,14 @@ class FeatureCache:
         return int(self.p4.shape[0])
 
 
-def copies_for(sample: Sample, base: int, ebike_extra: int) -> int:
-    # E-bikes are the scarce, safety-critical class: more augmented views of each.
+SYNTHETIC_PREFIX = "scenegen"
+
+
+def copies_for(sample: Sample, base: int, ebike_extra: int, synthetic: int | None = None) -> int:
+    # Generated scenes are each a fresh random render, so they need fewer augmented views than photos.
+    if synthetic is not None and sample.source.startswith(SYNTHETIC_PREFIX):
+        return synthetic
+    # Real e-bikes are the scarce, safety-critical class: more augmented views of each.
     return base + (ebike_extra if sample.has_ebike else 0)
 
 
@@ -162,6 +168,7 @@ def _view_rng(sample: Sample, view: int, seed: int) -> np.random.Generator:
 def build_cache(
     backbone: EfficientNetLite0, samples: Sequence[Sample], copies: int, ebike_extra: int,
     seed: int, augmented: bool, batch: int = 16, desc: str = "features", store: Path | None = None,
+    synthetic_copies: int | None = None,
 ) -> FeatureCache:
     """Run the frozen backbone over `copies` views per sample (view 0 is the plain letterbox).
 
@@ -169,7 +176,7 @@ def build_cache(
     """
     backbone.eval()
     plan = [(i, v) for i, s in enumerate(samples)
-            for v in range(copies_for(s, copies, ebike_extra) if augmented else 1)]
+            for v in range(copies_for(s, copies, ebike_extra, synthetic_copies) if augmented else 1)]
     p4s: list[torch.Tensor | None] = [None] * len(plan)
     p5s: list[torch.Tensor | None] = [None] * len(plan)
     boxes_out: list[np.ndarray] = [np.zeros((0, 5), np.float32)] * len(plan)
