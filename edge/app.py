@@ -100,7 +100,8 @@ class Pipeline:
         self.clock = clock
         self.t0 = t0 if t0 is not None else clock()
         self.tracker = IouTracker(cfg.tracker.match_iou, cfg.tracker.max_missed_s, cfg.policy.veto_iou)
-        self.policy = Policy(cfg.policy, cfg.unit.id, cfg.blocking_enabled, step_s=1.0 / cfg.camera.fps)
+        self.policy = Policy(cfg.policy, cfg.unit.id, cfg.blocking_enabled, step_s=1.0 / cfg.camera.fps,
+                             model_thresholds=detector.metadata.thresholds)
         self.stats = Stats()
         self.camera_ok = True
         self.last_frame: Frame | None = None
@@ -129,7 +130,7 @@ class Pipeline:
         h, w = frame.image.shape[:2]
         min_area = self.cfg.policy.min_box_area * w * h
         detections = [d for d in detections
-                      if d.score >= self.cfg.policy.thresholds.get(d.cls, 1.0) * 0.5 and d.area >= min_area]
+                      if d.score >= self.policy.threshold(d.cls) * 0.5 and d.area >= min_area]
         with self._lock:
             self.camera_ok = camera_ok
             self.stats.inference_ms.append(inference_ms)

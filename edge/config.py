@@ -69,16 +69,13 @@ class DetectorConfig(_Section):
     min_score: float = Field(0.2, ge=0.01, le=1.0, description="Detections below this are dropped.")
 
 
-def _default_thresholds() -> dict[str, float]:
-    return {"ebike": 0.5, "bicycle": 0.4, "wheelchair": 0.3, "stroller": 0.3, "person": 0.4, "cart": 0.4}
-
-
 class PolicyConfig(_Section):
     block_classes: tuple[str, ...] = Field(("ebike",), min_length=1, description="Classes that get blocked.")
     veto_classes: tuple[str, ...] = Field(("wheelchair", "stroller"), description="Evidence of these on the "
                                           "same track vetoes a block (never block a wheelchair).")
-    thresholds: dict[str, float] = Field(default_factory=_default_thresholds,
-                                         description="Per-class score thresholds (0..1).")
+    thresholds: dict[str, float] = Field(default_factory=dict, description="Per-class score thresholds (0..1] "
+                                         "overriding the model's suggested operating points (its metadata); "
+                                         "a class set in neither uses 0.5.")
     confirm_frames: int = Field(3, ge=1, le=30, description="k: frames with the e-bike above threshold ...")
     confirm_window: int = Field(5, ge=1, le=60, description="... out of the last n frames of its track.")
     confirm_within_s: float = Field(2.0, ge=0.2, le=3.0, description="Confirmation must happen within this "
@@ -104,9 +101,6 @@ class PolicyConfig(_Section):
         for name, value in self.thresholds.items():
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"thresholds.{name} must be in (0, 1], got {value}")
-        missing = [c for c in (*self.block_classes, *self.veto_classes) if c not in self.thresholds]
-        if missing:
-            raise ValueError(f"thresholds missing for {missing}")
         if self.roi is not None:
             if len(self.roi) < 3:
                 raise ValueError("roi needs at least 3 points")

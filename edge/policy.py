@@ -13,13 +13,15 @@ actuators actually switch.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from edge.config import PolicyConfig
 from edge.contract import EventPayload, EventTimes, EventType
 from edge.track import Track
+
+DEFAULT_THRESHOLD = 0.5
 
 
 class State(StrEnum):
@@ -80,10 +82,13 @@ def point_in_polygon(x: float, y: float, poly: Sequence[tuple[float, float]]) ->
 
 
 class Policy:
-    def __init__(self, cfg: PolicyConfig, unit_id: str, blocking_enabled: bool = True, step_s: float = 0.1) -> None:
-        """`step_s`: the longest gap between two calls (one frame period); the hold cap allows for it."""
+    def __init__(self, cfg: PolicyConfig, unit_id: str, blocking_enabled: bool = True, step_s: float = 0.1,
+                 model_thresholds: Mapping[str, float] | None = None) -> None:
+        """`step_s`: the longest gap between two calls (one frame period); the hold cap allows for it.
+        `model_thresholds`: the model's suggested operating points; `cfg.thresholds` overrides them."""
         self.cfg = cfg
         self.step_s = step_s
+        self.model_thresholds = dict(model_thresholds or {})
         self.unit_id = unit_id
         self.blocking_enabled = blocking_enabled
         self.state = State.IDLE
@@ -94,14 +99,14 @@ class Policy:
 
     # --- evidence ---------------------------------------------------------------------------
 
-    def _threshold(self, cls: str) -> float:
-        return self.cfg.thresholds.get(cls, 1.0)
+    def threshold(self, cls: str) -> float:
+        return self.cfg.thresholds.get(cls, self.model_thresholds.get(cls, DEFAULT_THRESHOLD))
 
     def block_score(self, scores: dict[str, float]) -> float:
         return max((scores.get(c, 0.0) for c in self.cfg.block_classes), default=0.0)
 
     def _frames_above(self, entries: Sequence[tuple[float, dict[str, float]]], classes: Sequence[str]) -> int:
-        return sum(any(s.get(c, 0.0) >= self._threshold(c) for c in classes) for _, s in entries)
+        return sum(any(s.get(c, 0.0) >= self.threshold(c) for c in classes) for _, s in entries)
 
     def _window(self, track: Track, now: float) -> list[tuple[float, dict[str, float]]]:
         horizon = now - self.cfg.confirm_within_s
