@@ -3,6 +3,7 @@ acknowledge it — the property manager's whole loop, through the real server an
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -62,6 +63,9 @@ def test_manager_logs_in_sees_units_gets_a_live_alert_and_acknowledges_it(
     wait_until(lambda: page.evaluate(
         f'document.querySelector(\'.alert[data-event-id="{event.event_id}"] img\').naturalWidth') > 0, timeout=15)
 
+    if shot := os.environ.get("LIFTGUARD_SCREENSHOT"):  # docs: `LIFTGUARD_SCREENSHOT=docs/img/dashboard.png`
+        page.set_viewport_size({"width": 1280, "height": 860})
+        page.screenshot(path=shot, full_page=False)
     card.query_selector("button[data-verdict=acknowledged]").click()  # type: ignore[union-attr]
     page.wait_for_selector(f'.alert[data-event-id="{event.event_id}"]', state="detached", timeout=10000)
     labelled = fleet.store.get_alert(event.event_id)
