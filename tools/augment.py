@@ -64,7 +64,7 @@ def _clip(boxes: np.ndarray) -> np.ndarray:
     c[:, [2, 4]] = c[:, [2, 4]].clip(0, INPUT_H)
     w, h = c[:, 3] - c[:, 1], c[:, 4] - c[:, 2]
     keep = (w >= 3) & (h >= 3) & (w * h >= MIN_VISIBLE * np.maximum(area, 1e-6))
-    return c[keep]
+    return np.asarray(c[keep], np.float32)
 
 
 def _rot90(rgb: np.ndarray, boxes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -98,7 +98,7 @@ def _rotate_small(rgb: np.ndarray, boxes: np.ndarray, deg: float) -> tuple[np.nd
 
 
 def _colour(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    x = rgb.astype(np.float32)
+    x: np.ndarray = rgb.astype(np.float32)
     if rng.random() < 0.15:
         # Night / IR cameras deliver grey frames.
         g = x @ np.array([0.299, 0.587, 0.114], np.float32)

@@ -43,17 +43,39 @@ def grouped_folds(groups: Sequence[str], k: int) -> dict[str, int]:
     return out
 
 
-def _leaky_synthetic(samples: Sequence[Sample]) -> set[int]:
-    """Generated scenes with pasted real e-bike cut-outs: the manifest does not say which photo a
-    cut-out came from, so any of them may carry a held-out elevator e-bike; all are left out of every
-    fold (conservative: scenes with street-moped cut-outs go too)."""
-    licences: dict[str, str] = {}
-    roots = {s.image.parent.parent.parent for s in samples}
-    for root in roots:
-        with (root / "manifest.csv").open(newline="") as f:
-            licences.update({r["file"]: r.get("licence", "") for r in csv.DictReader(f)})
+def _corpus_root(samples: Sequence[Sample]) -> Path:
+    return samples[0].image.parent.parent.parent
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _leaky_synthetic(samples: Sequence[Sample], held: set[str]) -> set[int]:
+    """Generated scenes that may show a held-out photo through a pasted cut-out.
+
+    With the data engine's cutouts.csv (file → cut-out source group) exactly those scenes go; without
+    it every scene with a real e-bike cut-out goes (conservative: street-moped cut-outs go too).
+    """
+    root = _corpus_root(samples)
+    index = {s.image.name: i for i, s in enumerate(samples)}
+    if (root / "cutouts.csv").exists():
+        return {index[r["file"]] for r in _read_csv(root / "cutouts.csv")
+                if r["cutout_source_group"] in held and r["file"] in index}
+    licences = {r["file"]: r.get("licence", "") for r in _read_csv(root / "manifest.csv")}
     return {i for i, s in enumerate(samples)
             if s.source.startswith(SYNTHETIC_PREFIX) and s.has_ebike and "cut-out" in licences.get(s.image.name, "")}
+
+
+def _fold_of(real: Sequence[Sample], k: int) -> dict[str, int]:
+    """The corpus's own grouped folds (folds.csv) when it has them, else ours."""
+    path = _corpus_root(real) / "folds.csv"
+    if path.exists():
+        rows = {r["source_group"]: int(r["fold"]) for r in _read_csv(path)}
+        if all(s.group in rows for s in real):
+            return {s.group: rows[s.group] for s in real}
+    return grouped_folds([s.group for s in real], k)
 
 
 def _link_fold(samples: Sequence[Sample], dst: Path) -> None:
@@ -73,14 +95,15 @@ def run_cv(run: Path, out: Path, folds: int, epochs: int, seed: int, source: str
     train_c: FeatureCache = cache["train"]
     train_s: list[Sample] = cache["train_samples"]
     real = [s for s in [*train_s, *cache["val_samples"]] if s.source == source]
-    fold_of = grouped_folds([s.group for s in real], folds)
+    fold_of = _fold_of(real, folds)
     ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=False)
-    leaky = _leaky_synthetic(train_s)
-    log.info("%d real %s images in %d groups; %d generated scenes with real e-bike cut-outs left out",
-             len(real), source, len(fold_of), len(leaky))
+    log.info("%d real %s images in %d groups, %d folds", len(real), source, len(fold_of), len(set(fold_of.values())))
     per_fold, hits, n_img = [], 0, 0
-    for f in range(folds):
+    n_leaky = 0
+    for f in sorted(set(fold_of.values())):
         held = {g for g, k in fold_of.items() if k == f}
+        leaky = _leaky_synthetic(train_s, held)
+        n_leaky += len(leaky)
         test = [s for s in real if s.group in held]
         if not test:
             continue
@@ -104,9 +127,9 @@ def run_cv(run: Path, out: Path, folds: int, epochs: int, seed: int, source: str
         per_fold.append({"fold": f, "images": len(test), "groups": sorted(held), "ebike_recall": m["ebike_recall"],
                          "ebike_AP50": m["per_class"]["ebike"]["AP50"],
                          "ebike_box_recall": m["per_class"]["ebike"]["recall"],
-                         "train_views": int(keep.sum())})
+                         "train_views": int(keep.sum()), "left_out_synthetic": len(leaky)})
         log.info("fold %d: %s", f, per_fold[-1])
-    summary = {"source": source, "left_out_synthetic": len(leaky), "folds": per_fold, "images": n_img, "blocked": hits,
+    summary = {"source": source, "left_out_synthetic": n_leaky, "folds": per_fold, "images": n_img, "blocked": hits,
                "ebike_image_recall": hits / n_img if n_img else None, "epochs": epochs}
     (out / "cv_metrics.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -116,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--folds", type=int, default=4)
+    ap.add_argument("--folds", type=int, default=4, help="used when the corpus has no folds.csv")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--source", default=REAL_SOURCE, help="manifest source whose images are cross-validated")

@@ -69,6 +69,13 @@ def _remap(boxes: np.ndarray, label_names: Sequence[str], model_names: Sequence[
     return out[keep]
 
 
+def _read_bgr(path: Path) -> np.ndarray:
+    frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if frame is None:
+        raise OSError(f"cannot read image {path}")
+    return np.asarray(frame, np.uint8)
+
+
 def _latency(detector: Detector, frame: np.ndarray, runs: int) -> list[float]:
     for _ in range(3):  # warm-up: first runs allocate
         detector.detect(frame)
@@ -103,9 +110,7 @@ def evaluate(
     rows: list[dict[str, Any]] = []
     lat: list[float] = []
     for path in tqdm(files, desc="eval", unit="img", dynamic_ncols=True):
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if frame is None:
-            raise OSError(f"cannot read image {path}")
+        frame = _read_bgr(path)
         t = time.perf_counter()
         dets = det.detect(frame)
         lat.append((time.perf_counter() - t) * 1000.0)
@@ -126,8 +131,7 @@ def evaluate(
     metrics["latency_ms_p50"] = float(np.percentile(lat, 50))
     metrics["latency_ms_p95"] = float(np.percentile(lat, 95))
     if bench_runs > 0:
-        first = cv2.imread(str(files[0]), cv2.IMREAD_COLOR)
-        bench = _latency(det, cv2.resize(first, BENCH_SIZE), bench_runs)
+        bench = _latency(det, np.asarray(cv2.resize(_read_bgr(files[0]), BENCH_SIZE), np.uint8), bench_runs)
         metrics["latency_640x480_ms_p50"] = float(np.percentile(bench, 50))
         metrics["latency_640x480_ms_p95"] = float(np.percentile(bench, 95))
         metrics["latency_640x480_runs"] = bench_runs

@@ -105,7 +105,8 @@ def build_targets(boxes: np.ndarray, num_classes: int = len(CLASSES)) -> tuple[n
     reg = np.zeros((5, GRID_H, GRID_W), np.float32)
     ys, xs = np.mgrid[0:GRID_H, 0:GRID_W]
     # Large boxes first so that a small object sharing a cell keeps its own size target.
-    order = np.argsort(-(boxes[:, 3] - boxes[:, 1]) * (boxes[:, 4] - boxes[:, 2])) if len(boxes) else []
+    areas = (boxes[:, 3] - boxes[:, 1]) * (boxes[:, 4] - boxes[:, 2])
+    order: list[int] = np.argsort(-areas).tolist()
     for i in order:
         c, x1, y1, x2, y2 = boxes[i]
         w, h = (x2 - x1) / STRIDE, (y2 - y1) / STRIDE

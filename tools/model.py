@@ -82,7 +82,8 @@ class MBConvBlock(nn.Module):
             y = F.relu6(self._bn0(self._expand_conv(y)))
         y = F.relu6(self._bn1(self._depthwise_conv(y)))
         y = self._bn2(self._project_conv(y))
-        return y + x if self.skip else y
+        out: torch.Tensor = y + x if self.skip else y
+        return out
 
 
 class EfficientNetLite0(nn.Module):
@@ -125,7 +126,8 @@ class EfficientNetLite0(nn.Module):
         """ImageNet logits; used only to check the weights loaded sensibly."""
         _, p5 = self.features(x)
         y = F.relu6(self._bn1(self._conv_head(p5)))
-        return self._fc(y.mean(dim=(2, 3)))
+        logits: torch.Tensor = self._fc(y.mean(dim=(2, 3)))
+        return logits
 
 
 def _sep_conv(ch: int) -> nn.Sequential:
@@ -198,7 +200,8 @@ class LiftGuardDetector(nn.Module):
 
     def raw(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         p4, p5 = self.backbone.features(images)
-        return self.head(p4, p5)
+        heat, box = self.head(p4, p5)
+        return heat, box
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         heat, box = self.raw(images)
