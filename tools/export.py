@@ -126,11 +126,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--int8", type=Path, default=None, help="also write a static-INT8 variant here")
     ap.add_argument("--calib", type=Path, default=None, help="folder of calibration images for --int8")
     ap.add_argument("--calib-n", type=int, default=64)
+    ap.add_argument("--threshold", action="append", default=[], metavar="CLASS=SCORE",
+                    help="override a suggested operating point recorded in the model (repeatable), e.g. an "
+                         "e-bike threshold chosen for a different false-block budget")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     model, ckpt = load_run(args.run)
     if args.version:
         ckpt["version"] = args.version
+    for item in args.threshold:
+        name, _, value = item.partition("=")
+        if name not in ckpt.get("classes", CLASSES) or not 0.0 < float(value or "nan") <= 1.0:
+            ap.error(f"--threshold {item!r}: expected CLASS=SCORE with a known class and 0 < SCORE <= 1")
+        ckpt["thresholds"] = {**ckpt.get("thresholds", {}), name: float(value)}
     props = metadata(ckpt)
     export_model(model, args.out, props)
     diff = max_abs_diff(model, args.out)
