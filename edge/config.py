@@ -23,7 +23,6 @@ DEFAULT_HEADER = """\
 # /etc/liftguard/config.yaml and change what your site needs; `liftguard provision` writes one for you.
 # Check a file with `liftguard config check FILE`; the JSON Schema: `liftguard config schema`.
 """
-CLASSES_WITH_ACTIONS = ("ebike", "bicycle", "wheelchair", "stroller", "person", "cart")
 
 
 class _Section(BaseModel):

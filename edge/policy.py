@@ -283,6 +283,3 @@ class Policy:
     @property
     def holding(self) -> bool:
         return self._hold is not None
-
-    def hold_started(self) -> float | None:
-        return self._hold.started if self._hold else None

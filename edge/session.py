@@ -67,17 +67,6 @@ def open_recording(path: Path, loop: bool = False) -> tuple[RawReader, float | N
     return reader, source_fps(reader, 0.0) or None
 
 
-def pin_timeline(pin_name: str, t0: float) -> str:
-    """MockPin state changes as 'low → high at 3.10 s → low at 9.40 s' (wall time since t0)."""
-    pin = Device.pin_factory.pin(pin_name)  # type: ignore[union-attr]
-    parts: list[str] = []
-    for state in getattr(pin, "states", []):
-        level = "high" if state.state else "low"
-        at = state.timestamp - t0 if hasattr(state, "timestamp") else 0.0
-        parts.append(f"{level}" if not parts else f"{level} at +{max(at, 0):.2f} s wall")
-    return " → ".join(parts) if parts else "unchanged"
-
-
 def run_demo(opts: DemoOptions) -> int:
     """Demo and replay: a recording through the whole device on clip time, with gpiozero mock pins."""
     from gpiozero.pins.mock import MockFactory
