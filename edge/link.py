@@ -66,6 +66,7 @@ class MqttLink:
         self._rewind_at: float | None = None
         self._connected = False
         self._fresh_connection = False
+        self._subscribed = False
         self._relay: bool | None = None
         self._relay_published: bool | None = None
         self._last_desired: bytes | None = None
@@ -111,6 +112,7 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         return client
 
@@ -204,7 +206,8 @@ class MqttLink:
         return self._connected
 
     def wait_connected(self, timeout: float) -> bool:
-        return _poll(lambda: self._connected, timeout)
+        """Connected and, where commands are handled, subscribed to them."""
+        return _poll(lambda: self._connected and (self._subscribed or not self.handler), timeout)
 
     def wait_drained(self, timeout: float) -> bool:
         """True once every committed row has been acknowledged by the broker."""
@@ -225,8 +228,17 @@ class MqttLink:
             log.warning("broker refused the connection: %s", rc)
             return
         self._connected = True
+        self._subscribed = False
+        if self.handler:
+            # Subscribe from the network thread, right after CONNACK: a command the fleet sends the
+            # moment it sees us must not arrive before our subscription does.
+            client.subscribe([(self.topic("cmd/+"), 1), (self.topic("config/desired"), 1)])
         self._fresh_connection = True
         self._wake.set()
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[ReasonCode],
+                      props: Properties | None) -> None:
+        self._subscribed = True
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: mqtt.DisconnectFlags, rc: ReasonCode,
                        props: Properties | None) -> None:
@@ -270,14 +282,12 @@ class MqttLink:
                 time.sleep(0.5)
 
     def _announce(self) -> None:
-        """After every (re)connect: retained online, subscriptions, discovery, relay state."""
+        """After every (re)connect: retained online, discovery, relay state (subscriptions: _on_connect)."""
         self.stats["connects"] += 1
         if self._software is None and self._heartbeat:
             self._software, self._model_id = self._identity()
         log.info("connected to the broker; %s rows to deliver", self.outbox.depth())
         self._client.publish(self.topic("status"), self._status("online"), qos=1, retain=True)
-        if self.handler:
-            self._client.subscribe([(self.topic("cmd/+"), 1), (self.topic("config/desired"), 1)])
         if self.settings.home_assistant:
             for topic, payload in ha.discovery_messages(self.settings.unit_id, self._software):
                 self._client.publish(topic, payload, qos=1, retain=True)

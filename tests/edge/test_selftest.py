@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import re
 import subprocess
 import time
 from collections.abc import Sequence
@@ -114,7 +115,8 @@ def test_model_latency_is_measured_against_the_budget(tmp_path: Path) -> None:
     detector = FakeDetector(2)
     result = selftest(config(detector={"budget_ms": 50}), tmp_path, detector_factory=lambda c: detector).check_model()
     assert result.status == "PASS"
-    assert "p50 2." in result.detail and "budget 50 ms" in result.detail
+    # the fake sleeps 2 ms per call; a loaded CI machine may add a little, never 48 ms
+    assert re.search(r"p50 \d+(\.\d+)? ms", result.detail) and "budget 50 ms" in result.detail
     assert detector.calls == 3 + 5  # warm-up + timed runs
 
 
