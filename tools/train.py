@@ -180,17 +180,9 @@ def save_plots(out: Path, history: Sequence[dict[str, float]], dets: Sequence[Se
     fig.tight_layout()
     fig.savefig(out / "loss_curve.png", dpi=100)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 5))
-    for cls in CLASSES:
-        curve = class_curve(dets, truths, CLASSES, cls)
-        if curve.n_gt:
-            p, r = curve.precision_recall()
-            ax.plot(r, p, label=f"{cls} AP50={curve.ap50():.2f}")
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="validation PR (IoU 0.5)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "pr_val.png", dpi=100)
-    plt.close(fig)
+    from tools.eval_plots import save_pr_curves
+
+    save_pr_curves(out / "pr_val.png", dets, truths, CLASSES)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
