@@ -75,7 +75,6 @@ class Stats:
     inference_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100))
     pipeline_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100))
     started: float = field(default_factory=time.time)
-    last_frame_ts: float = 0.0
 
     def percentile(self, values: deque[float], q: float) -> float:
         if not values:
@@ -133,13 +132,12 @@ class Pipeline:
         with self._lock:
             self.camera_ok = camera_ok
             self.stats.inference_ms.append(inference_ms)
+            self._remember_snapshot(frame, detections)  # before the decision: this frame may confirm
             tracks = self.tracker.update(frame.ts, detections)
             decision = self.policy.update(frame.ts, tracks, self.conditions(), (w, h))
             self.last_frame, self.last_detections = frame, detections
-            self._remember_snapshot(frame, detections)
             self._apply(decision, frame.ts, frame)
             self.stats.frames += 1
-            self.stats.last_frame_ts = frame.ts
             self.stats.pipeline_ms.append((time.perf_counter() - started) * 1000.0)
         return decision
 
@@ -160,8 +158,10 @@ class Pipeline:
 
     def _remember_snapshot(self, frame: Frame, detections: list[Detection]) -> None:
         """Keep the frame with the strongest e-bike evidence for the next start event."""
+        if self.policy.holding:
+            return  # the hold's picture went with its start event: no per-frame drawing while holding
         score = max((d.score for d in detections if d.cls in self.cfg.policy.block_classes), default=0.0)
-        if score > 0 and (self.best_snapshot is None or score >= self.best_snapshot[0]):
+        if score > 0 and (self.best_snapshot is None or score > self.best_snapshot[0]):
             self.best_snapshot = (score, self._picture(frame.image, detections))
         elif self.state == State.IDLE:
             self.best_snapshot = None  # evidence went away without a block: don't keep a stale picture
