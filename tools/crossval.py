@@ -2,9 +2,12 @@
 
     python -m tools.crossval --run /work/runs/v2 --out /work/runs/v2/cv_real
 
-Reuses the run's cached features: for each fold a fresh head trains on every cached view except
-those of the fold's source groups (a CCTV burst is one group), is exported through the same ONNX
-path as the shipped model, and scores the fold's images with `tools.evaluate`.
+Reuses the run's cached features: for each fold a fresh head (and, for a run trained with
+`--tune-tail`, the backbone's stride-32 tail reset to its ImageNet weights) trains on every cached
+view except those of the fold's source groups (a CCTV burst is one group), is exported through the
+same ONNX path as the shipped model, and scores the fold's images with `tools.evaluate`.
+`--max-views` caps each fold's training views (all real e-bike views kept, the rest sampled) so that
+a tuned-tail run can be cross-validated in minutes rather than hours; the cap is recorded.
 """
 
 from __future__ import annotations
@@ -88,8 +91,24 @@ def _link_fold(samples: Sequence[Sample], dst: Path) -> None:
                 os.symlink(src, d)
 
 
-def run_cv(run: Path, out: Path, folds: int, epochs: int, seed: int, source: str = REAL_SOURCE) -> dict[str, Any]:
-    from tools.train import train_head
+def cap_views(keep: torch.Tensor, samples: Sequence[Sample], sample_index: torch.Tensor, max_views: int,
+              seed: int) -> torch.Tensor:
+    """At most `max_views` of the kept views: every real e-bike view, then a seeded sample of the rest."""
+    if max_views <= 0 or int(keep.sum()) <= max_views:
+        return keep
+    precious = torch.tensor([samples[int(i)].has_ebike and not samples[int(i)].source.startswith(SYNTHETIC_PREFIX)
+                             for i in sample_index]) & keep
+    rest = (keep & ~precious).nonzero().flatten()
+    room = max(max_views - int(precious.sum()), 0)
+    pick = rest[torch.randperm(len(rest), generator=torch.Generator().manual_seed(seed))[:room]]
+    out = precious.clone()
+    out[pick] = True
+    return out
+
+
+def run_cv(run: Path, out: Path, folds: int, epochs: int, seed: int, source: str = REAL_SOURCE,
+           tune_tail: bool | None = None, max_views: int = 0) -> dict[str, Any]:
+    from tools.train import CachedDetector, train_head
 
     cache = torch.load(run / "features.pt", map_location="cpu", weights_only=False)
     train_c: FeatureCache = cache["train"]
@@ -97,6 +116,8 @@ def run_cv(run: Path, out: Path, folds: int, epochs: int, seed: int, source: str
     real = [s for s in [*train_s, *cache["val_samples"]] if s.source == source]
     fold_of = _fold_of(real, folds)
     ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=False)
+    if tune_tail is None:
+        tune_tail = bool(ckpt.get("tuned_tail", False))
     log.info("%d real %s images in %d groups, %d folds", len(real), source, len(fold_of), len(set(fold_of.values())))
     per_fold, hits, n_img = [], 0, 0
     n_leaky = 0
@@ -109,11 +130,14 @@ def run_cv(run: Path, out: Path, folds: int, epochs: int, seed: int, source: str
             continue
         keep = torch.tensor([train_s[int(i)].group not in held and int(i) not in leaky
                              for i in train_c.sample_index])
+        keep = cap_views(keep, train_s, train_c.sample_index, max_views, seed + f)
         model = LiftGuardDetector()
-        model.load_state_dict(ckpt["state_dict"])  # backbone is frozen and shared; the head is retrained
+        # ImageNet backbone: the cached features came from it, and a tuned tail must not have seen the fold.
+        model.backbone.load_pretrained()
         model.head = CenterHead()
         torch.manual_seed(seed + f)
-        train_head(model.head, train_c.subset(keep), None, epochs, 3e-3, 64, seed + f, desc=f"fold {f}")
+        net = CachedDetector(model.head, model.backbone.tail() if tune_tail else None)
+        train_head(net, train_c.subset(keep), None, epochs, 3e-3, 64, seed + f, desc=f"fold {f}")
         fold_dir = out / f"fold{f}"
         onnx_path = fold_dir / "model.onnx"
         export_model(model.eval(), onnx_path, metadata({**ckpt, "version": f"cv-fold{f}"}))
@@ -130,7 +154,8 @@ def run_cv(run: Path, out: Path, folds: int, epochs: int, seed: int, source: str
                          "train_views": int(keep.sum()), "left_out_synthetic": len(leaky)})
         log.info("fold %d: %s", f, per_fold[-1])
     summary = {"source": source, "left_out_synthetic": n_leaky, "folds": per_fold, "images": n_img, "blocked": hits,
-               "ebike_image_recall": hits / n_img if n_img else None, "epochs": epochs}
+               "ebike_image_recall": hits / n_img if n_img else None, "epochs": epochs,
+               "tuned_tail": tune_tail, "max_views": max_views}
     (out / "cv_metrics.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -143,10 +168,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--source", default=REAL_SOURCE, help="manifest source whose images are cross-validated")
+    ap.add_argument("--max-views", type=int, default=0, help="cap on training views per fold (0: all)")
+    tail = ap.add_mutually_exclusive_group()
+    tail.add_argument("--tune-tail", dest="tune_tail", action="store_true", default=None,
+                      help="fine-tune the stride-32 tail per fold (default: as the run was trained)")
+    tail.add_argument("--frozen-tail", dest="tune_tail", action="store_false")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(2)
-    s = run_cv(args.run, args.out, args.folds, args.epochs, args.seed, args.source)
+    s = run_cv(args.run, args.out, args.folds, args.epochs, args.seed, args.source, args.tune_tail, args.max_views)
     print(json.dumps({k: v for k, v in s.items() if k != "folds"}, indent=2))
     return 0
 

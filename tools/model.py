@@ -118,6 +118,10 @@ class EfficientNetLite0(nn.Module):
             x = block(x)
         return x
 
+    def tail(self) -> nn.ModuleList:
+        """The stride-32 blocks (stages 6–7): what `--tune-tail` fine-tunes on cached stride-16 features."""
+        return nn.ModuleList(self._blocks[P4_LAST_BLOCK + 1 :])
+
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         p4 = self.stem_to_p4(x)
         return p4, self.p4_to_p5(p4)

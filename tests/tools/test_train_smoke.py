@@ -13,7 +13,7 @@ from tests.tools.synthcorpus import make_corpus
 from tools import train
 from tools.augment import augment, letterbox, letterbox_params
 from tools.features import GRID_H, GRID_W, build_targets
-from tools.model import EfficientNetLite0
+from tools.model import P4_LAST_BLOCK, EfficientNetLite0
 
 
 def test_pretrained_backbone_loads_with_strict_keys() -> None:
@@ -63,3 +63,26 @@ def test_training_smoke_run_writes_a_model_and_learns(tmp_path: Path) -> None:
     assert len(history) == 4 and history[-1]["train_loss"] < history[0]["train_loss"]
     assert set(metrics["thresholds"]) == {"ebike", "bicycle", "wheelchair", "stroller", "person", "cart"}
     assert "synthetic: 16" in metrics["trained_on"]
+
+
+@pytest.mark.slow
+def test_tuning_the_tail_changes_only_the_stride32_blocks_and_the_head(tmp_path: Path) -> None:
+    data = make_corpus(tmp_path / "corpus", n_train=8, n_val=2)
+    out = tmp_path / "run"
+    assert train.main(["--data", str(data), "--out", str(out), "--epochs", "2", "--copies", "1",
+                       "--ebike-extra", "0", "--batch", "4", "--seed", "0", "--tune-tail"]) == 0
+    ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
+    assert ckpt["tuned_tail"] is True
+    imagenet = EfficientNetLite0()
+    imagenet.load_pretrained()
+    reference = {f"backbone.{k}": v for k, v in imagenet.state_dict().items()}
+    first_tail = f"backbone._blocks.{P4_LAST_BLOCK + 1}."
+    tail_keys = [k for k in reference if any(k.startswith(f"backbone._blocks.{i}.")
+                                             for i in range(P4_LAST_BLOCK + 1, len(imagenet._blocks)))]
+    stem_keys = [k for k in reference if k not in tail_keys]
+    assert any(k.startswith(first_tail) for k in tail_keys)
+    # The stride-16 stages produced the cached features, so they must be exactly the ImageNet ones...
+    assert all(torch.equal(ckpt["state_dict"][k], reference[k]) for k in stem_keys)
+    # ...while the tail's weights moved (its BatchNorm running statistics stay frozen).
+    moved = [k for k in tail_keys if not torch.equal(ckpt["state_dict"][k], reference[k])]
+    assert moved and all(not k.endswith(("running_mean", "running_var")) for k in moved)
