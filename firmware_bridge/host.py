@@ -79,8 +79,9 @@ class BridgeActuators:
     def __init__(self, port: str, baud: int = 115200, *, heartbeat_s: float = HEARTBEAT_S,
                  ack_timeout_s: float = 0.1, retries: int = 4, stale_after_s: float = 1.0,
                  clock: Clock = time.monotonic, fd: int | None = None,
-                 on_fire: Callable[[bool], None] | None = None) -> None:
+                 on_fire: Callable[[bool], None] | None = None, voice_repeat_s: float = 8.0) -> None:
         self.port = port
+        self.voice_repeat_s = voice_repeat_s
         self.on_fire = on_fire
         self.heartbeat_s = heartbeat_s
         self.ack_timeout_s = ack_timeout_s
@@ -103,20 +104,24 @@ class BridgeActuators:
         self._status: dict[str, int] | None = None
         self._status_event = threading.Event()
         self._stale_logged = False
+        self._alarm = threading.Event()
         self.relay_held = False
         self.heartbeats_sent = 0
         self.retries_sent = 0
+        self.voice_plays = 0
         self._threads = [
             threading.Thread(target=self._read_loop, name="bridge-rx", daemon=True),
             threading.Thread(target=self._heartbeat_loop, name="bridge-heartbeat", daemon=True),
+            threading.Thread(target=self._voice_loop, name="bridge-voice", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
 
     @classmethod
     def from_config(cls, actuators: Any, on_fire: Callable[[bool], None] | None = None) -> BridgeActuators:
-        """From `edge.config.ActuatorConfig` (bridge_port, bridge_baud), like GpioActuators(cfg, on_fire)."""
-        return cls(actuators.bridge_port, actuators.bridge_baud, on_fire=on_fire)
+        """From `edge.config.ActuatorConfig` (bridge_port, bridge_baud, voice.repeat_s), like GpioActuators."""
+        return cls(actuators.bridge_port, actuators.bridge_baud, on_fire=on_fire,
+                   voice_repeat_s=actuators.voice.repeat_s)
 
     # -- edge.actuate.Actuators protocol (held, set_hold, set_alarm, fire_active, close) --------------
 
@@ -128,9 +133,11 @@ class BridgeActuators:
         self.set_relay(held)
 
     def set_alarm(self, on: bool) -> None:
-        """Voice clip 1 and the beacon on; beacon off. The board's voice module plays the clip once."""
+        """Beacon on and voice clip 1 every `voice_repeat_s` while on (the board plays a clip once)."""
         if on:
-            self.play_voice(1)
+            self._alarm.set()
+        else:
+            self._alarm.clear()
         self.set_beacon(on)
 
     # -- the actuator API -------------------------------------------------------------------------
@@ -194,6 +201,7 @@ class BridgeActuators:
         if self._stop.is_set():
             return
         try:
+            self._alarm.clear()
             self.set_relay(False)
             self.set_beacon(False)
         finally:
@@ -271,6 +279,17 @@ class BridgeActuators:
                 self.heartbeats_sent += 1
             except (OSError, BridgeError) as exc:
                 log.error("I/O board heartbeat failed: %s", exc)
+
+    def _voice_loop(self) -> None:
+        # Its own thread: a command waits for its ACK, which must never delay a heartbeat.
+        while not self._stop.is_set():
+            if not self._alarm.wait(timeout=0.1):
+                continue
+            if self.play_voice(1):
+                self.voice_plays += 1
+            deadline = self.clock() + self.voice_repeat_s
+            while self._alarm.is_set() and not self._stop.is_set() and self.clock() < deadline:
+                self._stop.wait(0.05)
 
     def _read_loop(self) -> None:
         while not self._stop.is_set():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 
@@ -154,3 +155,21 @@ def test_bridge_fits_the_actuators_protocol_of_edge_actuate(board: SimulatedBoar
         wait_until(lambda: fire_changes == [True])
         assert host.held is False and board.relay.value() == 0
         host.set_alarm(False)
+
+
+def test_the_voice_warning_repeats_while_the_alarm_is_on_and_stops_with_it() -> None:
+    clips: list[tuple[float, int]] = []
+    board = SimulatedBoard(voice=lambda clip: clips.append((time.monotonic(), clip)))
+    try:
+        with BridgeActuators(board.port, voice_repeat_s=0.3) as host:
+            host.set_alarm(True)
+            wait_until(lambda: len(clips) >= 3, timeout=3.0)
+            host.set_alarm(False)
+            played = len(clips)
+            time.sleep(0.6)
+            assert len(clips) == played, "no clip after the alarm went off"
+        gaps = [b - a for (a, _), (b, _) in itertools.pairwise(clips)]
+        assert all(clip == 1 for _, clip in clips)
+        assert all(0.25 <= g <= 1.5 for g in gaps), gaps  # every repeat_s, not back to back
+    finally:
+        board.close()
