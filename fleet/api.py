@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Annotated, Any, Literal
@@ -39,7 +39,7 @@ from fleet.auth import Authenticator, LoginLimiter, Principal, Throttled
 from fleet.config import FleetSettings
 from fleet.errors import AuthError
 from fleet.ingest import Ingestor
-from fleet.store import ALERT_TYPES, IngestBatch, Row, Store
+from fleet.store import ALERT_TYPES, IngestBatch, Row, Store, day_bounds
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,8 @@ class FleetContext:
     auth: Authenticator
     notifier: AlertNotifier
     ingestor: Ingestor | None = None
+    # What time it is: decides which day is "today" for the daily counts (tests pass a fixed one).
+    clock: Callable[[], float] = time.time
     # Set when the server shuts down: SSE streams end instead of holding the graceful shutdown open.
     closing: threading.Event = field(default_factory=threading.Event)
 
@@ -364,8 +366,10 @@ def create_app(ctx: FleetContext) -> FastAPI:
     @app.get("/api/stats/daily")
     def daily(who: User, days: Annotated[int, Query(ge=1, le=366)] = 14,
               top: Annotated[int, Query(ge=1, le=50)] = 8) -> dict[str, Any]:
-        """E-bike alerts per building and UTC day, oldest day first."""
-        today = dt.datetime.now(dt.UTC).date()
+        """E-bike alerts per building and day, oldest day first; days are those of the `timezone` setting
+        (the site's), so the last one is today there."""
+        tz = ctx.settings.tz
+        today = dt.datetime.fromtimestamp(ctx.clock(), tz).date()
         day_list = [(today - dt.timedelta(days=days - 1 - i)).isoformat() for i in range(days)]
         series: dict[str, list[int]] = {}
         for row in ctx.store.daily_counts(day_list[0], day_list[-1]):
@@ -377,7 +381,7 @@ def create_app(ctx: FleetContext) -> FastAPI:
         if len(ranked) > top:
             rest = [sum(series[b][i] for b in ranked[top:]) for i in range(days)]
             out.append({"building": f"{len(ranked) - top} other buildings", "counts": rest})
-        return {"days": day_list, "series": out}
+        return {"days": day_list, "timezone": ctx.settings.timezone, "series": out}
 
     @app.get("/api/export/dataset.zip", response_class=Response,
              responses={200: {"content": {"application/zip": {}}}})
@@ -409,24 +413,24 @@ def create_app(ctx: FleetContext) -> FastAPI:
     def dashboard(who: User, q: str = "", site: str = "", building: str = "", status: str = "") -> HTMLResponse:
         matches = units(q, site, building, status)
         return HTMLResponse(web.dashboard_page(who, matches, ctx.store.sites_and_buildings(),
-                                               {"q": q, "site": site, "building": building, "status": status}))
+                                               {"q": q, "site": site, "building": building, "status": status},
+                                               ctx.settings.timezone))
 
     @app.get("/alerts", response_class=HTMLResponse, include_in_schema=False)
     def alerts_page(who: User, status: str = "all", q: str = "", building: str = "", type: str = "",
                     day: str = "") -> HTMLResponse:
         since = until = None
-        if day:
+        if day:  # a day of the site's time zone, like the daily counts
             try:
-                start = dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC)
-            except ValueError:
+                since, until = day_bounds(dt.date.fromisoformat(day), ctx.settings.tz)
+            except (ValueError, OverflowError):
                 raise HTTPException(422, "day must be YYYY-MM-DD") from None
-            since, until = start.timestamp(), start.timestamp() + 86400
         if status not in ("open", "all", "acknowledged", "false_alarm", "confirmed"):
             status = "all"
         rows = [alert_view(r) for r in ctx.store.list_alerts(status, q, "", building, type, since, until,
                                                              limit=500)]
         return HTMLResponse(web.alerts_page(who, rows, {"status": status, "q": q, "building": building,
-                                                       "type": type, "day": day}))
+                                                       "type": type, "day": day}, ctx.settings.timezone))
 
     @app.get("/static/app.js", include_in_schema=False)
     def app_js(who: User) -> Response:
@@ -468,7 +472,8 @@ class FleetServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def build_context(settings: FleetSettings, store: Store) -> FleetContext:
+def build_context(settings: FleetSettings, store: Store, clock: Callable[[], float] = time.time) -> FleetContext:
     limiter = LoginLimiter(settings.login_max_failures, settings.login_window_s)
     return FleetContext(settings=settings, store=store,
-                        auth=Authenticator(store, settings.session_ttl_s, limiter), notifier=AlertNotifier())
+                        auth=Authenticator(store, settings.session_ttl_s, limiter), notifier=AlertNotifier(),
+                        clock=clock)

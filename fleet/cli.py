@@ -22,7 +22,7 @@ def _settings(args: argparse.Namespace) -> Any:
 
     overrides = {k: getattr(args, k, None) for k in (
         "db", "mqtt_url", "shared_group", "http_host", "http_port", "client_id", "silence_s", "batch_max",
-        "batch_window_ms", "mqtt_username", "mqtt_password_file", "mqtt_ca", "mqtt_cert", "mqtt_key")}
+        "batch_window_ms", "mqtt_username", "mqtt_password_file", "mqtt_ca", "mqtt_cert", "mqtt_key", "timezone")}
     if getattr(args, "cookie_secure", False):
         overrides["cookie_secure"] = True
     return load_settings(overrides)
@@ -36,7 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fleet.store import Store
 
     settings = _settings(args)
-    store = Store.open(settings.db)
+    store = Store.open(settings.db, settings.tz)
     if not args.no_migrate:
         store.migrate()
     ctx = build_context(settings, store)
@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--silence-s", type=float, help="heartbeat silence that marks a unit offline")
     serve.add_argument("--batch-max", type=int)
     serve.add_argument("--batch-window-ms", type=float)
+    serve.add_argument("--timezone", help="the site's IANA time zone, e.g. Asia/Shanghai: where days begin "
+                                          "(default UTC)")
     serve.add_argument("--cookie-secure", action="store_true", help="Secure cookies (serve behind HTTPS)")
     serve.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations at start")
     serve.add_argument("--stats-out", help="write ingest statistics as JSON here on shutdown")

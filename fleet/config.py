@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import difflib
 import os
+import zoneinfo
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from edge.errors import ConfigError
 
@@ -38,6 +42,23 @@ class FleetSettings(BaseModel):
     cookie_secure: bool = Field(False, description="set the Secure cookie flag (behind HTTPS)")
     login_max_failures: int = Field(5, ge=1, le=1000, description="per user and per client address")
     login_window_s: float = Field(300.0, ge=1, le=86400)
+    timezone: str = Field(
+        "UTC", title="site time zone",
+        description="IANA name (e.g. Asia/Shanghai): whose midnight starts a day in the daily alert counts, "
+                    "the alert history's day filter and the times on the dashboard")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            zone_for(name)
+        except ValueError as exc:
+            raise PydanticCustomError("unknown_time_zone", "{reason}", {"reason": str(exc)}) from None
+        return name
+
+    @property
+    def tz(self) -> dt.tzinfo:
+        return zone_for(self.timezone)
 
     @property
     def mqtt_host(self) -> str:
@@ -51,6 +72,25 @@ class FleetSettings(BaseModel):
     @property
     def mqtt_tls(self) -> bool:
         return urlparse(self.mqtt_url).scheme == "mqtts"
+
+
+def zone_for(name: str) -> dt.tzinfo:
+    """The tzinfo of an IANA zone name; ValueError, with a close match if one exists, when unknown."""
+    if name == "UTC":
+        return dt.UTC  # needs no time zone database, so the default works everywhere
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        pass
+    known = zoneinfo.available_timezones()
+    if not known:
+        raise ValueError(f"unknown time zone {name!r}: this machine has no time zone database "
+                         "(install the OS package tzdata, or `pip install tzdata`)")
+    by_case = {k.lower(): k for k in known}
+    guesses = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+    guess = by_case.get(name.strip().lower()) or (guesses[0] if guesses else None)
+    hint = f"; did you mean {guess!r}?" if guess else ""
+    raise ValueError(f"unknown time zone {name!r} (an IANA name such as 'Asia/Shanghai' or 'UTC'){hint}")
 
 
 def load_settings(overrides: Mapping[str, Any] | None = None,

@@ -47,8 +47,16 @@ class _Cursor(Protocol):
     def rowcount(self) -> int: ...
 
 
-def utc_day(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).date().isoformat()
+def local_day(ts: float, tz: dt.tzinfo) -> str:
+    """The calendar day (YYYY-MM-DD) that the instant `ts` falls on in the zone `tz`."""
+    return dt.datetime.fromtimestamp(ts, tz).date().isoformat()
+
+
+def day_bounds(day: dt.date, tz: dt.tzinfo) -> tuple[float, float]:
+    """[start, end) of a calendar day in `tz` as timestamps; 23 or 25 h long on a DST change."""
+    start = dt.datetime.combine(day, dt.time(), tz)
+    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tz)
+    return start.timestamp(), end.timestamp()
 
 
 @dataclass
@@ -77,21 +85,23 @@ class IngestBatch:
 
 
 class Store:
-    """A fleet database. `Store.open(url)` picks the engine from the URL scheme."""
+    """A fleet database. `Store.open(url, tz)` picks the engine from the URL scheme; `tz` is the site's time
+    zone, whose calendar days the `day` column of new events holds."""
 
     dialect = "abstract"
 
-    def __init__(self) -> None:
+    def __init__(self, tz: dt.tzinfo = dt.UTC) -> None:
+        self.tz = tz
         self._local = threading.local()
         self._all_conns: list[Any] = []
         self._conns_lock = threading.Lock()
 
     @staticmethod
-    def open(url: str) -> Store:
+    def open(url: str, tz: dt.tzinfo = dt.UTC) -> Store:
         if url.startswith(("postgresql://", "postgres://")):
-            return PostgresStore(url)
+            return PostgresStore(url, tz)
         if url.startswith("sqlite:///"):
-            return SqliteStore(Path(url.removeprefix("sqlite:///")))
+            return SqliteStore(Path(url.removeprefix("sqlite:///")), tz)
         raise ConfigError(f"unsupported database URL {url!r} (use sqlite:///path or postgresql://...)")
 
     # -- engine hooks -------------------------------------------------------------------------
@@ -270,14 +280,20 @@ class Store:
                 cur, f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk).fetchall())
         new: list[EventPayload] = []
         rows = []
+        # `day` is fixed here, in Python, in the site's zone at the time of writing: both engines get
+        # the same value (SQLite has no time zone database) and the daily counts stay an index
+        # lookup on `events_day`. Decision: no migration when the zone setting changes, and none
+        # for this feature: the column's type and meaning (a YYYY-MM-DD label) are unchanged, and a
+        # plain-SQL migration can neither see the runtime setting nor do zone arithmetic on SQLite.
+        # So rows already stored keep the day they were stored with (UTC before `timezone` was set).
         for ev, at, raw in batch.events:
             if ev.event_id in existing:
                 continue
             existing.add(ev.event_id)
             new.append(ev)
             snap = ev.snapshot.removeprefix("snapshots/") if ev.snapshot else None
-            rows.append((ev.event_id, ev.incident_id, ev.unit_id, ev.type, ev.phase, ev.ts, utc_day(ev.ts), at,
-                         ev.cls, ev.confidence, ev.hold_s, snap, ev.detail, raw))
+            rows.append((ev.event_id, ev.incident_id, ev.unit_id, ev.type, ev.phase, ev.ts, local_day(ev.ts, self.tz),
+                         at, ev.cls, ev.confidence, ev.hold_s, snap, ev.detail, raw))
         # ON CONFLICT still matters: another fleet server may insert the same id concurrently.
         self._xmany(cur, """
             INSERT INTO events (event_id, incident_id, unit_id, type, phase, ts, day, received_at, cls,
@@ -444,8 +460,8 @@ def _split_sql(script: str) -> list[str]:
 class SqliteStore(Store):
     dialect = "sqlite"
 
-    def __init__(self, path: Path) -> None:
-        super().__init__()
+    def __init__(self, path: Path, tz: dt.tzinfo = dt.UTC) -> None:
+        super().__init__(tz)
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -465,8 +481,8 @@ class SqliteStore(Store):
 class PostgresStore(Store):
     dialect = "postgres"
 
-    def __init__(self, url: str) -> None:
-        super().__init__()
+    def __init__(self, url: str, tz: dt.tzinfo = dt.UTC) -> None:
+        super().__init__(tz)
         self.url = url
         self._sql_cache: dict[str, str] = {}
 

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fleet.auth import Principal
+from fleet.config import zone_for
 
 esc = html.escape
 
@@ -33,8 +34,10 @@ border-bottom:1px solid #e3e5ea} h2{margin:.2rem 0 .6rem} h3{margin:.8rem 0 .3re
 """
 
 
-def _page(title: str, body: str, who: Principal | None = None, script: bool = True) -> str:
-    meta = f'<meta name="csrf-token" content="{esc(who.csrf_token)}">' if who else ""
+def _page(title: str, body: str, who: Principal | None = None, script: bool = True, zone: str = "UTC") -> str:
+    # app.js shows live alert times in the site's zone (`zone`), not the browser's.
+    meta = (f'<meta name="csrf-token" content="{esc(who.csrf_token)}"><meta name="time-zone" content="{esc(zone)}">'
+            if who else "")
     header = ""
     if who:
         header = (f'<header><strong>LiftGuard fleet</strong><a href="/">Units</a><a href="/alerts">Alert history</a>'
@@ -69,10 +72,12 @@ def _ago(ts: float | None, now: float) -> str:
     return f"{seconds // 3600} h ago"
 
 
-def _utc(ts: float | None) -> str:
+def _local(ts: float | None, zone: str, with_zone: bool = True) -> str:
+    """`ts` as wall-clock time in the site's zone (the `timezone` setting), e.g. 2026-11-30 04:30:00 Asia/Shanghai."""
     if ts is None:
         return ""
-    return dt.datetime.fromtimestamp(float(ts), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    text = dt.datetime.fromtimestamp(float(ts), zone_for(zone)).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{text} {zone}" if with_zone else text
 
 
 def _options(values: Iterable[str], selected: str, blank: str) -> str:
@@ -82,7 +87,7 @@ def _options(values: Iterable[str], selected: str, blank: str) -> str:
     return "".join(out)
 
 
-def _unit_row(u: Mapping[str, Any], who: Principal, now: float) -> str:
+def _unit_row(u: Mapping[str, Any], who: Principal, now: float, zone: str) -> str:
     uid = esc(u["unit_id"])
     camera = u.get("camera") or "unknown"
     blocking = {True: "enabled", False: "disabled", None: "?"}[u.get("blocking_enabled")]
@@ -92,7 +97,7 @@ def _unit_row(u: Mapping[str, Any], who: Principal, now: float) -> str:
                     f' <button class="cmd" data-cmd="enable" data-unit="{uid}">Enable</button>')
     return (f'<tr class="unit" data-unit-id="{uid}"><td>{uid}</td><td>{esc(u.get("elevator") or "")}</td>'
             f'<td><span class="badge state {esc(u["status"])}">{esc(u["status"])}</span></td>'
-            f'<td title="{esc(_utc(u.get("last_heartbeat")))}">{esc(_ago(u.get("last_heartbeat"), now))}</td>'
+            f'<td title="{esc(_local(u.get("last_heartbeat"), zone))}">{esc(_ago(u.get("last_heartbeat"), now))}</td>'
             f'<td>{esc(u.get("software") or "")}</td><td>{esc(u.get("model_id") or "")}</td>'
             f'<td><span class="badge {esc(camera)}">{esc(camera)}</span>'
             f' <span class="muted">{u.get("fps") or 0:.0f} fps</span></td>'
@@ -105,7 +110,7 @@ MAX_UNITS_ON_PAGE = 500
 
 
 def dashboard_page(who: Principal, matches: list[dict[str, Any]], places: list[tuple[str, str]],
-                   filters: Mapping[str, str]) -> str:
+                   filters: Mapping[str, str], zone: str) -> str:
     now = time.time()
     online = sum(1 for u in matches if u["online"])
     units = matches[:MAX_UNITS_ON_PAGE]
@@ -127,7 +132,7 @@ def dashboard_page(who: Principal, matches: list[dict[str, Any]], places: list[t
         for building, rows in sorted(buildings.items()):
             n_on = sum(1 for r in rows if r["online"])
             parts.append(f'<h4 class="building">{esc(building)} <span class="muted">{n_on}/{len(rows)} online'
-                         f'</span></h4><table>{head}{"".join(_unit_row(r, who, now) for r in rows)}</table>')
+                         f'</span></h4><table>{head}{"".join(_unit_row(r, who, now, zone) for r in rows)}</table>')
         parts.append("</div>")
     units_html = "".join(parts) or '<p class="muted">No units match.</p>'
     if len(matches) > len(units):
@@ -137,12 +142,12 @@ def dashboard_page(who: Principal, matches: list[dict[str, Any]], places: list[t
             f' online</span></h2>{form}{units_html}</section>'
             '<section id="alerts"><h2>Live alerts <span class="muted" id="alert-count"></span></h2>'
             '<div id="alert-queue"></div></section>'
-            '<section class="full"><h2>E-bike alerts per day and building (UTC)</h2>'
-            '<div id="daily-chart"></div></section></main>')
-    return _page("Units · LiftGuard", body, who)
+            f'<section class="full"><h2>E-bike alerts per day and building <span id="chart-zone">({esc(zone)})'
+            '</span></h2><div id="daily-chart"></div></section></main>')
+    return _page("Units · LiftGuard", body, who, zone=zone)
 
 
-def alerts_page(who: Principal, rows: list[dict[str, Any]], filters: Mapping[str, str]) -> str:
+def alerts_page(who: Principal, rows: list[dict[str, Any]], filters: Mapping[str, str], zone: str) -> str:
     statuses = ("all", "open", "acknowledged", "false_alarm", "confirmed")
     status_opts = "".join(f'<option value="{s}"{" selected" if s == filters["status"] else ""}>{s}</option>'
                           for s in statuses)
@@ -152,7 +157,7 @@ def alerts_page(who: Principal, rows: list[dict[str, Any]], filters: Mapping[str
             f'<select name="status">{status_opts}</select>'
             f'<input name="building" placeholder="Building" value="{esc(filters["building"])}">'
             f'<select name="type">{_options(types, filters["type"], "Any type")}</select>'
-            f'<input name="day" type="date" value="{esc(filters["day"])}">'
+            f'<input name="day" type="date" value="{esc(filters["day"])}" title="a day in {esc(zone)}">'
             '<button type="submit">Search</button>'
             + ('<a href="/api/export/dataset.zip" id="export">Export labelled dataset</a>'
                if who.role == "admin" else "") + "</form>")
@@ -161,12 +166,14 @@ def alerts_page(who: Principal, rows: list[dict[str, Any]], filters: Mapping[str
         conf = f'{r["confidence"]:.2f}' if r.get("confidence") is not None else ""
         snap = (f'<a href="{esc(r["snapshot_url"])}" target="_blank">image</a>'
                 if r.get("snapshot_url") and r.get("has_snapshot") else "")
-        trs.append(f'<tr class="alert-row" data-event-id="{esc(r["event_id"])}"><td>{esc(_utc(r["ts"]))}</td>'
+        when = _local(r["ts"], zone, with_zone=False)
+        trs.append(f'<tr class="alert-row" data-event-id="{esc(r["event_id"])}"><td class="time">{esc(when)}</td>'
                    f'<td>{esc(r["unit_id"])}</td><td>{esc(r.get("building") or "")}</td><td>{esc(r["type"])}</td>'
                    f'<td>{esc(r.get("cls") or "")} {conf}</td><td>{snap}</td>'
                    f'<td class="verdict">{esc(r.get("verdict") or "open")}</td>'
                    f'<td>{esc(r.get("labelled_by") or "")}</td></tr>')
-    table = ("<table><tr><th>Time</th><th>Unit</th><th>Building</th><th>Type</th><th>Class</th><th>Snapshot</th>"
-             f"<th>Verdict</th><th>By</th></tr>{''.join(trs)}</table>") if trs else '<p class="muted">No alerts.</p>'
+    head = (f"<tr><th>Time ({esc(zone)})</th><th>Unit</th><th>Building</th><th>Type</th><th>Class</th>"
+            "<th>Snapshot</th><th>Verdict</th><th>By</th></tr>")
+    table = f"<table>{head}{''.join(trs)}</table>" if trs else '<p class="muted">No alerts.</p>'
     body = f'<main><section class="full"><h2>Alert history ({len(rows)})</h2>{form}{table}</section></main>'
-    return _page("Alerts · LiftGuard", body, who, script=False)
+    return _page("Alerts · LiftGuard", body, who, script=False, zone=zone)

@@ -41,7 +41,7 @@ CREATE TABLE events (
     type         TEXT NOT NULL,
     phase        TEXT NOT NULL,
     ts           DOUBLE PRECISION NOT NULL,            -- device clock
-    day          TEXT NOT NULL,                        -- UTC date of ts, for daily counts
+    day          TEXT NOT NULL,                        -- date of ts in the site's zone when stored
     received_at  DOUBLE PRECISION NOT NULL,            -- server clock
     cls          TEXT,
     confidence   DOUBLE PRECISION,

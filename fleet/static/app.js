@@ -3,6 +3,23 @@
 "use strict";
 
 const csrf = document.querySelector('meta[name="csrf-token"]').content;
+// The site's time zone (fleet setting `timezone`): alert times read as the property manager's day,
+// the same as on the server-rendered pages, wherever the browser happens to be.
+const zone = document.querySelector('meta[name="time-zone"]')?.content || "UTC";
+
+function siteTime(ts) {
+  // "2026-11-30 04:30:00 Asia/Shanghai", like the server's pages.
+  const opts = { year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
+                 second: "2-digit", hourCycle: "h23" };
+  let parts;
+  try {
+    parts = new Intl.DateTimeFormat("en-US", { ...opts, timeZone: zone }).formatToParts(new Date(ts * 1000));
+  } catch (e) {  // a zone this browser does not know: the browser's own zone, named, rather than nothing
+    return new Date(ts * 1000).toLocaleString(undefined, { timeZoneName: "short" });
+  }
+  const p = Object.fromEntries(parts.map((x) => [x.type, x.value]));
+  return `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute}:${p.second} ${zone}`;
+}
 
 async function api(method, url, body) {
   const res = await fetch(url, {
@@ -47,7 +64,7 @@ function showAlert(a) {
     if (img && a.has_snapshot && !img.complete) loadSnapshot(img, a.snapshot_url, 3);
     return;
   }
-  const when = new Date(a.ts * 1000).toLocaleString();
+  const when = siteTime(a.ts);
   const card = el("div", { class: "alert", "data-event-id": a.event_id });
   if (a.snapshot_url) {
     const img = el("img", { class: "snapshot", alt: `snapshot of ${a.unit_id}` });

@@ -105,14 +105,16 @@ class RunningFleet:
         self.store.close()
 
 
-def start_fleet(broker: MosquittoBroker, db_url: str, **overrides: Any) -> RunningFleet:
+def start_fleet(broker: MosquittoBroker, db_url: str, clock: Callable[[], float] = time.time,
+                **overrides: Any) -> RunningFleet:
+    """A fleet server as `serve` builds it; `overrides` are settings, `clock` says what time the API thinks it is."""
     port = free_port()
     settings = load_settings({"db": db_url, "mqtt_url": broker.url, "http_port": port,
                               "client_id": f"fleet-{uuid.uuid4().hex[:8]}", "batch_window_ms": 5, **overrides},
                              environ={})
-    store = Store.open(settings.db)
+    store = Store.open(settings.db, settings.tz)
     store.migrate()
-    ctx = build_context(settings, store)
+    ctx = build_context(settings, store, clock)
     ingestor = Ingestor(settings, store, on_commit=ctx.notifier.on_commit)
     ctx.ingestor = ingestor
     ingestor.start()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import time
 import zipfile
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +17,8 @@ from fastapi.routing import APIRoute
 from fleet import web
 from fleet.auth import LoginLimiter, hash_password, verify_password
 from fleet.store import IngestBatch
-from tests.fleet.conftest import PASSWORD, FakeUnit, RunningFleet, wait_until
+from tests.fleet.conftest import PASSWORD, FakeUnit, RunningFleet, start_fleet, wait_until
+from tests.support.mosquitto import MosquittoBroker
 
 PUBLIC = {"/healthz", "/login", "/api/login"}
 
@@ -197,3 +200,48 @@ def test_large_fleets_are_paged_in_the_api_and_truncated_on_the_page(fleet: Runn
     html = client.get("/").text
     assert html.count('<tr class="unit"') == 12
     assert "Showing 12 of 30 units" in html
+
+
+# 20:30 UTC on 29 November: still the 29th in UTC, already 04:30 on the 30th in Shanghai.
+NOW = dt.datetime(2026, 11, 29, 20, 30, tzinfo=dt.UTC).timestamp()
+LATE_ON_THE_29TH_IN_SHANGHAI = NOW - 5 * 3600  # 15:30 UTC = 23:30 in Shanghai
+
+
+@pytest.mark.parametrize(("zone", "days", "counts"), [
+    ("UTC", ["2026-11-28", "2026-11-29"], [0, 1]),
+    ("Asia/Shanghai", ["2026-11-29", "2026-11-30"], [1, 0]),
+])
+def test_the_daily_counts_end_today_in_the_sites_time_zone(
+        mosquitto: MosquittoBroker, tmp_path: Path, make_unit: Callable[..., FakeUnit],
+        zone: str, days: list[str], counts: list[int]) -> None:
+    fleet = start_fleet(mosquitto, f"sqlite:///{tmp_path / 'fleet.db'}", clock=lambda: NOW, timezone=zone)
+    try:
+        event = make_unit("lift-sh1").alert(with_snapshot=False, ts=LATE_ON_THE_29TH_IN_SHANGHAI)
+        wait_until(lambda: fleet.store.get_alert(event.event_id))  # through the broker and the ingest writer
+        client, _ = fleet.login()
+        daily = client.get("/api/stats/daily", params={"days": 2}).json()
+        assert (daily["days"], daily["timezone"]) == (days, zone)
+        assert daily["series"] == [{"building": "Tower A", "counts": counts}]
+    finally:
+        fleet.stop()
+
+
+def test_pages_show_times_and_days_of_the_sites_time_zone(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    from tests.fleet.test_store import alert, batch_of
+
+    fleet = start_fleet(mosquitto, f"sqlite:///{tmp_path / 'fleet.db'}", timezone="Asia/Shanghai")
+    try:
+        late, early = alert("lift-sh1", ts=LATE_ON_THE_29TH_IN_SHANGHAI), alert("lift-sh1", ts=NOW)
+        fleet.store.write_batch(batch_of(late, early, snapshots=False))
+        client, _ = fleet.login()
+        page = client.get("/alerts", params={"day": "2026-11-30"}).text  # a Shanghai day: 16:00 to 16:00 UTC
+        assert early.event_id in page and late.event_id not in page
+        assert "<th>Time (Asia/Shanghai)</th>" in page and '<td class="time">2026-11-30 04:30:00</td>' in page
+        assert late.event_id in client.get("/alerts", params={"day": "2026-11-29"}).text
+        assert client.get("/alerts", params={"day": "30/11/2026"}).status_code == 422
+        dashboard = client.get("/").text
+        assert "E-bike alerts per day and building <span id=\"chart-zone\">(Asia/Shanghai)</span>" in dashboard
+        assert '<meta name="time-zone" content="Asia/Shanghai">' in dashboard  # app.js formats live alerts with it
+        assert "UTC" not in dashboard
+    finally:
+        fleet.stop()

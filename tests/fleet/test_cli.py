@@ -35,6 +35,21 @@ def test_user_add_stores_a_hashed_password(tmp_path: Path, monkeypatch: pytest.M
     assert main(["user", "add", "bob", "--db", db]) == 2  # too short: refused with a message
 
 
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_serve_refuses_an_unknown_time_zone_naming_the_setting(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    argv = ["serve", "--db", f"sqlite:///{tmp_path / 'f.db'}"]
+    if how == "flag":
+        argv += ["--timezone", "Asia/Shanghi"]
+    else:
+        monkeypatch.setenv("LIFTGUARD_FLEET_TIMEZONE", "Asia/Shanghi")
+    assert main(argv) == 2  # before opening the database or the broker
+    error = capsys.readouterr().err
+    assert "fleet setting timezone (LIFTGUARD_FLEET_TIMEZONE): unknown time zone 'Asia/Shanghi'" in error
+    assert "did you mean 'Asia/Shanghai'?" in error
+    assert not (tmp_path / "f.db").exists()
+
+
 def test_serve_runs_ingest_and_http_until_terminated(mosquitto: MosquittoBroker, tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "LIFTGUARD_FLEET_DB": f"sqlite:///{tmp_path / 'f.db'}",

@@ -3,6 +3,7 @@ acknowledge it — the property manager's whole loop, through the real server an
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fleet.conftest import PASSWORD, FakeUnit, RunningFleet, wait_until
+from tests.fleet.conftest import PASSWORD, FakeUnit, RunningFleet, start_fleet, wait_until
+from tests.support.mosquitto import MosquittoBroker
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -76,3 +78,28 @@ def test_manager_logs_in_sees_units_gets_a_live_alert_and_acknowledges_it(
                timeout=15)
     assert errors == []
     page.close()
+
+
+def test_live_alerts_show_the_sites_time_whatever_the_browsers_zone(
+        browser: object, mosquitto: MosquittoBroker, tmp_path: Path, make_unit: Callable[..., FakeUnit]) -> None:
+    fleet = start_fleet(mosquitto, f"sqlite:///{tmp_path / 'fleet.db'}", timezone="Asia/Shanghai")
+    try:
+        context = browser.new_context(timezone_id="Europe/London")  # type: ignore[attr-defined]
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(fleet.url + "/login")
+        page.fill("input[name=username]", "admin")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#daily-chart svg")
+        assert page.text_content("#chart-zone") == "(Asia/Shanghai)"
+
+        evening_in_london = dt.datetime(2026, 11, 29, 20, 30, tzinfo=dt.UTC).timestamp()
+        event = make_unit("lift-sh1").alert(with_snapshot=False, ts=evening_in_london)
+        card = page.wait_for_selector(f'.alert[data-event-id="{event.event_id}"]', timeout=15000)
+        assert card is not None and "2026-11-30 04:30:00 Asia/Shanghai" in (card.text_content() or "")
+        assert errors == []
+        context.close()
+    finally:
+        fleet.stop()

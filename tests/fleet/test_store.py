@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import time
 import uuid
 import zipfile
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from edge.contract import CommandResultPayload, EventPayload, HeartbeatPayload, StatusPayload
 from fleet.api import write_dataset_zip
-from fleet.store import IngestBatch, Store, utc_day
+from fleet.store import IngestBatch, Store, day_bounds, local_day
 
 JPEG = b"\xff\xd8\xff\xe0jpeg-bytes"
+SHANGHAI = ZoneInfo("Asia/Shanghai")  # UTC+8 all year
+# 20:30 on 29 November in London is already 04:30 on the 30th in Shanghai.
+EVENING_UTC = dt.datetime(2026, 11, 29, 20, 30, tzinfo=dt.UTC).timestamp()
 
 
 def heartbeat(unit: str, **kw: object) -> HeartbeatPayload:
@@ -131,15 +136,54 @@ def test_dataset_export_has_a_labels_csv_and_the_snapshots(store: Store) -> None
     assert len(lines) == 2 and a1.event_id in lines[1] and "false_alarm" in lines[1]
 
 
-def test_daily_counts_group_ebike_alerts_by_building_and_utc_day(store: Store) -> None:
+def test_daily_counts_group_ebike_alerts_by_building_and_day(store: Store) -> None:
     hb = IngestBatch()
     hb.add_heartbeat(heartbeat("u1", building="North"), time.time())
     store.write_batch(hb)
     day1, day2 = 1_700_000_000.0, 1_700_000_000.0 + 86400
     store.write_batch(batch_of(alert("u1", ts=day1), alert("u1", ts=day1 + 60), alert("u1", ts=day2),
                                alert("u9", ts=day2), alert("u1", ts=day2, type="camera_fault")))
-    counts = {(r["day"], r["building"]): r["n"] for r in store.daily_counts(utc_day(day1), utc_day(day2))}
-    assert counts == {(utc_day(day1), "North"): 2, (utc_day(day2), "North"): 1, (utc_day(day2), "unassigned"): 1}
+    d1, d2 = local_day(day1, dt.UTC), local_day(day2, dt.UTC)  # the store's default zone
+    counts = {(r["day"], r["building"]): r["n"] for r in store.daily_counts(d1, d2)}
+    assert counts == {(d1, "North"): 2, (d2, "North"): 1, (d2, "unassigned"): 1}
+
+
+@pytest.mark.parametrize(("zone", "day"), [(dt.UTC, "2026-11-29"), (SHANGHAI, "2026-11-30")])
+def test_an_alert_counts_for_its_day_in_the_sites_time_zone(db_url: str, zone: dt.tzinfo, day: str) -> None:
+    store = Store.open(db_url, zone)
+    try:
+        store.migrate()
+        store.write_batch(batch_of(alert("u1", ts=EVENING_UTC)))
+        assert [(r["day"], r["n"]) for r in store.daily_counts("2026-11-28", "2026-12-01")] == [(day, 1)]
+    finally:
+        store.close()
+
+
+def test_alerts_stored_before_the_zone_changed_keep_their_day(db_url: str) -> None:
+    before, after = Store.open(db_url), Store.open(db_url, SHANGHAI)  # the same database, restarted with a zone
+    try:
+        before.migrate()
+        before.write_batch(batch_of(alert("u1", ts=EVENING_UTC)))
+        after.write_batch(batch_of(alert("u1", ts=EVENING_UTC)))
+        assert [(r["day"], r["n"]) for r in after.daily_counts("2026-11-28", "2026-12-01")] == [
+            ("2026-11-29", 1), ("2026-11-30", 1)]
+    finally:
+        before.close()
+        after.close()
+
+
+@pytest.mark.parametrize(("day", "zone", "starts_utc", "hours"), [
+    (dt.date(2026, 11, 29), dt.UTC, "2026-11-29T00:00:00+00:00", 24),
+    (dt.date(2026, 11, 30), SHANGHAI, "2026-11-29T16:00:00+00:00", 24),
+    (dt.date(2026, 3, 29), ZoneInfo("Europe/Berlin"), "2026-03-28T23:00:00+00:00", 23),  # clocks go forward
+    (dt.date(2026, 10, 25), ZoneInfo("Europe/Berlin"), "2026-10-24T22:00:00+00:00", 25),  # and back
+])
+def test_a_day_starts_at_local_midnight_and_lasts_until_the_next(day: dt.date, zone: dt.tzinfo, starts_utc: str,
+                                                                 hours: int) -> None:
+    start, end = day_bounds(day, zone)
+    assert dt.datetime.fromtimestamp(start, dt.UTC).isoformat() == starts_utc
+    assert (end - start) / 3600 == hours
+    assert local_day(start, zone) == day.isoformat() and local_day(end - 1, zone) == day.isoformat()
 
 
 def test_sessions_expire(store: Store) -> None:
