@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
-from tools.crossval import cap_views, grouped_folds
-from tools.features import Sample
+from tests.tools.synthcorpus import make_corpus
+from tools import train
+from tools.crossval import cap_views, grouped_folds, run_cv
+from tools.features import Sample, load_split
 
 EBIKE_BOX = np.array([[0, 0.1, 0.1, 0.5, 0.5]], np.float32)
 PERSON_BOX = np.array([[4, 0.1, 0.1, 0.3, 0.6]], np.float32)
@@ -38,3 +42,23 @@ def test_view_cap_keeps_every_real_ebike_view_and_samples_the_rest() -> None:
     assert not (capped & ~keep).any()
     assert torch.equal(cap_views(keep, samples, sample_index, max_views=6, seed=0), capped)
     assert torch.equal(cap_views(keep, samples, sample_index, max_views=0, seed=0), keep)
+
+
+@pytest.mark.slow
+def test_cross_validation_scores_every_held_out_image_with_a_model_that_never_saw_it(tmp_path: Path) -> None:
+    data = make_corpus(tmp_path / "corpus", n_train=12, n_val=3)
+    run = tmp_path / "run"
+    assert train.main(["--data", str(data), "--out", str(run), "--epochs", "1", "--copies", "1",
+                       "--ebike-extra", "0", "--batch", "8", "--seed", "0"]) == 0
+    summary = run_cv(run, tmp_path / "cv", folds=3, epochs=1, seed=0, source="synthetic", max_views=8)
+    folds = summary["folds"]
+    assert len(folds) == 3
+    held = [g for f in folds for g in f["groups"]]
+    samples = load_split(data, "train") + load_split(data, "val")
+    assert sorted(held) == sorted({s.group for s in samples}), "each image group is held out exactly once"
+    for f in folds:
+        # A fold trains on the other folds' views only (capped at 8), never on its own groups.
+        assert f["train_views"] <= 8
+        assert (tmp_path / "cv" / f"fold{f['fold']}" / "model.onnx").is_file()
+    assert summary["images"] == sum(1 for s in samples if s.has_ebike)
+    assert json.loads((tmp_path / "cv" / "cv_metrics.json").read_text())["max_views"] == 8
