@@ -1,7 +1,8 @@
-"""Corpus reading, CenterNet targets and the frozen-backbone feature cache.
+"""Corpus reading, CenterNet targets and the backbone feature cache (stride-16 and stride-32 outputs).
 
 On 2 CPU cores the backbone runs at ~13 images/s at 320×256, so it runs once per augmented copy and
-its stride-16/32 outputs are kept (float16); the head then trains for many epochs in minutes.
+its stride-16/32 outputs are kept (float16); the head then trains for many epochs in minutes, and
+`tools.train --tune-tail` fine-tunes the stride-32 stages from the cached stride-16 output.
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ def build_cache(
     seed: int, augmented: bool, batch: int = 16, desc: str = "features", store: Path | None = None,
     synthetic_copies: int | None = None,
 ) -> FeatureCache:
-    """Run the frozen backbone over `copies` views per sample (view 0 is the plain letterbox).
+    """Run the ImageNet backbone over `copies` views per sample (view 0 is the plain letterbox).
 
     With `store`, each view's features are kept as one file there and reused on later runs.
     """
