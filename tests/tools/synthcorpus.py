@@ -37,3 +37,14 @@ def make_corpus(
     names = ", ".join(f'"{c}"' for c in CLASSES)
     (root / "data.yaml").write_text(f"nc: {len(CLASSES)}\nnames: [{names}]\n")
     return root
+
+
+def train_tiny(tmp: Path, n_train: int, n_val: int, epochs: int, batch: int = 8, *extra: str) -> tuple[Path, Path]:
+    """A tiny corpus under `tmp` and a seeded training run on it; returns (corpus, run dir)."""
+    from tools import train
+
+    data = make_corpus(tmp / "corpus", n_train=n_train, n_val=n_val)
+    run = tmp / "run"
+    assert train.main(["--data", str(data), "--out", str(run), "--epochs", str(epochs), "--copies", "1",
+                       "--ebike-extra", "0", "--batch", str(batch), "--seed", "0", *extra]) == 0
+    return data, run

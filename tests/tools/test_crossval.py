@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.tools.synthcorpus import make_corpus
-from tools import train
+from tests.tools.synthcorpus import train_tiny
 from tools.crossval import cap_views, grouped_folds, run_cv
 from tools.features import Sample, load_split
 
@@ -46,10 +45,7 @@ def test_view_cap_keeps_every_real_ebike_view_and_samples_the_rest() -> None:
 
 @pytest.mark.slow
 def test_cross_validation_scores_every_held_out_image_with_a_model_that_never_saw_it(tmp_path: Path) -> None:
-    data = make_corpus(tmp_path / "corpus", n_train=12, n_val=3)
-    run = tmp_path / "run"
-    assert train.main(["--data", str(data), "--out", str(run), "--epochs", "1", "--copies", "1",
-                       "--ebike-extra", "0", "--batch", "8", "--seed", "0"]) == 0
+    data, run = train_tiny(tmp_path, n_train=12, n_val=3, epochs=1)
     summary = run_cv(run, tmp_path / "cv", folds=3, epochs=1, seed=0, source="synthetic", max_views=8)
     folds = summary["folds"]
     assert len(folds) == 3

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.tools.synthcorpus import make_corpus
-from tools import train
+from tests.tools.synthcorpus import train_tiny
 from tools.augment import augment, letterbox, letterbox_params
 from tools.features import GRID_H, GRID_W, build_targets
 from tools.model import P4_LAST_BLOCK, EfficientNetLite0
@@ -52,10 +51,7 @@ def test_targets_peak_at_the_box_centre_cell() -> None:
 
 @pytest.mark.slow
 def test_training_smoke_run_writes_a_model_and_learns(tmp_path: Path) -> None:
-    data = make_corpus(tmp_path / "corpus", n_train=16, n_val=4)
-    out = tmp_path / "run"
-    assert train.main(["--data", str(data), "--out", str(out), "--epochs", "4", "--copies", "1",
-                       "--ebike-extra", "0", "--batch", "8", "--seed", "0"]) == 0
+    _, out = train_tiny(tmp_path, n_train=16, n_val=4, epochs=4)
     for name in ("model.pt", "metrics.json", "loss_curve.png", "pr_val.png"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
@@ -67,10 +63,7 @@ def test_training_smoke_run_writes_a_model_and_learns(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_tuning_the_tail_changes_only_the_stride32_blocks_and_the_head(tmp_path: Path) -> None:
-    data = make_corpus(tmp_path / "corpus", n_train=8, n_val=2)
-    out = tmp_path / "run"
-    assert train.main(["--data", str(data), "--out", str(out), "--epochs", "2", "--copies", "1",
-                       "--ebike-extra", "0", "--batch", "4", "--seed", "0", "--tune-tail"]) == 0
+    _, out = train_tiny(tmp_path, 8, 2, 2, 4, "--tune-tail")
     ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
     assert ckpt["tuned_tail"] is True
     imagenet = EfficientNetLite0()
