@@ -101,8 +101,23 @@ def unit_view(row: Row, now: float, silence_s: float) -> dict[str, Any]:
     view = dict(row)
     view["blocking_enabled"] = None if row.get("blocking_enabled") is None else bool(row["blocking_enabled"])
     view.update(status=status, online=status == "online", site=row.get("site") or "Unassigned",
-                building=row.get("building") or "Unassigned")
+                building=row.get("building") or "Unassigned", config_report=config_report_view(view))
     return view
+
+
+_CONFIG_COLUMNS = ("config_applied", "config_version", "config_detail", "config_reported", "config_ts",
+                   "config_received_at")
+
+
+def config_report_view(view: dict[str, Any]) -> dict[str, Any] | None:
+    """Pops the unit's `config_*` columns into its latest `config/reported`; None before the first report."""
+    cols = {name: view.pop(name, None) for name in _CONFIG_COLUMNS}
+    if cols["config_received_at"] is None:
+        return None
+    reported = cols["config_reported"]
+    return {"applied": bool(cols["config_applied"]), "version": cols["config_version"],
+            "detail": cols["config_detail"] or "", "config": json.loads(reported) if reported else None,
+            "ts": cols["config_ts"], "received_at": cols["config_received_at"]}
 
 
 def alert_view(row: Row) -> dict[str, Any]:

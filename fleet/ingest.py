@@ -24,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from edge.commands import ConfigReportedPayload
 from edge.contract import (
     MAX_SNAPSHOT_BYTES,
     PREFIX,
@@ -63,7 +64,7 @@ class Rejected(PayloadError):
 class Message:
     """One validated uplink message, ready for the writer."""
 
-    kind: str  # status | heartbeat | event | snapshot | cmd_result
+    kind: str  # status | heartbeat | event | snapshot | cmd_result | config_reported
     unit_id: str
     body: Any
     received_at: float
@@ -80,8 +81,6 @@ def classify(topic: str, payload: bytes, received_at: float) -> Message | None:
         raise Rejected("bad_topic", str(exc)) from None
     if suffix.startswith(_DOWNLINK_PREFIXES) and suffix != "config/reported":
         return None
-    if suffix == "config/reported":
-        return None  # reported config is not stored yet; accepted so devices are not flagged
     if suffix.startswith("snapshots/"):
         snapshot_id = suffix.removeprefix("snapshots/")
         if not _SNAPSHOT_ID_RE.match(snapshot_id):
@@ -105,6 +104,9 @@ def classify(topic: str, payload: bytes, received_at: float) -> Message | None:
             kind = "event"
         elif suffix == "cmd_result":
             return Message("cmd_result", unit_id, decode(CommandResultPayload, payload), received_at)
+        elif suffix == "config/reported":
+            # No unit_id in this payload: the topic (vouched for by the broker ACL) names the unit.
+            return Message("config_reported", unit_id, decode(ConfigReportedPayload, payload), received_at)
         else:
             raise Rejected("unknown_topic", f"unknown topic suffix {suffix!r}")
     except Rejected:
@@ -372,4 +374,6 @@ def _add_to_batch(batch: IngestBatch, message: Message) -> None:
         batch.snapshots.append((message.unit_id, message.snapshot_id, message.body, message.received_at))
     elif message.kind == "cmd_result":
         batch.cmd_results.append((message.unit_id, message.body, message.received_at))
+    elif message.kind == "config_reported":
+        batch.add_config_report(message.unit_id, message.body, message.received_at)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import sqlite3
 import threading
@@ -20,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
+from edge.commands import ConfigReportedPayload
 from edge.contract import CommandResultPayload, EventPayload, HeartbeatPayload, StatusPayload
 from edge.errors import ConfigError
 from fleet.errors import StoreError
@@ -70,6 +72,12 @@ class IngestBatch:
     events: list[tuple[EventPayload, float, str]] = field(default_factory=list)
     snapshots: list[tuple[str, str, bytes, float]] = field(default_factory=list)
     cmd_results: list[tuple[str, CommandResultPayload, float]] = field(default_factory=list)
+    config_reports: dict[str, tuple[ConfigReportedPayload, float]] = field(default_factory=dict)
+
+    def add_config_report(self, unit_id: str, report: ConfigReportedPayload, received_at: float) -> None:
+        current = self.config_reports.get(unit_id)
+        if current is None or report.ts > current[0].ts:
+            self.config_reports[unit_id] = (report, received_at)
 
     def add_heartbeat(self, hb: HeartbeatPayload, received_at: float) -> None:
         self.heartbeats[hb.unit_id] = (hb, received_at)
@@ -81,7 +89,7 @@ class IngestBatch:
 
     def __len__(self) -> int:
         return (len(self.statuses) + len(self.heartbeats) + len(self.events) + len(self.snapshots)
-                + len(self.cmd_results))
+                + len(self.cmd_results) + len(self.config_reports))
 
 
 class Store:
@@ -219,7 +227,23 @@ class Store:
             self._xmany(cur, "UPDATE commands SET result_ok = ?, result_detail = ?, result_at = ? "
                              "WHERE command_id = ? AND unit_id = ?",
                         [(int(r.ok), r.detail, at, r.command_id, unit) for unit, r, at in batch.cmd_results])
+            self._write_config_reports(cur, batch)
         return new_events
+
+    def _write_config_reports(self, cur: _Cursor, batch: IngestBatch) -> None:
+        rows = [(unit, at, int(r.ok), r.version, r.detail, json.dumps(r.config) if r.config else None, r.ts, at)
+                for unit, (r, at) in batch.config_reports.items()]
+        # Newest device `ts` wins (`version` is None for set_config answers): a re-delivered or older report is a no-op.
+        # last_seen is left alone: a retained message re-delivered by the broker proves nothing about the unit.
+        self._xmany(cur, """
+            INSERT INTO units (unit_id, first_seen, config_applied, config_version, config_detail, config_reported,
+                               config_ts, config_received_at)
+            VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+            ON CONFLICT (unit_id) DO UPDATE SET
+                config_applied = excluded.config_applied, config_version = excluded.config_version,
+                config_detail = excluded.config_detail, config_reported = excluded.config_reported,
+                config_ts = excluded.config_ts, config_received_at = excluded.config_received_at
+            WHERE units.config_ts IS NULL OR excluded.config_ts > units.config_ts""", rows)
 
     def _write_statuses(self, cur: _Cursor, batch: IngestBatch) -> None:
         rows = [(unit, s.state, at, at, at, s.software, s.model_id, s.site, s.building, s.elevator)

@@ -87,10 +87,23 @@ def _options(values: Iterable[str], selected: str, blank: str) -> str:
     return "".join(out)
 
 
+def _config_text(report: Mapping[str, Any] | None, zone: str) -> str:
+    """The unit's answer to the pushed config, e.g. `config v7 applied 12:03` or `config v8 refused: <reason>`."""
+    if not report:
+        return ""
+    version = "" if report["version"] is None else f" v{report['version']}"
+    if report["applied"]:
+        when = dt.datetime.fromtimestamp(float(report["received_at"]), zone_for(zone)).strftime("%H:%M")
+        return f"config{version} applied {when}"
+    return f"config{version} refused: {report['detail']}"
+
+
 def _unit_row(u: Mapping[str, Any], who: Principal, now: float, zone: str) -> str:
     uid = esc(u["unit_id"])
     camera = u.get("camera") or "unknown"
     blocking = {True: "enabled", False: "disabled", None: "?"}[u.get("blocking_enabled")]
+    report = u.get("config_report")
+    report_at = report["received_at"] if report else None
     actions = f'<button class="cmd" data-cmd="release" data-unit="{uid}">Release</button>'
     if who.role == "admin":
         actions += (f' <button class="cmd" data-cmd="disable" data-unit="{uid}">Disable</button>'
@@ -102,6 +115,7 @@ def _unit_row(u: Mapping[str, Any], who: Principal, now: float, zone: str) -> st
             f'<td><span class="badge {esc(camera)}">{esc(camera)}</span>'
             f' <span class="muted">{u.get("fps") or 0:.0f} fps</span></td>'
             f'<td>{esc(u.get("relay") or "")}</td><td class="blocking">{blocking}</td>'
+            f'<td class="config" title="{esc(_local(report_at, zone))}">{esc(_config_text(report, zone))}</td>'
             f'<td>{actions} <span class="cmd-status"></span></td></tr>')
 
 
@@ -125,7 +139,7 @@ def dashboard_page(who: Principal, matches: list[dict[str, Any]], places: list[t
     for u in units:
         groups.setdefault(u["site"], {}).setdefault(u["building"], []).append(u)
     head = ("<tr><th>Unit</th><th>Elevator</th><th>State</th><th>Last heartbeat</th><th>Software</th>"
-            "<th>Model</th><th>Camera</th><th>Relay</th><th>Blocking</th><th>Actions</th></tr>")
+            "<th>Model</th><th>Camera</th><th>Relay</th><th>Blocking</th><th>Config</th><th>Actions</th></tr>")
     parts = []
     for site, buildings in sorted(groups.items()):
         parts.append(f'<div class="site" data-site="{esc(site)}"><h3>{esc(site)}</h3>')

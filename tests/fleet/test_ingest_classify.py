@@ -27,6 +27,10 @@ EV = EventPayload(incident_id="incident-1", unit_id="u-1", type="ebike_blocked",
     (T + "snapshots/abc-123", JPEG, "snapshot"),
     (T + "cmd_result", json.dumps({"command_id": "c1", "command": "release", "ok": True, "ts": 1}).encode(),
      "cmd_result"),
+    (T + "config/reported", json.dumps({"ok": True, "version": 7, "config": {"policy": {}}, "ts": 1}).encode(),
+     "config_reported"),
+    (T + "config/reported", json.dumps({"ok": False, "version": 8, "detail": "config refused: x", "ts": 1}).encode(),
+     "config_reported"),
 ])
 def test_valid_uplink_messages_are_accepted_as_their_kind(topic: str, payload: bytes, kind: str) -> None:
     message = classify(topic, payload, 5.0)
@@ -48,6 +52,10 @@ def test_valid_uplink_messages_are_accepted_as_their_kind(topic: str, payload: b
     (T + "events", encode(EV.model_copy(update={"unit_id": "u-2"})), "unit_mismatch"),
     (T + "snapshots/s1", b"GIF89a....", "bad_snapshot"),
     (T + "snapshots/s1", b"\xff\xd8\xff" + b"\0" * MAX_SNAPSHOT_BYTES, "bad_snapshot"),
+    (T + "config/reported", b"{}", "bad_payload"),
+    (T + "config/reported", b"applied", "bad_payload"),
+    (T + "config/reported", json.dumps({"ok": True, "ts": 1, "surprise": 1}).encode(), "bad_payload"),
+    (T + "config/reported", json.dumps({"ok": True, "version": -1, "ts": 1}).encode(), "bad_payload"),
     (T + "firmware", b"{}", "unknown_topic"),
 ])
 def test_invalid_messages_are_rejected_with_a_reason(topic: str, payload: bytes, reason: str) -> None:
@@ -59,7 +67,6 @@ def test_invalid_messages_are_rejected_with_a_reason(topic: str, payload: bytes,
 @pytest.mark.parametrize(("topic", "payload"), [
     (T + "cmd/release", b'{"command_id": "abcdefgh"}'),  # our own downlink, echoed by the `#` filter
     (T + "config/desired", b"{}"),
-    (T + "config/reported", b"{}"),
     (T + "status", b""),  # a retained status being cleared
 ])
 def test_echoes_and_cleared_retained_messages_are_ignored_not_rejected(topic: str, payload: bytes) -> None:
@@ -67,7 +74,8 @@ def test_echoes_and_cleared_retained_messages_are_ignored_not_rejected(topic: st
 
 
 @settings(max_examples=300, deadline=None)
-@given(suffix=st.sampled_from(["heartbeat", "events", "status", "cmd_result", "snapshots/x1", "cmd/release", "zz"]),
+@given(suffix=st.sampled_from(["heartbeat", "events", "status", "cmd_result", "snapshots/x1", "cmd/release",
+                               "config/reported", "zz"]),
        unit=st.text(max_size=70), payload=st.binary(max_size=2048))
 def test_no_input_makes_classify_fail_other_than_by_rejecting(suffix: str, unit: str, payload: bytes) -> None:
     """Ingest distrusts every byte: whatever arrives, the answer is a message, None, or Rejected."""
