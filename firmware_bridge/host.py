@@ -108,7 +108,6 @@ class BridgeActuators:
         self.relay_held = False
         self.heartbeats_sent = 0
         self.retries_sent = 0
-        self.voice_plays = 0
         self._threads = [
             threading.Thread(target=self._read_loop, name="bridge-rx", daemon=True),
             threading.Thread(target=self._heartbeat_loop, name="bridge-heartbeat", daemon=True),
@@ -285,8 +284,7 @@ class BridgeActuators:
         while not self._stop.is_set():
             if not self._alarm.wait(timeout=0.1):
                 continue
-            if self.play_voice(1):
-                self.voice_plays += 1
+            self.play_voice(1)  # a failure is logged there; the next repeat tries again
             deadline = self.clock() + self.voice_repeat_s
             while self._alarm.is_set() and not self._stop.is_set() and self.clock() < deadline:
                 self._stop.wait(0.05)

@@ -304,12 +304,9 @@ class Store:
                 cur, f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk).fetchall())
         new: list[EventPayload] = []
         rows = []
-        # `day` is fixed here, in Python, in the site's zone at the time of writing: both engines get
-        # the same value (SQLite has no time zone database) and the daily counts stay an index
-        # lookup on `events_day`. Decision: no migration when the zone setting changes, and none
-        # for this feature: the column's type and meaning (a YYYY-MM-DD label) are unchanged, and a
-        # plain-SQL migration can neither see the runtime setting nor do zone arithmetic on SQLite.
-        # So rows already stored keep the day they were stored with (UTC before `timezone` was set).
+        # `day` is fixed here, in Python, in the site's zone: both engines get the same label (SQLite has
+        # no zone database) and daily counts stay an index lookup. Decision: no migration when the zone
+        # changes; rows already stored keep the day they were stored with (UTC before `timezone` existed).
         for ev, at, raw in batch.events:
             if ev.event_id in existing:
                 continue

@@ -72,11 +72,11 @@ def _ago(ts: float | None, now: float) -> str:
     return f"{seconds // 3600} h ago"
 
 
-def _local(ts: float | None, zone: str, with_zone: bool = True) -> str:
+def _local(ts: float | None, zone: str, with_zone: bool = True, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
     """`ts` as wall-clock time in the site's zone (the `timezone` setting), e.g. 2026-11-30 04:30:00 Asia/Shanghai."""
     if ts is None:
         return ""
-    text = dt.datetime.fromtimestamp(float(ts), zone_for(zone)).strftime("%Y-%m-%d %H:%M:%S")
+    text = dt.datetime.fromtimestamp(float(ts), zone_for(zone)).strftime(fmt)
     return f"{text} {zone}" if with_zone else text
 
 
@@ -93,8 +93,7 @@ def _config_text(report: Mapping[str, Any] | None, zone: str) -> str:
         return ""
     version = "" if report["version"] is None else f" v{report['version']}"
     if report["applied"]:
-        when = dt.datetime.fromtimestamp(float(report["received_at"]), zone_for(zone)).strftime("%H:%M")
-        return f"config{version} applied {when}"
+        return f"config{version} applied {_local(report['received_at'], zone, with_zone=False, fmt='%H:%M')}"
     return f"config{version} refused: {report['detail']}"
 
 

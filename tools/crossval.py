@@ -108,7 +108,7 @@ def cap_views(keep: torch.Tensor, samples: Sequence[Sample], sample_index: torch
 
 def run_cv(run: Path, out: Path, folds: int, epochs: int, seed: int, source: str = REAL_SOURCE,
            tune_tail: bool | None = None, max_views: int = 0) -> dict[str, Any]:
-    from tools.train import CachedDetector, train_head
+    from tools.train import CachedDetector, train_cached
 
     cache = torch.load(run / "features.pt", map_location="cpu", weights_only=False)
     train_c: FeatureCache = cache["train"]
@@ -137,7 +137,7 @@ def run_cv(run: Path, out: Path, folds: int, epochs: int, seed: int, source: str
         model.head = CenterHead()
         torch.manual_seed(seed + f)
         net = CachedDetector(model.head, model.backbone.tail() if tune_tail else None)
-        train_head(net, train_c.subset(keep), None, epochs, 3e-3, 64, seed + f, desc=f"fold {f}")
+        train_cached(net, train_c.subset(keep), None, epochs, 3e-3, 64, seed + f, desc=f"fold {f}")
         fold_dir = out / f"fold{f}"
         onnx_path = fold_dir / "model.onnx"
         export_model(model.eval(), onnx_path, metadata({**ckpt, "version": f"cv-fold{f}"}))

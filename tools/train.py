@@ -72,6 +72,8 @@ class CachedDetector(nn.Module):
 
     def forward(self, p4: torch.Tensor, p5: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.tail is not None:
+            # The cached p5 is still read and dropped out upstream (cheap next to the tail): skipping it
+            # would shift the dropout random stream and stop the recipe reproducing the shipped weights.
             p5 = p4
             for block in self.tail:
                 p5 = block(p5)
@@ -97,7 +99,7 @@ def batch_loss(net: CachedDetector, cache: FeatureCache, idx: torch.Tensor,
     return focal_loss(heat, cache.heat[idx].float()) + box_loss(box, cache.reg[idx])
 
 
-def train_head(
+def train_cached(
     net: CachedDetector, train: FeatureCache, val: FeatureCache | None, epochs: int, lr: float,
     batch: int, seed: int, desc: str = "head", tail_lr_scale: float = TAIL_LR_SCALE,
 ) -> list[dict[str, float]]:
@@ -277,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.save({"train": train_c, "val": val_c, "train_samples": train_s, "val_samples": val_s}, cache_path)
     t_cache = time.time() - t0
     net = CachedDetector(model.head, model.backbone.tail() if args.tune_tail else None)
-    history = train_head(net, train_c, val_c, args.epochs, args.lr, args.batch, args.seed)
+    history = train_cached(net, train_c, val_c, args.epochs, args.lr, args.batch, args.seed)
     dets = predict(net, val_c)
     # Operating points come from real photos only: the device sees real frames, and generated scenes
     # score differently (measured: lower e-bike scores), so mixing them would shift the thresholds.
