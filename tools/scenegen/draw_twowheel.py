@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from tools.corpus import CLASS_ID
-from tools.scenegen.sprite import VEHICLE_COLORS, Rng, Sprite, canvas, jitter, pick, rgba, shade
+from tools.scenegen.sprite import SCOOTER_COLORS, VEHICLE_COLORS, Rng, Sprite, canvas, jitter, pick, rgba, shade
 
 BLACK = (25, 25, 28)
 DARK = (50, 50, 55)
@@ -212,7 +212,7 @@ def escooter_top(rng: Rng, ppm: float) -> Sprite:
     def P(x: float, y: float) -> tuple[int, int]:
         return int((x + 0.1) * ppm), int(cy + y * ppm)
 
-    body = pick(rng, ((30, 30, 30), (200, 200, 200), (60, 60, 60), (40, 40, 160)), 10)
+    body = pick(rng, SCOOTER_COLORS, 10)
     deck_w = rng.uniform(0.14, 0.2)
     for x0 in (0.0, length - 0.22):
         _rrect(img, *P(x0, -0.03), *P(x0 + 0.22, 0.03), BLACK, 0.02 * ppm)
@@ -233,7 +233,7 @@ def escooter_side(rng: Rng, ppm: float) -> Sprite:
     def P(x: float, y: float) -> tuple[int, int]:
         return int((x + 0.1) * ppm), int(ground - y * ppm)
 
-    body = pick(rng, ((30, 30, 30), (200, 200, 200), (60, 60, 60), (40, 40, 160)), 10)
+    body = pick(rng, SCOOTER_COLORS, 10)
     r = rng.uniform(0.09, 0.12)
     cv2.line(img, P(r, r), P(length - r - 0.05, r), rgba(body), max(3, int(0.06 * ppm)))  # deck
     cv2.line(img, P(length - r, r), P(length - r - 0.12, height), rgba(DARK), max(2, int(0.035 * ppm)), cv2.LINE_AA)

@@ -12,7 +12,7 @@ from tools.scenegen.draw_mobility import CANOPY, FABRIC, FRAME_COLORS
 from tools.scenegen.draw_people import LUGGAGE
 from tools.scenegen.draw_twowheel import BLACK, CHROME, DARK
 from tools.scenegen.solids import Model
-from tools.scenegen.sprite import CLOTHES, HAIR, SKIN, VEHICLE_COLORS, Rng, pick, shade
+from tools.scenegen.sprite import CLOTHES, HAIR, SCOOTER_COLORS, SKIN, VEHICLE_COLORS, Rng, pick, shade
 
 
 def ebike(rng: Rng) -> Model:
@@ -57,7 +57,7 @@ def escooter(rng: Rng) -> Model:
     m = Model()
     length = rng.uniform(1.0, 1.2)
     r = rng.uniform(0.09, 0.12)
-    body = pick(rng, ((30, 30, 30), (200, 200, 200), (60, 60, 60), (40, 40, 160)), 10)
+    body = pick(rng, SCOOTER_COLORS, 10)
     for x in (-length / 2 + r, length / 2 - r):
         m.disc((x, 0, r), r, 0.06, BLACK)
     m.box((0, 0, r + 0.03), (length - 0.35, 0.17, 0.05), body)
