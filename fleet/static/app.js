@@ -1,5 +1,5 @@
-// LiftGuard dashboard: live alert queue (SSE), verdicts, unit commands, daily chart. No framework:
-// the page is rendered by the server; this script only adds the live parts.
+// LiftGuard dashboard: live alert queue (SSE), verdicts, unit commands, the Config column, daily chart.
+// No framework: the page is rendered by the server; this script only adds the live parts.
 "use strict";
 
 const csrf = document.querySelector('meta[name="csrf-token"]').content;
@@ -7,18 +7,32 @@ const csrf = document.querySelector('meta[name="csrf-token"]').content;
 // the same as on the server-rendered pages, wherever the browser happens to be.
 const zone = document.querySelector('meta[name="time-zone"]')?.content || "UTC";
 
-function siteTime(ts) {
-  // "2026-11-30 04:30:00 Asia/Shanghai", like the server's pages.
+function siteParts(ts) {
+  // The wall-clock fields of `ts` in the site's zone; null for a zone this browser does not know.
   const opts = { year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit",
                  second: "2-digit", hourCycle: "h23" };
-  let parts;
   try {
-    parts = new Intl.DateTimeFormat("en-US", { ...opts, timeZone: zone }).formatToParts(new Date(ts * 1000));
-  } catch (e) {  // a zone this browser does not know: the browser's own zone, named, rather than nothing
-    return new Date(ts * 1000).toLocaleString(undefined, { timeZoneName: "short" });
+    const parts = new Intl.DateTimeFormat("en-US", { ...opts, timeZone: zone }).formatToParts(new Date(ts * 1000));
+    return Object.fromEntries(parts.map((x) => [x.type, x.value]));
+  } catch (e) {
+    return null;
   }
-  const p = Object.fromEntries(parts.map((x) => [x.type, x.value]));
+}
+
+function siteTime(ts) {
+  // "2026-11-30 04:30:00 Asia/Shanghai", like the server's pages.
+  const p = siteParts(ts);
+  // An unknown zone: the browser's own zone, named, rather than nothing.
+  if (!p) return new Date(ts * 1000).toLocaleString(undefined, { timeZoneName: "short" });
   return `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute}:${p.second} ${zone}`;
+}
+
+function siteClock(ts) {
+  // "04:30", like the server's `_local(ts, zone, with_zone=False, fmt="%H:%M")`.
+  const p = siteParts(ts);
+  if (!p) return new Date(ts * 1000).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit",
+                                                                      timeZoneName: "short" });
+  return `${p.hour}:${p.minute}`;
 }
 
 async function api(method, url, body) {
@@ -122,6 +136,37 @@ document.addEventListener("click", (ev) => {
   if (b) sendCommand(b);
 });
 
+// ---- Config column: each unit's answer to the pushed config, polled (answers are rare, rows many) ----
+const UNIT_REFRESH_MS = 10000;
+
+function configText(report) {
+  // The same words as the server's `web._config_text`: "config v7 applied 12:03", "config v8 refused: …".
+  if (!report) return "";
+  const version = report.version == null ? "" : ` v${report.version}`;
+  return report.applied ? `config${version} applied ${siteClock(report.received_at)}`
+                        : `config${version} refused: ${report.detail}`;
+}
+
+async function refreshUnits() {
+  const rows = document.querySelectorAll("tr.unit");
+  if (!rows.length) return;
+  // The page's own filters and row count: the API lists the same units in the same order.
+  const filters = new URLSearchParams(window.location.search);
+  const query = new URLSearchParams({ limit: String(rows.length) });
+  for (const name of ["q", "site", "building", "status"]) {
+    if (filters.get(name)) query.set(name, filters.get(name));
+  }
+  const data = await api("GET", `/api/units?${query}`);
+  const units = new Map(data.units.map((u) => [u.unit_id, u]));
+  for (const row of rows) {
+    const u = units.get(row.dataset.unitId);
+    const cell = row.querySelector("td.config");
+    if (!u || !cell) continue;
+    cell.textContent = configText(u.config_report);  // text, not HTML: the reason comes from the device
+    cell.title = u.config_report ? siteTime(u.config_report.received_at) : "";
+  }
+}
+
 // ---- daily chart (inline SVG) -----------------------------------------------------------------
 const COLORS = ["#3566c5", "#d9822b", "#1a7f37", "#c62828", "#7b3fb0", "#0f8b8d", "#9a6700", "#5a6270"];
 
@@ -168,4 +213,5 @@ if (queue) {
   startAlerts().catch((e) => console.error(e));
   drawChart().catch((e) => console.error(e));
   setInterval(() => drawChart().catch(() => {}), 60000);
+  setInterval(() => refreshUnits().catch(() => {}), UNIT_REFRESH_MS);
 }

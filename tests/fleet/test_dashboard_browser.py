@@ -1,5 +1,6 @@
 """The dashboard in headless Chromium: log in, see the units, get a live alert with its snapshot,
-acknowledge it — the property manager's whole loop, through the real server and broker."""
+acknowledge it, see units answer a pushed config — the property manager's whole loop, through the
+real server and broker."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from tests.fleet.conftest import PASSWORD, FakeUnit, RunningFleet, start_fleet, wait_until
+from tests.fleet.test_config_reported import answer, config_of
 from tests.support.mosquitto import MosquittoBroker
 
 CHROMIUM = "/usr/bin/chromium"
@@ -80,10 +83,12 @@ def test_manager_logs_in_sees_units_gets_a_live_alert_and_acknowledges_it(
     page.close()
 
 
-def test_live_alerts_show_the_sites_time_whatever_the_browsers_zone(
+def test_live_alerts_and_config_answers_show_the_sites_time_whatever_the_browsers_zone(
         browser: object, mosquitto: MosquittoBroker, tmp_path: Path, make_unit: Callable[..., FakeUnit]) -> None:
     fleet = start_fleet(mosquitto, f"sqlite:///{tmp_path / 'fleet.db'}", timezone="Asia/Shanghai")
     try:
+        applying, refusing = make_unit("lift-sh1"), make_unit("lift-sh2")
+        wait_until(lambda: len(fleet.store.list_units()) == 2)
         context = browser.new_context(timezone_id="Europe/London")  # type: ignore[attr-defined]
         page = context.new_page()
         errors: list[str] = []
@@ -94,11 +99,34 @@ def test_live_alerts_show_the_sites_time_whatever_the_browsers_zone(
         page.click("button[type=submit]")
         page.wait_for_selector("#daily-chart svg")
         assert page.text_content("#chart-zone") == "(Asia/Shanghai)"
+        cells = {unit: f"tr.unit[data-unit-id={unit}] td.config" for unit in ("lift-sh1", "lift-sh2")}
+        assert [page.text_content(cell) for cell in cells.values()] == ["", ""]  # no answer yet
+        reloads: list[str] = []
+        page.on("load", lambda p: reloads.append(p.url))
 
         evening_in_london = dt.datetime(2026, 11, 29, 20, 30, tzinfo=dt.UTC).timestamp()
-        event = make_unit("lift-sh1").alert(with_snapshot=False, ts=evening_in_london)
+        event = applying.alert(with_snapshot=False, ts=evening_in_london)
         card = page.wait_for_selector(f'.alert[data-event-id="{event.event_id}"]', timeout=15000)
         assert card is not None and "2026-11-30 04:30:00 Asia/Shanghai" in (card.text_content() or "")
+
+        # A pushed config: one unit applies it, the other refuses it; the open page follows, no reload.
+        applying.publish("config/reported", answer({"config": {"blocking_enabled": True}, "version": 7}),
+                         retain=True)
+        refusing.publish("config/reported", answer({"config": {"policy": {}}, "version": 7},
+                                                   refuse="<b>fps</b> too high"), retain=True)
+        reports = {u: wait_until(lambda u=u: config_of(fleet.store, u)) for u in cells}
+        at = {u: dt.datetime.fromtimestamp(r["received_at"], ZoneInfo("Asia/Shanghai")) for u, r in reports.items()}
+        expected = {"lift-sh1": f"config v7 applied {at['lift-sh1']:%H:%M}",
+                    "lift-sh2": "config v7 refused: config refused: <b>fps</b> too high"}
+        wait_until(lambda: {u: page.text_content(c) for u, c in cells.items()} == expected, timeout=20)
+        titles = {u: page.get_attribute(c, "title") for u, c in cells.items()}
+        assert titles == {u: f"{t:%Y-%m-%d %H:%M:%S} Asia/Shanghai" for u, t in at.items()}  # when it was received
+        assert page.locator(f"{cells['lift-sh2']} b").count() == 0  # the device's reason stays text
+        assert reloads == []
+
+        page.reload()  # and the server's render of the same answers reads the same
+        assert {u: page.text_content(c) for u, c in cells.items()} == expected
+        assert {u: page.get_attribute(c, "title") for u, c in cells.items()} == titles
         assert errors == []
         context.close()
     finally:
