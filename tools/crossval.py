@@ -118,6 +118,7 @@ def run_cv(run: Path, out: Path, folds: int, epochs: int, seed: int, source: str
     ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=False)
     if tune_tail is None:
         tune_tail = bool(ckpt.get("tuned_tail", False))
+    ebike_weight = float(ckpt.get("ebike_weight", 1.0))  # each fold follows the run's recipe
     log.info("%d real %s images in %d groups, %d folds", len(real), source, len(fold_of), len(set(fold_of.values())))
     per_fold, hits, n_img = [], 0, 0
     n_leaky = 0
@@ -137,7 +138,8 @@ def run_cv(run: Path, out: Path, folds: int, epochs: int, seed: int, source: str
         model.head = CenterHead()
         torch.manual_seed(seed + f)
         net = CachedDetector(model.head, model.backbone.tail() if tune_tail else None)
-        train_cached(net, train_c.subset(keep), None, epochs, 3e-3, 64, seed + f, desc=f"fold {f}")
+        train_cached(net, train_c.subset(keep), None, epochs, 3e-3, 64, seed + f, desc=f"fold {f}",
+                     ebike_weight=ebike_weight)
         fold_dir = out / f"fold{f}"
         onnx_path = fold_dir / "model.onnx"
         export_model(model.eval(), onnx_path, metadata({**ckpt, "version": f"cv-fold{f}"}))
@@ -155,7 +157,7 @@ def run_cv(run: Path, out: Path, folds: int, epochs: int, seed: int, source: str
         log.info("fold %d: %s", f, per_fold[-1])
     summary = {"source": source, "left_out_synthetic": n_leaky, "folds": per_fold, "images": n_img, "blocked": hits,
                "ebike_image_recall": hits / n_img if n_img else None, "epochs": epochs,
-               "tuned_tail": tune_tail, "max_views": max_views}
+               "tuned_tail": tune_tail, "ebike_weight": ebike_weight, "max_views": max_views}
     (out / "cv_metrics.json").write_text(json.dumps(summary, indent=2))
     return summary
 

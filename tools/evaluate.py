@@ -5,6 +5,8 @@
 Image-level decision as on the device: "block" iff an e-bike detection ≥ the e-bike threshold is not
 vetoed by a wheelchair/stroller (≥ its threshold) overlapping it with IoU ≥ 0.3. With YOLO labels an
 image is expected to block iff it has an e-bike box; a truth CSV gives `image,expected` directly.
+`false_block_rate` counts every e-bike-free image; with labels it is also split into `protected_*`
+(images showing a wheelchair, stroller, bicycle or person) and `background_*` (the rest).
 Writes metrics.json, decisions.csv, confusion.png, pr_curves.png, contact_sheet.png.
 """
 
@@ -27,7 +29,7 @@ from tqdm import tqdm
 from edge.detect import Detector
 from tools.eval_plots import save_confusion, save_contact_sheet, save_pr_curves
 from tools.features import read_yolo_labels
-from tools.metrics import EBIKE, DetectionLike, class_curve, decide, threshold_for
+from tools.metrics import EBIKE, PROTECTED_CLASSES, DetectionLike, class_curve, decide, threshold_for
 
 log = logging.getLogger("tools.evaluate")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
@@ -176,7 +178,30 @@ def _summarise(rows: Sequence[Mapping[str, Any]], dets: Sequence[Sequence[Detect
                                  "false_block_rate": sum(x["decided"] == "block" for x in with_cls) / len(with_cls)}
         m["per_class"] = per_class
         m["false_block_by_class"] = by_class
+        m.update(_protected_split(rows, truths, names))
     return m
+
+
+def _protected_split(rows: Sequence[Mapping[str, Any]], truths: Sequence[np.ndarray],
+                     names: Sequence[str]) -> dict[str, Any]:
+    """False blocks on e-bike-free images that show a wheelchair, stroller, bicycle or person, and on the rest.
+
+    The first is the rate the product promises to keep low; the rest ("background": street scenes of
+    cars and buses, empty rooms) is reported apart because those objects never ride an elevator and
+    street sources leave distant motorbikes unlabelled.
+    """
+    ids = [names.index(c) for c in PROTECTED_CLASSES if c in names]
+    protected, background = [], []
+    for row, t in zip(rows, truths, strict=True):
+        if row["expected"] == "allow":
+            (protected if len(t) and np.isin(t[:, 0], ids).any() else background).append(row)
+    out: dict[str, Any] = {}
+    for key, group in (("protected", protected), ("background", background)):
+        blocked = sum(r["decided"] == "block" for r in group)
+        out[f"{key}_images"] = len(group)
+        out[f"{key}_false_blocks"] = blocked
+        out[f"{key}_false_block_rate"] = blocked / len(group) if group else None
+    return out
 
 
 def _write(out: Path, metrics: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> None:
@@ -204,8 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     m = evaluate(args.model, args.images, args.out, args.labels, args.names, args.truth, args.thresholds,
                  bench_runs=args.bench_runs)
-    print(json.dumps({k: m[k] for k in ("n_images", "ebike_recall", "false_block_rate", "latency_ms_p50",
-                                        "latency_ms_p95") if k in m}, indent=2))
+    print(json.dumps({k: m[k] for k in ("n_images", "ebike_recall", "false_block_rate", "protected_false_block_rate",
+                                        "background_false_block_rate", "latency_ms_p50", "latency_ms_p95")
+                      if k in m}, indent=2))
     return 0
 
 

@@ -10,6 +10,8 @@ import numpy as np
 
 EBIKE = "ebike"
 VETO_CLASSES = ("wheelchair", "stroller")
+# What must never be held: the false-block rate is measured on images showing one of these.
+PROTECTED_CLASSES = ("wheelchair", "stroller", "bicycle", "person")
 VETO_IOU = 0.3
 DEFAULT_EBIKE_THRESHOLD = 0.5
 DEFAULT_THRESHOLD = 0.3

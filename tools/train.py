@@ -39,13 +39,22 @@ FEATURE_DROPOUT = 0.1
 TAIL_LR_SCALE = 0.1
 
 
-def focal_loss(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    """CenterNet's penalty-reduced focal loss, normalised by the number of object centres."""
+def focal_loss(logits: torch.Tensor, gt: torch.Tensor, ebike_weight: float = 1.0) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss, normalised by the number of object centres.
+
+    `ebike_weight` scales the e-bike centres' term: e-bikes are the rarest class and the one that
+    must not be missed, so a weight > 1 trades some e-bike precision for e-bike recall.
+    """
     pos = gt >= 0.999
     log_p = F.logsigmoid(logits)
     log_1p = F.logsigmoid(-logits)
     p = torch.sigmoid(logits)
-    pos_term = (log_p * (1 - p) ** 2)[pos].sum()
+    pos_loss = log_p * (1 - p) ** 2
+    if ebike_weight != 1.0:
+        weight = torch.ones(logits.shape[1], 1, 1, dtype=logits.dtype, device=logits.device)
+        weight[CLASSES.index(EBIKE)] = ebike_weight
+        pos_loss = pos_loss * weight
+    pos_term = pos_loss[pos].sum()
     neg_term = (log_1p * p**2 * (1 - gt) ** 4)[~pos].sum()
     return -(pos_term + neg_term) / pos.sum().clamp(min=1)
 
@@ -90,18 +99,18 @@ class CachedDetector(nn.Module):
 
 
 def batch_loss(net: CachedDetector, cache: FeatureCache, idx: torch.Tensor,
-               feature_dropout: float = 0.0) -> torch.Tensor:
+               feature_dropout: float = 0.0, ebike_weight: float = 1.0) -> torch.Tensor:
     p4, p5 = cache.p4[idx].float(), cache.p5[idx].float()
     if feature_dropout > 0:
         # Cached views cannot be re-augmented, so channel dropout on the features stands in for it.
         p4, p5 = F.dropout2d(p4, feature_dropout), F.dropout2d(p5, feature_dropout)
     heat, box = net(p4, p5)
-    return focal_loss(heat, cache.heat[idx].float()) + box_loss(box, cache.reg[idx])
+    return focal_loss(heat, cache.heat[idx].float(), ebike_weight) + box_loss(box, cache.reg[idx])
 
 
 def train_cached(
     net: CachedDetector, train: FeatureCache, val: FeatureCache | None, epochs: int, lr: float,
-    batch: int, seed: int, desc: str = "head", tail_lr_scale: float = TAIL_LR_SCALE,
+    batch: int, seed: int, desc: str = "head", tail_lr_scale: float = TAIL_LR_SCALE, ebike_weight: float = 1.0,
 ) -> list[dict[str, float]]:
     """AdamW + one-cycle schedule over cached features; returns one log row per epoch.
 
@@ -128,7 +137,7 @@ def train_cached(
             idx = perm[start : start + batch]
             if len(idx) < 2:  # BatchNorm needs more than one sample
                 continue
-            loss = batch_loss(net, train, idx, FEATURE_DROPOUT)
+            loss = batch_loss(net, train, idx, FEATURE_DROPOUT, ebike_weight)
             opt.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
@@ -244,6 +253,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--tune-tail", action="store_true",
                     help="also fine-tune the backbone stride-32 blocks (stages 6-7) on cached stride-16 features")
+    ap.add_argument("--ebike-weight", type=float, default=1.0,
+                    help="weight of e-bike centres in the focal loss (> 1 favours e-bike recall)")
     ap.add_argument("--version", default="0.2.0")
     ap.add_argument("--reuse-cache", action="store_true", help="train on RUN_DIR/features.pt from an earlier run")
     ap.add_argument("--feature-store", type=Path, default=None,
@@ -279,7 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.save({"train": train_c, "val": val_c, "train_samples": train_s, "val_samples": val_s}, cache_path)
     t_cache = time.time() - t0
     net = CachedDetector(model.head, model.backbone.tail() if args.tune_tail else None)
-    history = train_cached(net, train_c, val_c, args.epochs, args.lr, args.batch, args.seed)
+    history = train_cached(net, train_c, val_c, args.epochs, args.lr, args.batch, args.seed,
+                           ebike_weight=args.ebike_weight)
     dets = predict(net, val_c)
     # Operating points come from real photos only: the device sees real frames, and generated scenes
     # score differently (measured: lower e-bike scores), so mixing them would shift the thresholds.
@@ -289,11 +301,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["val_views_used"] = len(real)
     summary = data_summary(train_s, val_s, args.data)
     torch.save({"state_dict": model.state_dict(), "classes": CLASSES, "thresholds": report["thresholds"],
-                "trained_on": summary, "version": args.version, "tuned_tail": args.tune_tail},
+                "trained_on": summary, "version": args.version, "tuned_tail": args.tune_tail,
+                "ebike_weight": args.ebike_weight},
                args.out / "model.pt")
     save_plots(args.out, history, dets, val_c.boxes)
     metrics = {**report, "trained_on": summary, "seed": args.seed, "epochs": args.epochs,
-               "train_views": len(train_c), "tuned_tail": args.tune_tail, "cache_seconds": round(t_cache, 1),
+               "train_views": len(train_c), "tuned_tail": args.tune_tail,
+               "ebike_weight": args.ebike_weight, "cache_seconds": round(t_cache, 1),
                "total_seconds": round(time.time() - t0, 1), "history": history}
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("done in %.0f s; thresholds %s; image-level %s", time.time() - t0, report["thresholds"],

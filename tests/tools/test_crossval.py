@@ -45,7 +45,7 @@ def test_view_cap_keeps_every_real_ebike_view_and_samples_the_rest() -> None:
 
 @pytest.mark.slow
 def test_cross_validation_scores_every_held_out_image_with_a_model_that_never_saw_it(tmp_path: Path) -> None:
-    data, run = train_tiny(tmp_path, n_train=12, n_val=3, epochs=1)
+    data, run = train_tiny(tmp_path, 12, 3, 1, 8, "--ebike-weight", "2")
     summary = run_cv(run, tmp_path / "cv", folds=3, epochs=1, seed=0, source="synthetic", max_views=8)
     folds = summary["folds"]
     assert len(folds) == 3
@@ -57,4 +57,6 @@ def test_cross_validation_scores_every_held_out_image_with_a_model_that_never_sa
         assert f["train_views"] <= 8
         assert (tmp_path / "cv" / f"fold{f['fold']}" / "model.onnx").is_file()
     assert summary["images"] == sum(1 for s in samples if s.has_ebike)
-    assert json.loads((tmp_path / "cv" / "cv_metrics.json").read_text())["max_views"] == 8
+    recorded = json.loads((tmp_path / "cv" / "cv_metrics.json").read_text())
+    assert recorded["max_views"] == 8
+    assert recorded["ebike_weight"] == 2.0, "each fold trains with the run's own e-bike weight"

@@ -25,6 +25,7 @@ FIXTURE: dict[str, tuple[int | None, list[Detection]]] = {
     "d_wheelchair": (2, [Detection(BOX, 0.6, "ebike"), Detection(BOX, 0.9, "wheelchair")]),  # veto: allowed
     "e_bicycle": (1, [Detection(OTHER, 0.7, "ebike"), Detection(BOX, 0.8, "bicycle")]),  # false block
     "f_person": (4, []),
+    "g_street": (None, [Detection(OTHER, 0.75, "ebike")]),  # nothing labelled (a street scene): false block
 }
 
 
@@ -55,13 +56,17 @@ def test_metrics_from_yolo_labels_are_exact(folder: Path) -> None:
     out = folder / "out"
     m = evaluate("fake.onnx", folder / "images", out, folder / "labels", folder / "data.yaml",
                  detector=FakeDetector(), bench_runs=5)
-    assert m["n_images"] == 6
+    assert m["n_images"] == 7
     assert m["ebike_recall"] == pytest.approx(1 / 3)
-    assert m["false_block_rate"] == pytest.approx(1 / 3)
+    assert m["false_block_rate"] == pytest.approx(2 / 4)
+    # The promise "never hold wheelchairs, strollers, bicycles, people" is scored apart from the background.
+    assert (m["protected_images"], m["protected_false_blocks"]) == (3, 1)
+    assert m["protected_false_block_rate"] == pytest.approx(1 / 3)
+    assert (m["background_images"], m["background_false_blocks"], m["background_false_block_rate"]) == (1, 1, 1.0)
     ebike = m["per_class"]["ebike"]
-    # Score order 0.9 TP, 0.8 TP, 0.7 FP, 0.6 FP, 0.4 TP → AP = 1/3 + 1/3 + 1/3 · 3/5.
-    assert ebike["AP50"] == pytest.approx(1 / 3 + 1 / 3 + 0.2)
-    assert ebike["precision"] == pytest.approx(0.5) and ebike["recall"] == pytest.approx(2 / 3)
+    # Score order 0.9 TP, 0.8 TP, 0.75 FP, 0.7 FP, 0.6 FP, 0.4 TP → AP = 1/3 + 1/3 + 1/3 · 3/6.
+    assert ebike["AP50"] == pytest.approx(1 / 3 + 1 / 3 + 1 / 6)
+    assert ebike["precision"] == pytest.approx(2 / 5) and ebike["recall"] == pytest.approx(2 / 3)
     assert m["per_class"]["wheelchair"]["recall"] == 1.0
     assert m["false_block_by_class"]["bicycle"] == {"images": 1, "false_block_rate": 1.0}
     assert m["false_block_by_class"]["wheelchair"] == {"images": 1, "false_block_rate": 0.0}

@@ -12,7 +12,8 @@ import torch
 from tests.tools.synthcorpus import train_tiny
 from tools.augment import augment, letterbox, letterbox_params
 from tools.features import GRID_H, GRID_W, build_targets
-from tools.model import P4_LAST_BLOCK, EfficientNetLite0
+from tools.model import CLASSES, P4_LAST_BLOCK, EfficientNetLite0
+from tools.train import focal_loss
 
 
 def test_pretrained_backbone_loads_with_strict_keys() -> None:
@@ -47,6 +48,22 @@ def test_targets_peak_at_the_box_centre_cell() -> None:
     assert heat.shape == (6, GRID_H, GRID_W)
     assert heat[2, 4, 8] == 1.0 and heat[2].sum() > 1.0 and heat[0].max() == 0
     np.testing.assert_allclose(reg[:, 4, 8], [132 / 16 - 8, 72 / 16 - 4, np.log(4), np.log(4), 1.0], rtol=1e-5)
+
+
+def test_ebike_weight_scales_only_the_missed_ebike_centres_term() -> None:
+    heat, _ = build_targets(np.array([[0, 100, 40, 164, 104], [2, 200, 100, 264, 164]], np.float32))
+    gt = torch.from_numpy(heat)[None]
+    logits = torch.full_like(gt, -2.0)  # unsure everywhere: every centre and background cell costs something
+    ebike = CLASSES.index("ebike")
+    base = focal_loss(logits, gt)
+    heavy = focal_loss(logits, gt, ebike_weight=3.0)
+    # Only the e-bike centre's positive term grows, by (3 - 1) × its own cost; background terms are untouched.
+    p = torch.sigmoid(torch.tensor(-2.0))
+    ebike_centre_cost = -(torch.log(p) * (1 - p) ** 2) / 2  # normalised by the two object centres
+    assert float(heavy - base) == pytest.approx(2 * float(ebike_centre_cost), rel=1e-5)
+    no_ebike = gt.clone()
+    no_ebike[:, ebike] = 0
+    assert float(focal_loss(logits, no_ebike, ebike_weight=3.0)) == pytest.approx(float(focal_loss(logits, no_ebike)))
 
 
 @pytest.mark.slow
