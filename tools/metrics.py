@@ -140,16 +140,18 @@ def class_curve(
 
 
 def suggest_ebike_threshold(
-    ebike_scores_pos: Sequence[float], ebike_scores_neg: Sequence[float], max_false_block: float = 0.01,
-    lo: float = 0.2, hi: float = 0.7,
+    ebike_scores_pos: Sequence[float], ebike_scores_neg: Sequence[float], max_false_block: float = 0.015,
+    lo: float = 0.2, hi: float = 0.7, step: float = 0.005,
 ) -> float:
     """Lowest threshold in [lo, hi] whose image-level false-block rate on negatives is ≤ the budget.
 
     Lowest, because a missed e-bike is the failure the product exists to prevent; the false-block
-    budget (wheelchairs, strollers, bicycles held) is the hard constraint.
+    budget (wheelchairs, strollers, bicycles, people held) is the hard constraint. The default 1.5 %
+    keeps about one standard error of margin (n ≈ 500 validation images) under the 2 % promise.
     """
     neg = np.sort(np.asarray(ebike_scores_neg, np.float64))
-    for t in np.arange(lo, hi + 1e-9, 0.025):
+    for k in range(round((hi - lo) / step) + 1):
+        t = round(lo + k * step, 6)  # exact grid points: no float drift past a score that sits on one
         if len(neg) == 0 or float((neg >= t).mean()) <= max_false_block:
-            return round(float(t), 3)
+            return t
     return hi

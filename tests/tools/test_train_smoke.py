@@ -12,8 +12,9 @@ import torch
 from tests.tools.synthcorpus import train_tiny
 from tools.augment import augment, letterbox, letterbox_params
 from tools.features import GRID_H, GRID_W, build_targets
+from tools.metrics import Det
 from tools.model import CLASSES, P4_LAST_BLOCK, EfficientNetLite0
-from tools.train import focal_loss
+from tools.train import focal_loss, validation_report
 
 
 def test_pretrained_backbone_loads_with_strict_keys() -> None:
@@ -64,6 +65,27 @@ def test_ebike_weight_scales_only_the_missed_ebike_centres_term() -> None:
     no_ebike = gt.clone()
     no_ebike[:, ebike] = 0
     assert float(focal_loss(logits, no_ebike, ebike_weight=3.0)) == pytest.approx(float(focal_loss(logits, no_ebike)))
+
+
+def test_ebike_threshold_spends_the_false_block_budget_on_protected_images_only() -> None:
+    box = (10.0, 10.0, 50.0, 50.0)
+
+    def image(cls: int | None, ebike_score: float) -> tuple[list[Det], np.ndarray]:
+        truth = np.array([[cls, *box]], np.float32) if cls is not None else np.zeros((0, 5), np.float32)
+        return [Det(box, ebike_score, "ebike")], truth
+
+    wheelchair, person = CLASSES.index("wheelchair"), CLASSES.index("person")
+    images = [image(CLASSES.index("ebike"), s) for s in (0.9, 0.6, 0.45, 0.3)]
+    images += [image(wheelchair, 0.5)] + [image(person, 0.1)] * 99  # 1 of 100 protected images scores 0.5
+    images += [image(None, 0.8)] * 20  # street scenes with nothing labelled score high: not in the budget
+    report = validation_report([d for d, _ in images], [t for _, t in images], false_block_budget=0.015)
+    # 0.2 would hold 1 % of protected images (≤ 1.5 %): the lowest threshold in range is kept.
+    assert report["thresholds"]["ebike"] == pytest.approx(0.2)
+    assert report["image_level"]["protected_false_block_rate"] == pytest.approx(0.01)
+    assert report["image_level"]["n_protected"] == 100 and report["image_level"]["ebike_recall"] == 1.0
+    strict = validation_report([d for d, _ in images], [t for _, t in images], false_block_budget=0.0)
+    assert strict["thresholds"]["ebike"] == pytest.approx(0.505)  # just above the wheelchair's 0.5
+    assert strict["image_level"]["ebike_recall"] == pytest.approx(0.5)  # 0.9 and 0.6 still caught
 
 
 @pytest.mark.slow
