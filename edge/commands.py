@@ -193,7 +193,7 @@ class CommandHandler:
         except ConfigError as exc:
             self.counts["rejected"] += 1
             log.warning("config/desired v%s refused: %s", desired.version, exc)
-            return self._report(False, desired.version, {}, f"config refused: {exc}")
+            return self._report(False, desired.version, {}, str(exc))  # `ok: false` already says "refused"
         except Exception:
             log.exception("applying config/desired v%s failed", desired.version)
             self.counts["failed"] += 1

@@ -107,9 +107,9 @@ def test_a_refused_report_shows_its_reason_escaped(fleet: RunningFleet, make_uni
                  retain=True)
     client, _ = fleet.login()
     body = wait_until(lambda: client.get("/api/units/lift-c2").json().get("config_report"))
-    assert (body["applied"], body["version"], body["detail"]) == (False, 8, "config refused: <b>fps</b> too high")
+    assert (body["applied"], body["version"], body["detail"]) == (False, 8, "<b>fps</b> too high")
     page = client.get("/").text
-    assert "config v8 refused: config refused: &lt;b&gt;fps&lt;/b&gt; too high" in page
+    assert "config v8 refused: &lt;b&gt;fps&lt;/b&gt; too high" in page
     assert "<b>fps</b>" not in page
 
 
