@@ -268,10 +268,11 @@ def create_app(ctx: FleetContext) -> FastAPI:
                    status: Annotated[str, Query(pattern="^(|online|offline|silent|stopped|unknown)$")] = "",
                    limit: Annotated[int, Query(ge=1, le=50_000)] = 1000,
                    offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
-        """Units matching the filters (`total`, `online` count all matches; `units` is one page)."""
+        """Units matching the filters (`total`, `online` count all matches; `units` is one page). `now` is the
+        server's clock, which the dashboard's "N s ago" counts from (not the browser's)."""
         rows = units(q, site, building, status)
         return {"units": rows[offset:offset + limit], "total": len(rows),
-                "online": sum(1 for r in rows if r["online"])}
+                "online": sum(1 for r in rows if r["online"]), "now": time.time()}
 
     @app.get("/api/units/{unit_id}")
     def get_unit(unit_id: str, who: User) -> dict[str, Any]:

@@ -108,12 +108,13 @@ def _unit_row(u: Mapping[str, Any], who: Principal, now: float, zone: str) -> st
         actions += (f' <button class="cmd" data-cmd="disable" data-unit="{uid}">Disable</button>'
                     f' <button class="cmd" data-cmd="enable" data-unit="{uid}">Enable</button>')
     return (f'<tr class="unit" data-unit-id="{uid}"><td>{uid}</td><td>{esc(u.get("elevator") or "")}</td>'
-            f'<td><span class="badge state {esc(u["status"])}">{esc(u["status"])}</span></td>'
-            f'<td title="{esc(_local(u.get("last_heartbeat"), zone))}">{esc(_ago(u.get("last_heartbeat"), now))}</td>'
+            f'<td class="state"><span class="badge state {esc(u["status"])}">{esc(u["status"])}</span></td>'
+            f'<td class="heartbeat" title="{esc(_local(u.get("last_heartbeat"), zone))}">'
+            f'{esc(_ago(u.get("last_heartbeat"), now))}</td>'
             f'<td>{esc(u.get("software") or "")}</td><td>{esc(u.get("model_id") or "")}</td>'
-            f'<td><span class="badge {esc(camera)}">{esc(camera)}</span>'
-            f' <span class="muted">{u.get("fps") or 0:.0f} fps</span></td>'
-            f'<td>{esc(u.get("relay") or "")}</td><td class="blocking">{blocking}</td>'
+            f'<td class="camera"><span class="badge {esc(camera)}">{esc(camera)}</span>'
+            f' <span class="muted fps">{u.get("fps") or 0:.0f} fps</span></td>'
+            f'<td class="relay">{esc(u.get("relay") or "")}</td><td class="blocking">{blocking}</td>'
             f'<td class="config" title="{esc(_local(report_at, zone))}">{esc(_config_text(report, zone))}</td>'
             f'<td>{actions} <span class="cmd-status"></span></td></tr>')
 
@@ -144,7 +145,7 @@ def dashboard_page(who: Principal, matches: list[dict[str, Any]], places: list[t
         parts.append(f'<div class="site" data-site="{esc(site)}"><h3>{esc(site)}</h3>')
         for building, rows in sorted(buildings.items()):
             n_on = sum(1 for r in rows if r["online"])
-            parts.append(f'<h4 class="building">{esc(building)} <span class="muted">{n_on}/{len(rows)} online'
+            parts.append(f'<h4 class="building">{esc(building)} <span class="muted n-online">{n_on}/{len(rows)} online'
                          f'</span></h4><table>{head}{"".join(_unit_row(r, who, now, zone) for r in rows)}</table>')
         parts.append("</div>")
     units_html = "".join(parts) or '<p class="muted">No units match.</p>'

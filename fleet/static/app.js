@@ -1,4 +1,5 @@
-// LiftGuard dashboard: live alert queue (SSE), verdicts, unit commands, the Config column, daily chart.
+// LiftGuard dashboard: live alert queue (SSE), verdicts, unit commands, unit rows (state, heartbeat,
+// camera, relay, blocking, config), daily chart.
 // No framework: the page is rendered by the server; this script only adds the live parts.
 "use strict";
 
@@ -136,7 +137,7 @@ document.addEventListener("click", (ev) => {
   if (b) sendCommand(b);
 });
 
-// ---- Config column: each unit's answer to the pushed config, polled (answers are rare, rows many) ----
+// ---- unit rows: state, heartbeat, camera, relay, blocking, config; polled (rows many, changes rare) ----
 const UNIT_REFRESH_MS = 10000;
 
 function configText(report) {
@@ -145,6 +146,47 @@ function configText(report) {
   const version = report.version == null ? "" : ` v${report.version}`;
   return report.applied ? `config${version} applied ${siteClock(report.received_at)}`
                         : `config${version} refused: ${report.detail}`;
+}
+
+function ago(ts, now) {
+  // The same words as the server's `web._ago`, against the server's clock (`now` of /api/units).
+  if (ts == null) return "never";
+  const seconds = Math.max(0, Math.floor(now - ts));
+  if (seconds < 120) return `${seconds} s ago`;
+  if (seconds < 7200) return `${Math.floor(seconds / 60)} min ago`;
+  return `${Math.floor(seconds / 3600)} h ago`;
+}
+
+function wholeFps(fps) {
+  // Python's `f"{fps:.0f}"` rounds a half to even (12.5 -> "12"), where toFixed would say "13".
+  const x = fps || 0, n = Math.round(x);
+  return String(n - x === 0.5 && n % 2 ? n - 1 : n);
+}
+
+const BLOCKING = new Map([[true, "enabled"], [false, "disabled"]]);
+
+function refreshRow(row, u, now) {
+  // textContent and class names only, never HTML: camera, relay and the config reason come from the device.
+  const cell = (name) => row.querySelector(`td.${name}`);
+  const badge = cell("state")?.querySelector(".badge");
+  if (badge) { badge.className = `badge state ${u.status}`; badge.textContent = u.status; }
+  const heartbeat = cell("heartbeat");
+  if (heartbeat) {
+    heartbeat.textContent = ago(u.last_heartbeat, now);
+    heartbeat.title = u.last_heartbeat == null ? "" : siteTime(u.last_heartbeat);
+  }
+  const camera = u.camera || "unknown";
+  const cameraBadge = cell("camera")?.querySelector(".badge");
+  if (cameraBadge) { cameraBadge.className = `badge ${camera}`; cameraBadge.textContent = camera; }
+  const fps = cell("camera")?.querySelector(".fps");
+  if (fps) fps.textContent = `${wholeFps(u.fps)} fps`;
+  if (cell("relay")) cell("relay").textContent = u.relay || "";
+  if (cell("blocking")) cell("blocking").textContent = BLOCKING.get(u.blocking_enabled) || "?";
+  const config = cell("config");
+  if (config) {
+    config.textContent = configText(u.config_report);
+    config.title = u.config_report ? siteTime(u.config_report.received_at) : "";
+  }
 }
 
 async function refreshUnits() {
@@ -157,13 +199,21 @@ async function refreshUnits() {
     if (filters.get(name)) query.set(name, filters.get(name));
   }
   const data = await api("GET", `/api/units?${query}`);
+  const now = data.now ?? Date.now() / 1000;
   const units = new Map(data.units.map((u) => [u.unit_id, u]));
   for (const row of rows) {
     const u = units.get(row.dataset.unitId);
-    const cell = row.querySelector("td.config");
-    if (!u || !cell) continue;
-    cell.textContent = configText(u.config_report);  // text, not HTML: the reason comes from the device
-    cell.title = u.config_report ? siteTime(u.config_report.received_at) : "";
+    if (u) refreshRow(row, u, now);
+  }
+  // The counts: the page's (every match, like the API's) and each building's (its rows on the page).
+  const summary = document.getElementById("unit-summary");
+  if (summary) summary.textContent = `${data.online}/${data.total} online`;
+  for (const count of document.querySelectorAll("h4.building .n-online")) {
+    const table = count.closest("h4").nextElementSibling;
+    if (!table) continue;
+    const shown = table.querySelectorAll("tr.unit");
+    const online = table.querySelectorAll("tr.unit td.state .badge.online");
+    count.textContent = `${online.length}/${shown.length} online`;
   }
 }
 

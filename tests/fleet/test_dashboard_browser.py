@@ -1,12 +1,15 @@
 """The dashboard in headless Chromium: log in, see the units, get a live alert with its snapshot,
-acknowledge it, see units answer a pushed config — the property manager's whole loop, through the
-real server and broker."""
+acknowledge it, see units answer a pushed config, go silent, drop off and come back — the property
+manager's whole loop, through the real server and broker."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -127,6 +130,96 @@ def test_live_alerts_and_config_answers_show_the_sites_time_whatever_the_browser
         page.reload()  # and the server's render of the same answers reads the same
         assert {u: page.text_content(c) for u, c in cells.items()} == expected
         assert {u: page.get_attribute(c, "title") for u, c in cells.items()} == titles
+        assert errors == []
+        context.close()
+    finally:
+        fleet.stop()
+
+
+def test_unit_rows_follow_units_going_silent_offline_and_coming_back_without_a_reload(
+        browser: object, mosquitto: MosquittoBroker, tmp_path: Path, make_unit: Callable[..., FakeUnit]) -> None:
+    # silence_s=8: a quiet unit turns silent before the page's first 10-second refresh, not while the page loads.
+    fleet = start_fleet(mosquitto, f"sqlite:///{tmp_path / 'fleet.db'}", silence_s=8, timezone="Asia/Shanghai")
+    try:
+        quiet, dropping, returning = make_unit("lift-q"), make_unit("lift-d"), make_unit("lift-r")
+        quiet.heartbeat()
+        dropping.heartbeat()
+        # Stopped by its installer, never sent a heartbeat. Site and building again: a status arriving in the
+        # same ingest batch as the one `connect` sent replaces it.
+        returning.publish("status", json.dumps({"state": "stopped", "site": returning.site,
+                                                "building": returning.building}), retain=True)
+        wait_until(lambda: {u["unit_id"]: (u["state"], u["last_heartbeat"] is not None)
+                            for u in fleet.store.list_units()}
+                   == {"lift-q": ("online", True), "lift-d": ("online", True), "lift-r": ("stopped", False)})
+        context = browser.new_context(timezone_id="Europe/London")  # type: ignore[attr-defined]
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(fleet.url + "/login")
+        page.fill("input[name=username]", "admin")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_selector("tr.unit[data-unit-id=lift-r]")
+
+        def cells(name: str) -> dict[str, str | None]:
+            return {u: page.text_content(f"tr.unit[data-unit-id={u}] td.{name}") for u in ("lift-q", "lift-d",
+                                                                                          "lift-r")}
+
+        def badge_class(unit: str, name: str) -> str | None:
+            return page.get_attribute(f"tr.unit[data-unit-id={unit}] td.{name} .badge", "class")
+
+        def seconds_ago(text: str | None) -> int:
+            match = re.fullmatch(r"(\d+) s ago", text or "")
+            assert match, text
+            return int(match[1])
+
+        assert cells("state") == {"lift-q": "online", "lift-d": "online", "lift-r": "stopped"}
+        before = cells("heartbeat")
+        assert before["lift-r"] == "never" and page.get_attribute("tr.unit[data-unit-id=lift-r] td.heartbeat",
+                                                                 "title") == ""
+        assert (cells("camera")["lift-r"], cells("relay")["lift-r"], cells("blocking")["lift-r"]) == (
+            "unknown 0 fps", "", "?")
+        assert (page.text_content("#unit-summary"), page.text_content("h4.building")) == (
+            "2/3 online", "Tower A 2/3 online")
+        reloads: list[str] = []
+        page.on("load", lambda p: reloads.append(p.url))
+
+        # lift-q says nothing more, lift-d vanishes (the broker publishes its LWT), lift-r comes back unwell
+        # and keeps beating, as a unit does every heartbeat_s.
+        dropping.drop()
+        beats: list[float] = []
+        states = {"lift-q": "silent", "lift-d": "offline", "lift-r": "online"}
+
+        def settled() -> bool:
+            if not beats or time.monotonic() - beats[-1] > 1:
+                returning.heartbeat(camera="frozen", relay="held", blocking_enabled=False, fps=12.5)
+                beats.append(time.monotonic())
+            return cells("state") == states
+
+        wait_until(settled, timeout=30)
+        assert {u: badge_class(u, "state") for u in states} == {u: f"badge state {s}" for u, s in states.items()}
+        after = cells("heartbeat")
+        assert after["lift-r"] != "never" and all(re.fullmatch(r"\d+ s ago", t or "") for t in after.values()), after
+        assert seconds_ago(before["lift-q"]) < 8 <= seconds_ago(after["lift-q"])  # its heartbeat cell counts on
+        titles = {u: page.get_attribute(f"tr.unit[data-unit-id={u}] td.heartbeat", "title") for u in states}
+        quiet_at = dt.datetime.fromtimestamp(fleet.store.get_unit("lift-q")["last_heartbeat"],  # type: ignore[index]
+                                             ZoneInfo("Asia/Shanghai"))
+        assert titles["lift-q"] == f"{quiet_at:%Y-%m-%d %H:%M:%S} Asia/Shanghai"  # the site's time, not London's
+        returned_at = dt.datetime.strptime(titles["lift-r"] or "", "%Y-%m-%d %H:%M:%S Asia/Shanghai")
+        assert abs(returned_at.replace(tzinfo=ZoneInfo("Asia/Shanghai")).timestamp() - time.time()) < 15
+        live = {name: cells(name)["lift-r"] for name in ("camera", "relay", "blocking")}
+        assert live == {"camera": "frozen 12 fps", "relay": "held", "blocking": "disabled"}  # 12.5 rounds like Python
+        assert badge_class("lift-r", "camera") == "badge frozen"
+        assert (page.text_content("#unit-summary"), page.text_content("h4.building")) == (
+            "1/3 online", "Tower A 1/3 online")
+        assert reloads == []
+
+        page.reload()  # the server's render of the same units reads the same
+        assert cells("state") == states
+        assert {name: cells(name)["lift-r"] for name in ("camera", "relay", "blocking")} == live
+        assert page.get_attribute("tr.unit[data-unit-id=lift-q] td.heartbeat", "title") == titles["lift-q"]
+        assert (page.text_content("#unit-summary"), page.text_content("h4.building")) == (
+            "1/3 online", "Tower A 1/3 online")
         assert errors == []
         context.close()
     finally:
