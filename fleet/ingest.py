@@ -365,7 +365,7 @@ class Ingestor:
 
 def _add_to_batch(batch: IngestBatch, message: Message) -> None:
     if message.kind == "status":
-        batch.statuses[message.unit_id] = (message.body, message.received_at)
+        batch.add_status(message.unit_id, message.body, message.received_at)
     elif message.kind == "heartbeat":
         batch.add_heartbeat(message.body, message.received_at)
     elif message.kind == "event":

@@ -61,6 +61,10 @@ def day_bounds(day: dt.date, tz: dt.tzinfo) -> tuple[float, float]:
     return start.timestamp(), end.timestamp()
 
 
+# What a status names about its unit; the store keeps old values where a new status gives none (COALESCE).
+_STATUS_NAMES = ("software", "model_id", "site", "building", "elevator")
+
+
 @dataclass
 class IngestBatch:
     """What the writer thread applies in one transaction; later messages of a unit win."""
@@ -78,6 +82,14 @@ class IngestBatch:
         current = self.config_reports.get(unit_id)
         if current is None or report.ts > current[0].ts:
             self.config_reports[unit_id] = (report, received_at)
+
+    def add_status(self, unit_id: str, status: StatusPayload, received_at: float) -> None:
+        """The later state wins; names it leaves out (a bare LWT) keep the earlier ones, as across batches."""
+        earlier = self.statuses.get(unit_id)
+        if earlier is not None:
+            kept = {k: getattr(earlier[0], k) for k in _STATUS_NAMES if getattr(status, k) is None}
+            status = status.model_copy(update=kept)
+        self.statuses[unit_id] = (status, received_at)
 
     def add_heartbeat(self, hb: HeartbeatPayload, received_at: float) -> None:
         self.heartbeats[hb.unit_id] = (hb, received_at)

@@ -86,6 +86,16 @@ def test_an_lwt_after_the_last_heartbeat_marks_the_unit_offline_but_an_older_one
     assert store.get_unit("old-lwt")["state"] == "online"  # type: ignore[index]
 
 
+def test_a_bare_status_after_a_named_one_in_the_same_batch_keeps_the_names(store: Store) -> None:
+    batch = IngestBatch()
+    batch.add_status("u1", StatusPayload(state="online", site="Tower A", building="B1", software="1.2"), 10.0)
+    batch.add_status("u1", StatusPayload(state="stopped"), 11.0)  # e.g. a bare "stopped" right after start-up
+    store.write_batch(batch)
+    unit = store.get_unit("u1")
+    assert unit is not None
+    assert (unit["state"], unit["site"], unit["building"], unit["software"]) == ("stopped", "Tower A", "B1", "1.2")
+
+
 def test_a_unit_can_only_answer_commands_addressed_to_it(store: Store) -> None:
     store.create_command("cmd-00001", "u1", "release", "alice")
     batch = IngestBatch()
