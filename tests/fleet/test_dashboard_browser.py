@@ -12,6 +12,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -86,20 +87,25 @@ def test_manager_logs_in_sees_units_gets_a_live_alert_and_acknowledges_it(
     page.close()
 
 
+def log_in_from_london(browser: object, fleet: RunningFleet) -> tuple[Any, list[str]]:
+    """The admin's dashboard in a browser set to Europe/London; the list collects the page's script errors."""
+    page = browser.new_context(timezone_id="Europe/London").new_page()  # type: ignore[attr-defined]
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(fleet.url + "/login")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    return page, errors
+
+
 def test_live_alerts_and_config_answers_show_the_sites_time_whatever_the_browsers_zone(
         browser: object, mosquitto: MosquittoBroker, tmp_path: Path, make_unit: Callable[..., FakeUnit]) -> None:
     fleet = start_fleet(mosquitto, f"sqlite:///{tmp_path / 'fleet.db'}", timezone="Asia/Shanghai")
     try:
         applying, refusing = make_unit("lift-sh1"), make_unit("lift-sh2")
         wait_until(lambda: len(fleet.store.list_units()) == 2)
-        context = browser.new_context(timezone_id="Europe/London")  # type: ignore[attr-defined]
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(fleet.url + "/login")
-        page.fill("input[name=username]", "admin")
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
+        page, errors = log_in_from_london(browser, fleet)
         page.wait_for_selector("#daily-chart svg")
         assert page.text_content("#chart-zone") == "(Asia/Shanghai)"
         cells = {unit: f"tr.unit[data-unit-id={unit}] td.config" for unit in ("lift-sh1", "lift-sh2")}
@@ -131,7 +137,7 @@ def test_live_alerts_and_config_answers_show_the_sites_time_whatever_the_browser
         assert {u: page.text_content(c) for u, c in cells.items()} == expected
         assert {u: page.get_attribute(c, "title") for u, c in cells.items()} == titles
         assert errors == []
-        context.close()
+        page.context.close()
     finally:
         fleet.stop()
 
@@ -144,21 +150,13 @@ def test_unit_rows_follow_units_going_silent_offline_and_coming_back_without_a_r
         quiet, dropping, returning = make_unit("lift-q"), make_unit("lift-d"), make_unit("lift-r")
         quiet.heartbeat()
         dropping.heartbeat()
-        # Stopped by its installer, never sent a heartbeat. Site and building again: a status arriving in the
-        # same ingest batch as the one `connect` sent replaces it.
+        # Stopped by its installer, never sent a heartbeat.
         returning.publish("status", json.dumps({"state": "stopped", "site": returning.site,
                                                 "building": returning.building}), retain=True)
         wait_until(lambda: {u["unit_id"]: (u["state"], u["last_heartbeat"] is not None)
                             for u in fleet.store.list_units()}
                    == {"lift-q": ("online", True), "lift-d": ("online", True), "lift-r": ("stopped", False)})
-        context = browser.new_context(timezone_id="Europe/London")  # type: ignore[attr-defined]
-        page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(fleet.url + "/login")
-        page.fill("input[name=username]", "admin")
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
+        page, errors = log_in_from_london(browser, fleet)
         page.wait_for_selector("tr.unit[data-unit-id=lift-r]")
 
         def cells(name: str) -> dict[str, str | None]:
@@ -221,6 +219,6 @@ def test_unit_rows_follow_units_going_silent_offline_and_coming_back_without_a_r
         assert (page.text_content("#unit-summary"), page.text_content("h4.building")) == (
             "1/3 online", "Tower A 1/3 online")
         assert errors == []
-        context.close()
+        page.context.close()
     finally:
         fleet.stop()
