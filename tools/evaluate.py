@@ -29,7 +29,7 @@ from tqdm import tqdm
 from edge.detect import Detector
 from tools.eval_plots import save_confusion, save_contact_sheet, save_pr_curves
 from tools.features import read_yolo_labels
-from tools.metrics import EBIKE, PROTECTED_CLASSES, DetectionLike, class_curve, decide, threshold_for
+from tools.metrics import EBIKE, DetectionLike, class_curve, decide, shows_protected, threshold_for
 
 log = logging.getLogger("tools.evaluate")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
@@ -190,11 +190,10 @@ def _protected_split(rows: Sequence[Mapping[str, Any]], truths: Sequence[np.ndar
     cars and buses, empty rooms) is reported apart because those objects never ride an elevator and
     street sources leave distant motorbikes unlabelled.
     """
-    ids = [names.index(c) for c in PROTECTED_CLASSES if c in names]
     protected, background = [], []
     for row, t in zip(rows, truths, strict=True):
         if row["expected"] == "allow":
-            (protected if len(t) and np.isin(t[:, 0], ids).any() else background).append(row)
+            (protected if shows_protected(t, names) else background).append(row)
     out: dict[str, Any] = {}
     for key, group in (("protected", protected), ("background", background)):
         blocked = sum(r["decided"] == "block" for r in group)

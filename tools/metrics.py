@@ -45,6 +45,12 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9))
 
 
+def shows_protected(truth: np.ndarray, names: Sequence[str]) -> bool:
+    """True iff the labels `truth` ([N,5], class index first) include a class that must never be held."""
+    ids = [names.index(c) for c in PROTECTED_CLASSES if c in names]
+    return bool(len(truth)) and bool(np.isin(truth[:, 0], ids).any())
+
+
 def threshold_for(thresholds: Mapping[str, float], cls: str) -> float:
     default = DEFAULT_EBIKE_THRESHOLD if cls == EBIKE else DEFAULT_THRESHOLD
     return float(thresholds.get(cls, default))

@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,9 @@ from tqdm import tqdm
 from tools.features import SYNTHETIC_PREFIX, FeatureCache, Sample, build_cache, load_split
 from tools.metrics import (
     EBIKE,
-    PROTECTED_CLASSES,
     Det,
     class_curve,
+    shows_protected,
     suggest_ebike_threshold,
 )
 from tools.model import CLASSES, CenterHead, LiftGuardDetector, decode
@@ -197,15 +197,13 @@ def validation_report(dets: Sequence[Sequence[Det]], truths: Sequence[np.ndarray
         per_class[cls] = {"AP50": curve.ap50(), "precision": p, "recall": r, "threshold": thr, "n_gt": curve.n_gt}
         thresholds[cls] = thr
     ebike_id = CLASSES.index(EBIKE)
-    protected_ids = [CLASSES.index(c) for c in PROTECTED_CLASSES]
     best = [max((d.score for d in ds if d.cls == EBIKE), default=0.0) for ds in dets]
     is_pos = [bool(len(t) and (t[:, 0] == ebike_id).any()) for t in truths]
     pos = [s for s, p in zip(best, is_pos, strict=True) if p]
     neg = [s for s, p in zip(best, is_pos, strict=True) if not p]
     # The budget is spent on what must never be held (wheelchair, stroller, bicycle, person images), not
     # on street scenes of cars whose distant motorbikes the source left unlabelled.
-    protected = [s for s, p, t in zip(best, is_pos, truths, strict=True)
-                 if not p and len(t) and np.isin(t[:, 0], protected_ids).any()]
+    protected = [s for s, p, t in zip(best, is_pos, truths, strict=True) if not p and shows_protected(t, CLASSES)]
     thresholds[EBIKE] = suggest_ebike_threshold(pos, protected, false_block_budget)
     t = thresholds[EBIKE]
     image_level = {
@@ -247,6 +245,16 @@ def save_plots(out: Path, history: Sequence[dict[str, float]], dets: Sequence[Se
     save_pr_curves(out / "pr_val.png", dets, truths, CLASSES)
 
 
+def _within(lo: float, hi: float) -> Callable[[str], float]:
+    """An argparse type: a float in [lo, hi], or a clear error naming the range."""
+    def parse(text: str) -> float:
+        value = float(text)
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text} is outside [{lo:g}, {hi:g}]")
+        return value
+    return parse
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="YOLO corpus root (images/, labels/, manifest.csv)")
@@ -261,10 +269,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--tune-tail", action="store_true",
                     help="also fine-tune the backbone stride-32 blocks (stages 6-7) on cached stride-16 features")
-    ap.add_argument("--ebike-weight", type=float, default=3.0,
+    ap.add_argument("--ebike-weight", type=_within(0.1, 20.0), default=3.0,
                     help="weight of e-bike centres in the focal loss (> 1 favours e-bike recall; 3 measured best "
                          "of 1/3/5, see the model card; 1 = the recipe before 0.4.0)")
-    ap.add_argument("--false-block-budget", type=float, default=0.015,
+    ap.add_argument("--false-block-budget", type=_within(0.0, 0.2), default=0.015,
                     help="e-bike threshold: lowest whose false-block rate on real protected-class val images is ≤ this")
     ap.add_argument("--version", default="0.2.0")
     ap.add_argument("--reuse-cache", action="store_true", help="train on RUN_DIR/features.pt from an earlier run")

@@ -14,7 +14,7 @@ from tools.augment import augment, letterbox, letterbox_params
 from tools.features import GRID_H, GRID_W, build_targets
 from tools.metrics import Det
 from tools.model import CLASSES, P4_LAST_BLOCK, EfficientNetLite0
-from tools.train import focal_loss, validation_report
+from tools.train import focal_loss, parse_args, validation_report
 
 
 def test_pretrained_backbone_loads_with_strict_keys() -> None:
@@ -86,6 +86,14 @@ def test_ebike_threshold_spends_the_false_block_budget_on_protected_images_only(
     strict = validation_report([d for d, _ in images], [t for _, t in images], false_block_budget=0.0)
     assert strict["thresholds"]["ebike"] == pytest.approx(0.505)  # just above the wheelchair's 0.5
     assert strict["image_level"]["ebike_recall"] == pytest.approx(0.5)  # 0.9 and 0.6 still caught
+
+
+@pytest.mark.parametrize("flag", [["--ebike-weight", "0"], ["--ebike-weight", "50"], ["--false-block-budget", "0.5"]])
+def test_out_of_range_training_numbers_are_refused_naming_the_range(
+        flag: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--data", "d", "--out", "o", *flag])
+    assert f"{flag[0]}: {flag[1]} is outside [" in capsys.readouterr().err
 
 
 @pytest.mark.slow
