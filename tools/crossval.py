@@ -1,6 +1,7 @@
 """Grouped K-fold check on the real elevator images: none is scored by a head that trained on it.
 
     python -m tools.crossval --run /work/runs/v2 --out /work/runs/v2/cv_real
+    python -m tools.crossval --fold-models /work/runs/full/folds --data /work/data/corpus_v2 --out OUT
 
 Reuses the run's cached features: for each fold a fresh head (and, for a run trained with
 `--tune-tail`, the backbone's stride-32 tail reset to its ImageNet weights) trains on every cached
@@ -13,7 +14,6 @@ a tuned-tail run can be cross-validated in minutes rather than hours; the cap is
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import os
@@ -25,60 +25,12 @@ import torch
 
 from tools.evaluate import evaluate
 from tools.export import export_model, metadata
-from tools.features import SYNTHETIC_PREFIX, FeatureCache, Sample
-from tools.model import CLASSES, CenterHead, LiftGuardDetector
+from tools.features import SYNTHETIC_PREFIX, FeatureCache, Sample, load_split
+from tools.folds import leaky_synthetic, source_folds
+from tools.model import CLASSES, CenterHead, LiftGuardDetector, complete_state
 
 log = logging.getLogger("tools.crossval")
 REAL_SOURCE = "etoiles-elevator-ebike"
-
-
-def grouped_folds(groups: Sequence[str], k: int) -> dict[str, int]:
-    """Largest group first into the fold with fewest images; deterministic."""
-    sizes: dict[str, int] = {}
-    for g in groups:
-        sizes[g] = sizes.get(g, 0) + 1
-    load = [0] * k
-    out: dict[str, int] = {}
-    for g in sorted(sizes, key=lambda g: (-sizes[g], g)):
-        f = load.index(min(load))
-        out[g] = f
-        load[f] += sizes[g]
-    return out
-
-
-def _corpus_root(samples: Sequence[Sample]) -> Path:
-    return samples[0].image.parent.parent.parent
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def _leaky_synthetic(samples: Sequence[Sample], held: set[str]) -> set[int]:
-    """Generated scenes that may show a held-out photo through a pasted cut-out.
-
-    With the data engine's cutouts.csv (file → cut-out source group) exactly those scenes go; without
-    it every scene with a real e-bike cut-out goes (conservative: street-moped cut-outs go too).
-    """
-    root = _corpus_root(samples)
-    index = {s.image.name: i for i, s in enumerate(samples)}
-    if (root / "cutouts.csv").exists():
-        return {index[r["file"]] for r in _read_csv(root / "cutouts.csv")
-                if r["cutout_source_group"] in held and r["file"] in index}
-    licences = {r["file"]: r.get("licence", "") for r in _read_csv(root / "manifest.csv")}
-    return {i for i, s in enumerate(samples)
-            if s.source.startswith(SYNTHETIC_PREFIX) and s.has_ebike and "cut-out" in licences.get(s.image.name, "")}
-
-
-def _fold_of(real: Sequence[Sample], k: int) -> dict[str, int]:
-    """The corpus's own grouped folds (folds.csv) when it has them, else ours."""
-    path = _corpus_root(real) / "folds.csv"
-    if path.exists():
-        rows = {r["source_group"]: int(r["fold"]) for r in _read_csv(path)}
-        if all(s.group in rows for s in real):
-            return {s.group: rows[s.group] for s in real}
-    return grouped_folds([s.group for s in real], k)
 
 
 def _link_fold(samples: Sequence[Sample], dst: Path) -> None:
@@ -106,6 +58,50 @@ def cap_views(keep: torch.Tensor, samples: Sequence[Sample], sample_index: torch
     return out
 
 
+def score_fold(model: LiftGuardDetector, ckpt: dict[str, Any], test: Sequence[Sample], fold_dir: Path,
+               thresholds: dict[str, float] | None = None) -> dict[str, Any]:
+    """Export a fold's model through the shipped ONNX path and score it on the fold's held-out images."""
+    onnx_path = fold_dir / "model.onnx"
+    export_model(model.eval(), onnx_path, metadata(ckpt))
+    _link_fold(test, fold_dir / "data")
+    names = fold_dir / "data" / "data.yaml"
+    names.write_text(json.dumps({"names": CLASSES}))
+    return evaluate(onnx_path, fold_dir / "data" / "images", fold_dir / "eval", fold_dir / "data" / "labels",
+                    names, thresholds=thresholds or ckpt.get("thresholds"), bench_runs=0)
+
+
+def score_fold_models(folds_dir: Path, data: Path, out: Path, thresholds: dict[str, float] | None = None,
+                      ) -> dict[str, Any]:
+    """Score fold models that `tools.train_full --cv-source` trained (each on all but its held-out groups)."""
+    per_fold, hits, n_img = [], 0, 0
+    samples = [*load_split(data, "train"), *load_split(data, "val")]
+    source = ""
+    for path in sorted(folds_dir.glob("fold*.pt")):
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        source = str(ckpt["cv_source"])
+        held = set(ckpt["held_groups"])
+        test = [s for s in samples if s.source == source and s.group in held]
+        if not test:
+            raise ValueError(f"{path.name}: none of its held-out groups is in {data}")
+        model = LiftGuardDetector(len(ckpt["classes"]))
+        model.load_state_dict(complete_state(ckpt["state_dict"]), strict=True)
+        m = score_fold(model, ckpt, test, out / path.stem, thresholds)
+        hits += round((m["ebike_recall"] or 0) * m["n_expected_block"])
+        n_img += m["n_expected_block"]
+        per_fold.append({"fold": path.stem, "images": len(test), "groups": sorted(held),
+                         "ebike_recall": m["ebike_recall"], "ebike_AP50": m["per_class"]["ebike"]["AP50"],
+                         "ebike_box_recall": m["per_class"]["ebike"]["recall"]})
+        log.info("%s: %s", path.stem, per_fold[-1])
+    if not per_fold:
+        raise FileNotFoundError(f"no fold*.pt in {folds_dir}")
+    summary = {"source": source, "folds": per_fold, "images": n_img, "blocked": hits,
+               "ebike_image_recall": hits / n_img if n_img else None, "fold_models": str(folds_dir),
+               "thresholds": thresholds or "as trained"}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cv_metrics.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
 def run_cv(run: Path, out: Path, folds: int, epochs: int, seed: int, source: str = REAL_SOURCE,
            tune_tail: bool | None = None, max_views: int = 0) -> dict[str, Any]:
     from tools.train import CachedDetector, train_cached
@@ -114,7 +110,7 @@ def run_cv(run: Path, out: Path, folds: int, epochs: int, seed: int, source: str
     train_c: FeatureCache = cache["train"]
     train_s: list[Sample] = cache["train_samples"]
     real = [s for s in [*train_s, *cache["val_samples"]] if s.source == source]
-    fold_of = _fold_of(real, folds)
+    fold_of = source_folds(real, folds)
     ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=False)
     if tune_tail is None:
         tune_tail = bool(ckpt.get("tuned_tail", False))
@@ -124,7 +120,7 @@ def run_cv(run: Path, out: Path, folds: int, epochs: int, seed: int, source: str
     n_leaky = 0
     for f in sorted(set(fold_of.values())):
         held = {g for g, k in fold_of.items() if k == f}
-        leaky = _leaky_synthetic(train_s, held)
+        leaky = leaky_synthetic(train_s, held)
         n_leaky += len(leaky)
         test = [s for s in real if s.group in held]
         if not test:
@@ -140,14 +136,7 @@ def run_cv(run: Path, out: Path, folds: int, epochs: int, seed: int, source: str
         net = CachedDetector(model.head, model.backbone.tail() if tune_tail else None)
         train_cached(net, train_c.subset(keep), None, epochs, 3e-3, 64, seed + f, desc=f"fold {f}",
                      ebike_weight=ebike_weight)
-        fold_dir = out / f"fold{f}"
-        onnx_path = fold_dir / "model.onnx"
-        export_model(model.eval(), onnx_path, metadata({**ckpt, "version": f"cv-fold{f}"}))
-        _link_fold(test, fold_dir / "data")
-        names = fold_dir / "data" / "data.yaml"
-        names.write_text(json.dumps({"names": CLASSES}))
-        m = evaluate(onnx_path, fold_dir / "data" / "images", fold_dir / "eval", fold_dir / "data" / "labels",
-                     names, thresholds=ckpt.get("thresholds"), bench_runs=0)
+        m = score_fold(model, {**ckpt, "version": f"cv-fold{f}"}, test, out / f"fold{f}")
         hits += round((m["ebike_recall"] or 0) * m["n_expected_block"])
         n_img += m["n_expected_block"]
         per_fold.append({"fold": f, "images": len(test), "groups": sorted(held), "ebike_recall": m["ebike_recall"],
@@ -164,7 +153,10 @@ def run_cv(run: Path, out: Path, folds: int, epochs: int, seed: int, source: str
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--run", type=Path, help="a tools.train run (its cached features train each fold)")
+    ap.add_argument("--fold-models", type=Path, help="RUN/folds of a tools.train_full --cv-source run: score them")
+    ap.add_argument("--data", type=Path, help="with --fold-models: the corpus holding the held-out images")
+    ap.add_argument("--ebike-threshold", type=float, default=None, help="with --fold-models: score at this one")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--folds", type=int, default=4, help="used when the corpus has no folds.csv")
     ap.add_argument("--epochs", type=int, default=20)
@@ -178,6 +170,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(2)
+    if args.fold_models:
+        if args.data is None:
+            ap.error("--fold-models needs --data")
+        thresholds = None
+        if args.ebike_threshold is not None:
+            first = torch.load(sorted(args.fold_models.glob("fold*.pt"))[0], map_location="cpu", weights_only=False)
+            thresholds = {**first["thresholds"], "ebike": args.ebike_threshold}
+        s = score_fold_models(args.fold_models, args.data, args.out, thresholds)
+        print(json.dumps({k: v for k, v in s.items() if k != "folds"}, indent=2))
+        return 0
+    if args.run is None:
+        ap.error("give --run (train folds from cached features) or --fold-models")
     s = run_cv(args.run, args.out, args.folds, args.epochs, args.seed, args.source, args.tune_tail, args.max_views)
     print(json.dumps({k: v for k, v in s.items() if k != "folds"}, indent=2))
     return 0

@@ -28,11 +28,10 @@ from tqdm import tqdm
 
 from edge.detect import Detector
 from tools.eval_plots import save_confusion, save_contact_sheet, save_pr_curves
-from tools.features import read_yolo_labels
+from tools.features import IMAGE_SUFFIXES, read_yolo_labels
 from tools.metrics import EBIKE, DetectionLike, class_curve, decide, shows_protected, threshold_for
 
 log = logging.getLogger("tools.evaluate")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 # Low floor so AP50 sees the whole PR curve; operating thresholds are applied afterwards.
 SCORE_FLOOR = 0.05
 BENCH_SIZE = (640, 480)

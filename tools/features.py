@@ -24,6 +24,7 @@ from tools.augment import augment, letterbox, normalise
 from tools.model import CLASSES, INPUT_H, INPUT_W, STRIDE, EfficientNetLite0
 
 GRID_W, GRID_H = INPUT_W // STRIDE, INPUT_H // STRIDE
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def load_split(root: Path, split: str) -> list[Sample]:
                 meta[r["file"]] = (r.get("source", "") or "", r.get("source_group", "") or "")
     samples = []
     for img in sorted((root / "images" / split).glob("*")):
-        if img.suffix.lower() not in {".jpg", ".jpeg", ".png"}:
+        if img.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         # Normalised boxes: pixel sizes are only known once the image is decoded (scaled then).
         boxes = read_yolo_labels(root / "labels" / split / f"{img.stem}.txt", 1, 1)

@@ -194,6 +194,27 @@ def decode(heat_logits: torch.Tensor, box: torch.Tensor, k: int = TOP_K) -> torc
     return torch.stack(rows, dim=2)
 
 
+# Keys of the ImageNet classifier, kept in the backbone only so the wheel's file loads strictly; the
+# detector never runs them, so training leaves them at their ImageNet values.
+CLASSIFIER_ONLY = ("backbone._conv_head.", "backbone._bn1.", "backbone._fc.")
+
+
+def compact_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A detector state dict without the unused classifier, floats in float16: a third of the bytes."""
+    return {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()
+            if not k.startswith(CLASSIFIER_ONLY)}
+
+
+def complete_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Undo `compact_state`: float32 again, and the classifier keys back from the ImageNet weights."""
+    full = LiftGuardDetector()
+    full.backbone.load_pretrained()
+    out = full.state_dict()
+    for k, v in state.items():
+        out[k] = v.float() if v.is_floating_point() else v
+    return out
+
+
 class LiftGuardDetector(nn.Module):
     """Full network: `images` [1,3,H,W] normalised → `detections` [1,K,6]."""
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from tests.tools.synthcorpus import train_tiny
-from tools.crossval import cap_views, grouped_folds, run_cv
+from tools.crossval import cap_views, run_cv
 from tools.features import Sample, load_split
+from tools.grouping import grouped_folds
 
 EBIKE_BOX = np.array([[0, 0.1, 0.1, 0.5, 0.5]], np.float32)
 PERSON_BOX = np.array([[4, 0.1, 0.1, 0.3, 0.6]], np.float32)
