@@ -94,7 +94,7 @@ class ViewDataset(Dataset[tuple[torch.Tensor, ...]]):
         self.samples, self.images, self.plan = samples, images, plan
         self.seed, self.augmented = seed, augmented
 
-    def __len__(self) -> int:
+    def __len__(self) -> int:  # views per epoch; EpochSampler supplies indices over all epochs
         return len(self.plan)
 
     def view(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -117,14 +117,14 @@ class ViewDataset(Dataset[tuple[torch.Tensor, ...]]):
 class EpochSampler(Sampler[int]):
     """A fresh seeded permutation of the plan for each epoch, as global indices (see ViewDataset)."""
 
-    def __init__(self, n: int, epochs: int, seed: int, first_epoch: int = 0) -> None:
-        self.n, self.epochs, self.seed, self.first_epoch = n, epochs, seed, first_epoch
+    def __init__(self, n: int, epochs: int, seed: int) -> None:
+        self.n, self.epochs, self.seed = n, epochs, seed
 
     def __len__(self) -> int:
         return self.n * self.epochs
 
     def __iter__(self) -> Iterator[int]:
-        for e in range(self.first_epoch, self.first_epoch + self.epochs):
+        for e in range(self.epochs):
             perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1000 + e))
             yield from (e * self.n + int(k) for k in perm)
 
