@@ -17,7 +17,8 @@ like from a ceiling. It runs on a CPU too (the tests do, on a toy corpus), just 
   the validation loss is logged per epoch to show whether that was a fair choice.
 
 Writes RUN/model.pt (as `tools.train` does: `tools.export --run RUN` exports it), RUN/folds/fold{k}.pt,
-metrics.json, train_log.csv, loss_curve.png and pr_val.png.
+metrics.json, train_log.csv, loss_curve.png and pr_val.png; RUN/last/ holds every model's weights
+after the latest epoch (float16, see `tools.model.compact_state`) in case a run dies before the end.
 """
 
 from __future__ import annotations
@@ -283,6 +284,16 @@ def evaluate_views(net: LiftGuardDetector, loader: DataLoader[Any], device: torc
     return total / max(n, 1), dets
 
 
+def save_epoch_weights(members: Sequence[Member], folder: Path, epoch: int) -> None:
+    """Every model's weights after each epoch (compact), so a crash late in a run loses one epoch, not all."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for m in members:
+        state = compact_state({k: v.detach().cpu() for k, v in m.net.state_dict().items()})
+        tmp = folder / f"{m.name}.pt.tmp"
+        torch.save({"epoch": epoch, "held_groups": m.held_groups, "state_dict": state}, tmp)
+        tmp.replace(folder / f"{m.name}.pt")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, action="append", required=True,
@@ -378,6 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if len(val_s):
             row["val_loss"], _ = evaluate_views(main_net, val_loader, device, autocast)
         history.append(row)
+        save_epoch_weights(members, args.out / "last", epoch)
         bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k in ("train_loss", "val_loss")})
         log.info("epoch %d/%d %s", epoch, epochs,
                  " ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "epoch"))

@@ -90,6 +90,10 @@ def test_a_cpu_run_trains_every_layer_and_exports(full_run: tuple[Path, Path]) -
     assert not torch.equal(model.state_dict()[stem], imagenet.state_dict()[stem])  # the stem trained too
     for name in ("loss_curve.png", "pr_val.png", "train_log.csv"):
         assert (run / name).stat().st_size > 0
+    last = torch.load(run / "last" / "main.pt", weights_only=False)
+    assert last["epoch"] == 2  # the per-epoch safety copy of the final epoch
+    assert sorted(p.name for p in (run / "last").glob("*.pt")) == ["fold0.pt", "fold1.pt", "fold2.pt", "fold3.pt",
+                                                                   "fold4.pt", "main.pt"]
 
 
 def test_fold_models_are_scored_on_exactly_their_held_out_images(full_run: tuple[Path, Path],
