@@ -108,6 +108,16 @@ def test_demo_clip_timeline_and_readback(tmp_path: Path) -> None:
             assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 480
 
 
+def test_a_bicycle_clip_is_pushed_in_and_backs_out_like_an_ebike() -> None:
+    from tools.scenegen.clip import render_clip
+
+    frames, truth = render_clip(201, "bicycle")
+    assert len(frames) == 100 and truth["subject"] == "bicycle"
+    assert 18 <= truth["first_in_view_frame"] <= 22  # type: ignore[operator]
+    labelled = {b["class"] for rec in truth["per_frame"] for b in rec["boxes"]}  # type: ignore[attr-defined]
+    assert labelled == {"bicycle", "person"}
+
+
 def test_grabcut_separates_an_object_from_its_background() -> None:
     from tools.scenegen.cutouts import _grabcut_alpha
 

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("clip", help="render a demo video with ground truth (procedural only)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--subject", choices=("ebike", "wheelchair", "stroller"), default="ebike")
+    p.add_argument("--subject", choices=("ebike", "bicycle", "wheelchair", "stroller"), default="ebike")
     p.set_defaults(func=_clip)
     p = sub.add_parser("sheet", help="contact sheet of 16 procedural samples with boxes")
     p.add_argument("--out", type=Path, required=True)

@@ -99,7 +99,7 @@ def render_clip(seed: int, subject: str) -> tuple[list[np.ndarray], dict[str, ob
     # (model, offset ahead, offset left) of the person with the subject.
     if subject == "wheelchair":  # the user sits in it
         companion = (build_model(rng, CLASS_ID["person"], seated=True), 0.05, 0.0)
-    elif subject == "ebike":  # pushed by a rider walking beside it
+    elif subject in ("ebike", "bicycle"):  # pushed by a rider walking beside it
         companion = (build_model(rng, CLASS_ID["person"]), 0.3, 0.5)
     else:  # pushed from behind
         companion = (build_model(rng, CLASS_ID["person"]), -0.8, 0.0)
@@ -119,8 +119,8 @@ def render_clip(seed: int, subject: str) -> tuple[list[np.ndarray], dict[str, ob
         subject_whole = False
         if y is not None:
             # Wheelchairs and prams turn round inside (as they do), showing their sides; then
-            # they leave forwards. The e-bike is too long to turn in a car and backs out.
-            turn = subject != "ebike" and f / FPS >= 3.0
+            # they leave forwards. E-bikes and bicycles are too long to turn in a car and back out.
+            turn = subject not in ("ebike", "bicycle") and f / FPS >= 3.0
             heading = yaw + (np.pi * min(1.0, (f / FPS - 3.0) / 1.5) if turn else 0.0)
             dx, dy = np.cos(heading), np.sin(heading)
             model, ahead, left = companion
