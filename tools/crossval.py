@@ -60,20 +60,37 @@ def cap_views(keep: torch.Tensor, samples: Sequence[Sample], sample_index: torch
 
 def score_fold(model: LiftGuardDetector, ckpt: dict[str, Any], test: Sequence[Sample], fold_dir: Path,
                thresholds: dict[str, float] | None = None) -> dict[str, Any]:
-    """Export a fold's model through the shipped ONNX path and score it on the fold's held-out images."""
+    """Export a fold's model through the shipped ONNX path and score it on the fold's held-out images.
+
+    The ONNX file carries `ckpt`'s thresholds; `thresholds` overrides some of them (evaluate merges).
+    """
     onnx_path = fold_dir / "model.onnx"
     export_model(model.eval(), onnx_path, metadata(ckpt))
     _link_fold(test, fold_dir / "data")
     names = fold_dir / "data" / "data.yaml"
     names.write_text(json.dumps({"names": CLASSES}))
     return evaluate(onnx_path, fold_dir / "data" / "images", fold_dir / "eval", fold_dir / "data" / "labels",
-                    names, thresholds=thresholds or ckpt.get("thresholds"), bench_runs=0)
+                    names, thresholds=thresholds, bench_runs=0)
+
+
+def fold_row(fold: int | str, test: Sequence[Sample], held: set[str], m: dict[str, Any]) -> dict[str, Any]:
+    """One fold's line in cv_metrics.json, from its `evaluate` metrics."""
+    return {"fold": fold, "images": len(test), "groups": sorted(held), "ebike_recall": m["ebike_recall"],
+            "ebike_AP50": m["per_class"]["ebike"]["AP50"], "ebike_box_recall": m["per_class"]["ebike"]["recall"],
+            "ebike_images": m["n_expected_block"], "blocked": round((m["ebike_recall"] or 0) * m["n_expected_block"])}
+
+
+def cv_totals(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """E-bike images over all folds and how many of them were blocked."""
+    n_img, hits = sum(r["ebike_images"] for r in rows), sum(r["blocked"] for r in rows)
+    return {"folds": list(rows), "images": n_img, "blocked": hits,
+            "ebike_image_recall": hits / n_img if n_img else None}
 
 
 def score_fold_models(folds_dir: Path, data: Path, out: Path, thresholds: dict[str, float] | None = None,
                       ) -> dict[str, Any]:
     """Score fold models that `tools.train_full --cv-source` trained (each on all but its held-out groups)."""
-    per_fold, hits, n_img = [], 0, 0
+    per_fold = []
     samples = [*load_split(data, "train"), *load_split(data, "val")]
     source = ""
     for path in sorted(folds_dir.glob("fold*.pt")):
@@ -85,17 +102,11 @@ def score_fold_models(folds_dir: Path, data: Path, out: Path, thresholds: dict[s
             raise ValueError(f"{path.name}: none of its held-out groups is in {data}")
         model = LiftGuardDetector(len(ckpt["classes"]))
         model.load_state_dict(complete_state(ckpt["state_dict"]), strict=True)
-        m = score_fold(model, ckpt, test, out / path.stem, thresholds)
-        hits += round((m["ebike_recall"] or 0) * m["n_expected_block"])
-        n_img += m["n_expected_block"]
-        per_fold.append({"fold": path.stem, "images": len(test), "groups": sorted(held),
-                         "ebike_recall": m["ebike_recall"], "ebike_AP50": m["per_class"]["ebike"]["AP50"],
-                         "ebike_box_recall": m["per_class"]["ebike"]["recall"]})
+        per_fold.append(fold_row(path.stem, test, held, score_fold(model, ckpt, test, out / path.stem, thresholds)))
         log.info("%s: %s", path.stem, per_fold[-1])
     if not per_fold:
         raise FileNotFoundError(f"no fold*.pt in {folds_dir}")
-    summary = {"source": source, "folds": per_fold, "images": n_img, "blocked": hits,
-               "ebike_image_recall": hits / n_img if n_img else None, "fold_models": str(folds_dir),
+    summary = {"source": source, **cv_totals(per_fold), "fold_models": str(folds_dir),
                "thresholds": thresholds or "as trained"}
     out.mkdir(parents=True, exist_ok=True)
     (out / "cv_metrics.json").write_text(json.dumps(summary, indent=2))
@@ -116,7 +127,7 @@ def run_cv(run: Path, out: Path, folds: int, epochs: int, seed: int, source: str
         tune_tail = bool(ckpt.get("tuned_tail", False))
     ebike_weight = float(ckpt.get("ebike_weight", 1.0))  # each fold follows the run's recipe
     log.info("%d real %s images in %d groups, %d folds", len(real), source, len(fold_of), len(set(fold_of.values())))
-    per_fold, hits, n_img = [], 0, 0
+    per_fold = []
     n_leaky = 0
     for f in sorted(set(fold_of.values())):
         held = {g for g, k in fold_of.items() if k == f}
@@ -137,15 +148,10 @@ def run_cv(run: Path, out: Path, folds: int, epochs: int, seed: int, source: str
         train_cached(net, train_c.subset(keep), None, epochs, 3e-3, 64, seed + f, desc=f"fold {f}",
                      ebike_weight=ebike_weight)
         m = score_fold(model, {**ckpt, "version": f"cv-fold{f}"}, test, out / f"fold{f}")
-        hits += round((m["ebike_recall"] or 0) * m["n_expected_block"])
-        n_img += m["n_expected_block"]
-        per_fold.append({"fold": f, "images": len(test), "groups": sorted(held), "ebike_recall": m["ebike_recall"],
-                         "ebike_AP50": m["per_class"]["ebike"]["AP50"],
-                         "ebike_box_recall": m["per_class"]["ebike"]["recall"],
-                         "train_views": int(keep.sum()), "left_out_synthetic": len(leaky)})
+        per_fold.append({**fold_row(f, test, held, m), "train_views": int(keep.sum()),
+                         "left_out_synthetic": len(leaky)})
         log.info("fold %d: %s", f, per_fold[-1])
-    summary = {"source": source, "left_out_synthetic": n_leaky, "folds": per_fold, "images": n_img, "blocked": hits,
-               "ebike_image_recall": hits / n_img if n_img else None, "epochs": epochs,
+    summary = {"source": source, "left_out_synthetic": n_leaky, **cv_totals(per_fold), "epochs": epochs,
                "tuned_tail": tune_tail, "ebike_weight": ebike_weight, "max_views": max_views}
     (out / "cv_metrics.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -173,11 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.fold_models:
         if args.data is None:
             ap.error("--fold-models needs --data")
-        thresholds = None
-        if args.ebike_threshold is not None:
-            first = torch.load(sorted(args.fold_models.glob("fold*.pt"))[0], map_location="cpu", weights_only=False)
-            thresholds = {**first["thresholds"], "ebike": args.ebike_threshold}
-        s = score_fold_models(args.fold_models, args.data, args.out, thresholds)
+        override = None if args.ebike_threshold is None else {"ebike": args.ebike_threshold}
+        s = score_fold_models(args.fold_models, args.data, args.out, override)
         print(json.dumps({k: v for k, v in s.items() if k != "folds"}, indent=2))
         return 0
     if args.run is None:

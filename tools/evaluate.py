@@ -189,7 +189,8 @@ def _protected_split(rows: Sequence[Mapping[str, Any]], truths: Sequence[np.ndar
     cars and buses, empty rooms) is reported apart because those objects never ride an elevator and
     street sources leave distant motorbikes unlabelled.
     """
-    protected, background = [], []
+    protected: list[Mapping[str, Any]] = []
+    background: list[Mapping[str, Any]] = []
     for row, t in zip(rows, truths, strict=True):
         if row["expected"] == "allow":
             (protected if shows_protected(t, names) else background).append(row)

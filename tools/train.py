@@ -245,7 +245,7 @@ def save_plots(out: Path, history: Sequence[dict[str, float]], dets: Sequence[Se
     save_pr_curves(out / "pr_val.png", dets, truths, CLASSES)
 
 
-def _within(lo: float, hi: float) -> Callable[[str], float]:
+def within_range(lo: float, hi: float) -> Callable[[str], float]:
     """An argparse type: a float in [lo, hi], or a clear error naming the range."""
     def parse(text: str) -> float:
         value = float(text)
@@ -269,10 +269,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--tune-tail", action="store_true",
                     help="also fine-tune the backbone stride-32 blocks (stages 6-7) on cached stride-16 features")
-    ap.add_argument("--ebike-weight", type=_within(0.1, 20.0), default=3.0,
+    ap.add_argument("--ebike-weight", type=within_range(0.1, 20.0), default=3.0,
                     help="weight of e-bike centres in the focal loss (> 1 favours e-bike recall; 3 measured best "
                          "of 1/3/5, see the model card; 1 = the recipe before 0.4.0)")
-    ap.add_argument("--false-block-budget", type=_within(0.0, 0.2), default=0.015,
+    ap.add_argument("--false-block-budget", type=within_range(0.0, 0.2), default=0.015,
                     help="e-bike threshold: lowest whose false-block rate on real protected-class val images is ≤ this")
     ap.add_argument("--version", default="0.2.0")
     ap.add_argument("--reuse-cache", action="store_true", help="train on RUN_DIR/features.pt from an earlier run")

