@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from tools.augment import augment, letterbox, normalise
-from tools.model import CLASSES, INPUT_H, INPUT_W, STRIDE, EfficientNetLite0
+from tools.model import CLASSES, INPUT_H, INPUT_W, P4_LAST_BLOCK, STRIDE, EfficientNetLite0
 
 GRID_W, GRID_H = INPUT_W // STRIDE, INPUT_H // STRIDE
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -162,6 +162,41 @@ def view_key(sample: Sample, view: int, seed: int) -> str:
     return h.hexdigest()[:24]
 
 
+STORE_MARK = "BACKBONE"
+
+
+def backbone_fingerprint(backbone: EfficientNetLite0) -> str:
+    """Identity of the frozen part (stem to stride 16) whose output a feature store holds."""
+    h = hashlib.sha1()
+    for name, tensor in sorted(backbone.state_dict().items()):
+        if name.startswith(("_conv_stem.", "_bn0.")) or _block_index(name) <= P4_LAST_BLOCK:
+            h.update(name.encode())
+            h.update(tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _block_index(name: str) -> int:
+    parts = name.split(".")
+    return int(parts[1]) if parts[0] == "_blocks" else P4_LAST_BLOCK + 1
+
+
+def claim_store(store: Path, backbone: EfficientNetLite0) -> None:
+    """Tie a feature store to one backbone: features of another backbone must never be mixed in.
+
+    A store is claimed by the first backbone that writes to it (its `BACKBONE` file); a run with other
+    weights (e.g. `tools.train --init` from a GPU-trained detector) is refused with the reason.
+    """
+    store.mkdir(parents=True, exist_ok=True)
+    mark, mine = store / STORE_MARK, backbone_fingerprint(backbone)
+    if not mark.exists():
+        mark.write_text(mine + "\n")
+        return
+    theirs = mark.read_text().strip()
+    if theirs != mine:
+        raise ValueError(f"feature store {store} holds features of backbone {theirs}, but this run's backbone is "
+                         f"{mine}: use another --feature-store folder for these weights")
+
+
 def _view_rng(sample: Sample, view: int, seed: int) -> np.random.Generator:
     # Per-view generator: a view's augmentation does not depend on which other images are in the corpus.
     return np.random.default_rng([seed, zlib.crc32(sample.image.name.encode()), view])
@@ -173,7 +208,9 @@ def build_cache(
     seed: int, augmented: bool, batch: int = 16, desc: str = "features", store: Path | None = None,
     synthetic_copies: int | None = None,
 ) -> FeatureCache:
-    """Run the ImageNet backbone over `copies` views per sample (view 0 is the plain letterbox).
+    """Run the backbone (ImageNet unless `tools.train --init`) over `copies` views per sample.
+
+    View 0 is the plain letterbox.
 
     With `store`, each view's features are kept as one file there and reused on later runs.
     """
@@ -186,7 +223,7 @@ def build_cache(
     pending: list[tuple[int, np.ndarray, str]] = []
     last_rgb: tuple[int, np.ndarray] | None = None
     if store is not None:
-        store.mkdir(parents=True, exist_ok=True)
+        claim_store(store, backbone)
 
     def flush() -> None:
         p4, p5 = backbone.features(torch.from_numpy(np.stack([x for _, x, _ in pending])))

@@ -33,7 +33,7 @@ from tools.metrics import (
     shows_protected,
     suggest_ebike_threshold,
 )
-from tools.model import CLASSES, CenterHead, LiftGuardDetector, decode
+from tools.model import CLASSES, CenterHead, LiftGuardDetector, complete_state, decode
 
 log = logging.getLogger("tools.train")
 FEATURE_DROPOUT = 0.1
@@ -285,10 +285,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--false-block-budget", type=within_range(0.0, 0.2), default=0.015,
                     help="e-bike threshold: lowest whose false-block rate on real protected-class val images is ≤ this")
     ap.add_argument("--version", default="0.2.0")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from this detector (a model.pt of tools.train or tools.train_full, e.g. trained "
+                         "end to end on a GPU) instead of ImageNet; its stem to stride 16 stays frozen, so use "
+                         "a --feature-store folder of its own")
     ap.add_argument("--reuse-cache", action="store_true", help="train on RUN_DIR/features.pt from an earlier run")
     ap.add_argument("--feature-store", type=Path, default=None,
                     help="folder of per-view cached features reused across runs and corpora (outside the repo)")
     return ap.parse_args(argv)
+
+
+def load_init(model: LiftGuardDetector, path: Path) -> tuple[str, str]:
+    """Load a trained detector's weights (full or compact) into `model`; returns its version and training data."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if list(ckpt.get("classes", CLASSES)) != CLASSES:
+        raise ValueError(f"--init {path}: classes {ckpt.get('classes')} differ from {CLASSES}")
+    model.load_state_dict(complete_state(ckpt["state_dict"]), strict=True)
+    version = str(ckpt.get("version", "?"))
+    log.info("starting from detector %s (%s) instead of ImageNet", version, path)
+    return version, str(ckpt.get("trained_on", "unknown"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -305,6 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("%d train / %d val images from %s", len(train_s), len(val_s), args.data)
     model = LiftGuardDetector()
     model.backbone.load_pretrained()
+    init_version, init_data = load_init(model, args.init) if args.init else (None, "")
     cache_path = args.out / "features.pt"
     if args.reuse_cache and cache_path.exists():
         cached = torch.load(cache_path, map_location="cpu", weights_only=False)
@@ -329,14 +345,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = validation_report([dets[k] for k in real], [val_c.boxes[k] for k in real], args.false_block_budget)
     report["val_views_used"] = len(real)
     summary = data_summary(train_s, val_s, args.data)
+    if init_version:
+        summary += f"; fine-tuned from detector {init_version}, which was trained on: {init_data}"
     torch.save({"state_dict": model.state_dict(), "classes": CLASSES, "thresholds": report["thresholds"],
                 "trained_on": summary, "version": args.version, "tuned_tail": args.tune_tail,
-                "ebike_weight": args.ebike_weight},
+                "ebike_weight": args.ebike_weight, "init": init_version},
                args.out / "model.pt")
     save_plots(args.out, history, dets, val_c.boxes)
     metrics = {**report, "trained_on": summary, "seed": args.seed, "epochs": args.epochs,
                "train_views": len(train_c), "tuned_tail": args.tune_tail,
-               "ebike_weight": args.ebike_weight, "cache_seconds": round(t_cache, 1),
+               "ebike_weight": args.ebike_weight, "init": init_version, "cache_seconds": round(t_cache, 1),
                "total_seconds": round(time.time() - t0, 1), "history": history}
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("done in %.0f s; thresholds %s; image-level %s", time.time() - t0, report["thresholds"],

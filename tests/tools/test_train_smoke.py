@@ -13,8 +13,8 @@ from tests.tools.synthcorpus import train_tiny
 from tools.augment import augment, letterbox, letterbox_params
 from tools.features import GRID_H, GRID_W, build_targets
 from tools.metrics import Det
-from tools.model import CLASSES, P4_LAST_BLOCK, EfficientNetLite0
-from tools.train import focal_loss, parse_args, validation_report
+from tools.model import CLASSES, P4_LAST_BLOCK, EfficientNetLite0, LiftGuardDetector, compact_state
+from tools.train import focal_loss, load_init, parse_args, validation_report
 
 
 def test_pretrained_backbone_loads_with_strict_keys() -> None:
@@ -126,3 +126,33 @@ def test_tuning_the_tail_changes_only_the_stride32_blocks_and_the_head(tmp_path:
     # ...while the tail's weights moved (its BatchNorm running statistics stay frozen).
     moved = [k for k in tail_keys if not torch.equal(ckpt["state_dict"][k], reference[k])]
     assert moved and all(not k.endswith(("running_mean", "running_var")) for k in moved)
+
+
+@pytest.mark.slow
+def test_init_starts_from_a_trained_detector_whose_features_never_mix_with_imagenet_ones(tmp_path: Path) -> None:
+    # A "GPU-trained" detector: ImageNet weights with the frozen stem moved, saved compact like train_full does.
+    trained = LiftGuardDetector()
+    trained.backbone.load_pretrained()
+    with torch.no_grad():
+        trained.backbone._conv_stem.weight.add_(0.01)
+    init = tmp_path / "gpu_model.pt"
+    torch.save({"state_dict": compact_state(trained.state_dict()), "classes": CLASSES, "version": "9.9.9",
+                "trained_on": "the GPU corpus"}, init)
+    store = tmp_path / "store"
+    _, out = train_tiny(tmp_path / "a", 4, 2, 1, 4, "--init", str(init), "--feature-store", str(store))
+    ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
+    stem = "backbone._conv_stem.weight"
+    # The frozen stem is the init's (to float16 precision), not ImageNet's, and the record says so.
+    torch.testing.assert_close(ckpt["state_dict"][stem], trained.state_dict()[stem], atol=1e-3, rtol=0)
+    assert ckpt["init"] == "9.9.9"
+    assert "fine-tuned from detector 9.9.9, which was trained on: the GPU corpus" in ckpt["trained_on"]
+    # The store now belongs to that backbone: an ImageNet run may not read or add features there.
+    with pytest.raises(ValueError, match="holds features of backbone"):
+        train_tiny(tmp_path / "b", 4, 2, 1, 4, "--feature-store", str(store))
+
+
+def test_init_refuses_a_detector_with_other_classes(tmp_path: Path) -> None:
+    init = tmp_path / "other.pt"
+    torch.save({"state_dict": {}, "classes": ["car", "bus"]}, init)
+    with pytest.raises(ValueError, match="classes"):
+        load_init(LiftGuardDetector(), init)
