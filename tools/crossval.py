@@ -117,12 +117,16 @@ def run_cv(run: Path, out: Path, folds: int, epochs: int, seed: int, source: str
            tune_tail: bool | None = None, max_views: int = 0) -> dict[str, Any]:
     from tools.train import CachedDetector, train_cached
 
+    ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=False)
+    if ckpt.get("init"):
+        # Its cached features come from a detector that trained on every photo a fold would hold out.
+        raise ValueError(f"{run} started from detector {ckpt['init']} (tools.train --init), whose frozen layers "
+                         "trained on the held-out photos: cross-validate that detector's own run instead")
     cache = torch.load(run / "features.pt", map_location="cpu", weights_only=False)
     train_c: FeatureCache = cache["train"]
     train_s: list[Sample] = cache["train_samples"]
     real = [s for s in [*train_s, *cache["val_samples"]] if s.source == source]
     fold_of = source_folds(real, folds)
-    ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=False)
     if tune_tail is None:
         tune_tail = bool(ckpt.get("tuned_tail", False))
     ebike_weight = float(ckpt.get("ebike_weight", 1.0))  # each fold follows the run's recipe

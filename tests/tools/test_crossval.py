@@ -61,3 +61,10 @@ def test_cross_validation_scores_every_held_out_image_with_a_model_that_never_sa
     recorded = json.loads((tmp_path / "cv" / "cv_metrics.json").read_text())
     assert recorded["max_views"] == 8
     assert recorded["ebike_weight"] == 2.0, "each fold trains with the run's own e-bike weight"
+
+
+def test_a_run_started_from_another_detector_is_refused(tmp_path: Path) -> None:
+    # Its frozen layers were trained (tools.train --init) on the very photos a fold would hold out.
+    torch.save({"init": "0.5.0", "state_dict": {}}, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=r"started from detector 0\.5\.0"):
+        run_cv(tmp_path, tmp_path / "cv", folds=3, epochs=1, seed=0)
