@@ -35,6 +35,16 @@ class Det:
     cls: str
 
 
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """95 % Wilson score interval of a rate k/n: honest for small n and for 0 or n hits (unlike ± 1.96 σ)."""
+    if n <= 0:
+        return None
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+
+
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = a.reshape(-1, 4), b.reshape(-1, 4)
     lt = np.maximum(a[:, None, :2], b[None, :, :2])

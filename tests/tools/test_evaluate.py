@@ -12,6 +12,7 @@ import pytest
 
 from edge.detect import Detection, ModelMetadata
 from tools.evaluate import evaluate
+from tools.metrics import wilson_interval
 
 CLASSES = ("ebike", "bicycle", "wheelchair", "stroller", "person", "cart")
 BOX = (20.0, 20.0, 60.0, 60.0)  # every labelled object sits here in its 100×80 image
@@ -63,6 +64,10 @@ def test_metrics_from_yolo_labels_are_exact(folder: Path) -> None:
     assert (m["protected_images"], m["protected_false_blocks"]) == (3, 1)
     assert m["protected_false_block_rate"] == pytest.approx(1 / 3)
     assert (m["background_images"], m["background_false_blocks"], m["background_false_block_rate"]) == (1, 1, 1.0)
+    # Each rate carries its 95 % Wilson interval: 1 of 3 e-bikes found is anything from 6 % to 79 %.
+    lo, hi = m["ebike_recall_ci95"]
+    assert lo == pytest.approx(0.0615, abs=1e-3) and hi == pytest.approx(0.7923, abs=1e-3)
+    assert m["protected_false_block_rate_ci95"] == pytest.approx(m["ebike_recall_ci95"])
     ebike = m["per_class"]["ebike"]
     # Score order 0.9 TP, 0.8 TP, 0.75 FP, 0.7 FP, 0.6 FP, 0.4 TP → AP = 1/3 + 1/3 + 1/3 · 3/6.
     assert ebike["AP50"] == pytest.approx(1 / 3 + 1 / 3 + 1 / 6)
@@ -87,3 +92,18 @@ def test_truth_csv_and_threshold_override(folder: Path) -> None:
                  detector=FakeDetector(), bench_runs=0)
     assert m["n_images"] == 3 and m["ebike_recall"] == 1.0 and m["false_block_rate"] == 1.0
     assert "per_class" not in m
+
+
+@pytest.mark.parametrize(("k", "n", "low", "high"), [
+    (40, 42, 0.8421, 0.9868),   # the shipped model's real-photo recall: 95 % measured, 84 % not ruled out
+    (3, 503, 0.0020, 0.0174),   # its protected false blocks
+    (0, 60, 0.0, 0.0602),       # none of 60 clips held: up to 6 % still plausible (3.84 / 63.84)
+    (10, 10, 0.7225, 1.0),      # 10 / 13.84
+])
+def test_wilson_interval_matches_the_textbook_figures(k: int, n: int, low: float, high: float) -> None:
+    lo, hi = wilson_interval(k, n) or (-1.0, -1.0)
+    assert (lo, hi) == (pytest.approx(low, abs=2e-4), pytest.approx(high, abs=2e-4))
+
+
+def test_no_images_no_interval() -> None:
+    assert wilson_interval(0, 0) is None
