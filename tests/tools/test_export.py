@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -13,7 +14,8 @@ import torch
 
 from edge.detect import OnnxDetector
 from tools import export
-from tools.model import CLASSES, LiftGuardDetector
+from tools.augment import letterbox, normalise
+from tools.model import CLASSES, LiftGuardDetector, complete_state
 
 REQUIRED = ("liftguard_format", "model_id", "classes", "input_size", "mean", "std", "output_layout",
             "letterbox", "version", "trained_on", "thresholds")
@@ -71,3 +73,29 @@ def test_the_device_detector_accepts_the_export(exported: tuple[LiftGuardDetecto
     assert det.metadata.classes == tuple(CLASSES) and det.metadata.thresholds["ebike"] == 0.45
     dets = det.detect(np.full((480, 640, 3), 100, np.uint8))
     assert all(0 <= d.box[0] <= d.box[2] <= 640 and 0 <= d.box[1] <= d.box[3] <= 480 for d in dets)
+
+
+def test_the_shipped_checkpoint_is_the_shipped_model() -> None:
+    # models/liftguard-det-<version>.pt is what `tools.train --init` fine-tunes from for a site; it must
+    # hold the very weights of models/liftguard-det.onnx (stored as float16, hence the tolerance).
+    models = Path(__file__).resolve().parents[2] / "models"
+    version = OnnxDetector(models / "liftguard-det.onnx").metadata.version
+    ckpt = torch.load(models / f"liftguard-det-{version}.pt", map_location="cpu", weights_only=False)
+    assert ckpt["classes"] == CLASSES and ckpt["version"] == version
+    model = LiftGuardDetector()
+    model.load_state_dict(complete_state(ckpt["state_dict"]), strict=True)
+    # The last frame of the bundled demo clip: an e-bike in a rendered car, so real detections exist.
+    clip = cv2.VideoCapture(str(models.parent / "edge" / "assets" / "demo_clip.mp4"))
+    frames = []
+    while (ok_frame := clip.read())[0]:
+        frames.append(ok_frame[1])
+    image, _ = letterbox(cv2.cvtColor(frames[-1], cv2.COLOR_BGR2RGB), None)
+    x = normalise(image)[None]
+    with torch.no_grad():
+        ref = model.eval()(torch.from_numpy(x)).numpy()[0]
+    got = ort.InferenceSession(str(models / "liftguard-det.onnx"),
+                               providers=["CPUExecutionProvider"]).run(["detections"], {"images": x})[0][0]
+    top = ref[:, 4] > 0.05
+    assert top.any()
+    np.testing.assert_allclose(got[top, 4], ref[top, 4], atol=5e-3)
+    np.testing.assert_array_equal(got[top, 5], ref[top, 5])
