@@ -194,16 +194,20 @@ async function refreshUnits() {
   if (!rows.length) return;
   // The page's own filters and row count: the API lists the same units in the same order.
   const filters = new URLSearchParams(window.location.search);
-  const query = new URLSearchParams({ limit: String(rows.length) });
+  // One more than the page shows: a shorter answer holds every match, so a row missing from it has stopped
+  // matching the filters (a unit shown under "offline" that came back) and leaves the page.
+  const query = new URLSearchParams({ limit: String(rows.length + 1) });
   for (const name of ["q", "site", "building", "status"]) {
     if (filters.get(name)) query.set(name, filters.get(name));
   }
   const data = await api("GET", `/api/units?${query}`);
   const now = data.now ?? Date.now() / 1000;
   const units = new Map(data.units.map((u) => [u.unit_id, u]));
+  const complete = data.units.length <= rows.length;
   for (const row of rows) {
     const u = units.get(row.dataset.unitId);
     if (u) refreshRow(row, u, now);
+    else if (complete) row.remove();
   }
   // The counts: the page's (every match, like the API's) and each building's (its rows on the page).
   const summary = document.getElementById("unit-summary");

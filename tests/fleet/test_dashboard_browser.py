@@ -222,3 +222,31 @@ def test_unit_rows_follow_units_going_silent_offline_and_coming_back_without_a_r
         page.context.close()
     finally:
         fleet.stop()
+
+
+def test_a_unit_that_stops_matching_the_pages_filter_leaves_it_without_a_reload(
+        browser: object, mosquitto: MosquittoBroker, tmp_path: Path, make_unit: Callable[..., FakeUnit]) -> None:
+    fleet = start_fleet(mosquitto, f"sqlite:///{tmp_path / 'fleet.db'}")
+    try:
+        down, up = make_unit("lift-down"), make_unit("lift-up")
+        up.heartbeat()
+        down.publish("status", json.dumps({"state": "stopped", "site": down.site, "building": down.building}),
+                     retain=True)
+        wait_until(lambda: {u["unit_id"]: u["state"] for u in fleet.store.list_units()}
+                   == {"lift-down": "stopped", "lift-up": "online"})
+        page, errors = log_in_from_london(browser, fleet)
+        page.goto(fleet.url + "/?status=offline")  # the manager's "what is down" view
+        page.wait_for_selector("tr.unit[data-unit-id=lift-down]")
+        assert page.query_selector("tr.unit[data-unit-id=lift-up]") is None
+        assert page.text_content("#unit-summary") == "0/1 online"
+        reloads: list[str] = []
+        page.on("load", lambda p: reloads.append(p.url))
+
+        down.heartbeat()  # back in service: no longer "offline", so its row must not linger there as "online"
+        wait_until(lambda: page.query_selector("tr.unit[data-unit-id=lift-down]") is None, timeout=30)
+        assert page.text_content("#unit-summary") == "0/0 online"
+        assert page.query_selector("tr.unit[data-unit-id=lift-up]") is None  # new matches come with a reload
+        assert reloads == [] and errors == []
+        page.context.close()
+    finally:
+        fleet.stop()
