@@ -21,6 +21,7 @@ from edge.capture import Frame
 from edge.config import parse_config
 from edge.events import MemorySink
 from edge.session import DEMO_CONFIG, build_actuators, build_detector
+from tools.argtypes import int_range
 from tools.scenegen.clip import render_clip
 
 # What must never be held: each is pushed into the car the way people do it (see tools.scenegen.clip).
@@ -38,9 +39,10 @@ def replay_clip(cfg, detector, frames, fps):  # type: ignore[no-untyped-def]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--clips", type=int, default=10, help="e-bike clips (and half as many of each negative)")
+    parser.add_argument("--clips", type=int_range(1, 1000), default=10,
+                        help="e-bike clips (and half as many of each negative)")
     parser.add_argument("--model", default=None)
-    parser.add_argument("--seed-base", type=int, default=0,
+    parser.add_argument("--seed-base", type=int_range(0, 1_000_000), default=0,
                         help="offset added to every clip seed: clips no threshold was chosen on (e.g. 1000)")
     args = parser.parse_args(argv)
 

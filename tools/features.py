@@ -166,18 +166,13 @@ STORE_MARK = "BACKBONE"
 
 
 def backbone_fingerprint(backbone: EfficientNetLite0) -> str:
-    """Identity of the frozen part (stem to stride 16) whose output a feature store holds."""
+    """Identity of the frozen part (stem to stride 16, what `stem_to_p4` runs) whose output a store holds."""
     h = hashlib.sha1()
-    for name, tensor in sorted(backbone.state_dict().items()):
-        if name.startswith(("_conv_stem.", "_bn0.")) or _block_index(name) <= P4_LAST_BLOCK:
-            h.update(name.encode())
+    for k, part in enumerate([backbone._conv_stem, backbone._bn0, *backbone._blocks[: P4_LAST_BLOCK + 1]]):
+        for name, tensor in part.state_dict().items():
+            h.update(f"{k}.{name}".encode())
             h.update(tensor.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def _block_index(name: str) -> int:
-    parts = name.split(".")
-    return int(parts[1]) if parts[0] == "_blocks" else P4_LAST_BLOCK + 1
 
 
 def claim_store(store: Path, backbone: EfficientNetLite0) -> None:

@@ -15,8 +15,9 @@ from tools.features import SYNTHETIC_PREFIX, Sample
 from tools.grouping import grouped_folds
 
 
-def corpus_root(samples: Sequence[Sample]) -> Path:
-    return samples[0].image.parent.parent.parent
+def sample_root(sample: Sample) -> Path:
+    """The corpus a sample belongs to (ROOT/images/SPLIT/NAME)."""
+    return sample.image.parent.parent.parent
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -32,8 +33,8 @@ def leaky_synthetic(samples: Sequence[Sample], held: set[str]) -> set[int]:
     Samples may come from several corpora; each is read with its own files.
     """
     out: set[int] = set()
-    for root in sorted({s.image.parent.parent.parent for s in samples}):
-        index = {s.image.name: i for i, s in enumerate(samples) if s.image.parent.parent.parent == root}
+    for root in sorted({sample_root(s) for s in samples}):
+        index = {s.image.name: i for i, s in enumerate(samples) if sample_root(s) == root}
         if (root / "cutouts.csv").exists():
             out |= {index[r["file"]] for r in _read_csv(root / "cutouts.csv")
                     if r["cutout_source_group"] in held and r["file"] in index}
@@ -46,7 +47,7 @@ def leaky_synthetic(samples: Sequence[Sample], held: set[str]) -> set[int]:
 
 def source_folds(real: Sequence[Sample], k: int) -> dict[str, int]:
     """The corpus's own grouped folds (folds.csv) when it has them, else ours."""
-    path = corpus_root(real) / "folds.csv"
+    path = sample_root(real[0]) / "folds.csv"
     if path.exists():
         rows = {r["source_group"]: int(r["fold"]) for r in _read_csv(path)}
         if all(s.group in rows for s in real):

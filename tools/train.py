@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from tools.argtypes import int_range, within_range
 from tools.features import SYNTHETIC_PREFIX, FeatureCache, Sample, build_cache, load_split
 from tools.metrics import (
     EBIKE,
@@ -178,11 +179,14 @@ def predict(net: CachedDetector, cache: FeatureCache, floor: float = 0.02, batch
     out: list[list[Det]] = []
     for start in range(0, len(cache), batch):
         sl = slice(start, start + batch)
-        rows = decode(*net(cache.p4[sl].float(), cache.p5[sl].float())).numpy()
-        for img in rows:
-            out.append([Det((float(r[0]), float(r[1]), float(r[2]), float(r[3])), float(r[4]), CLASSES[int(r[5])])
-                        for r in img if r[4] >= floor])
+        out += decoded_dets(decode(*net(cache.p4[sl].float(), cache.p5[sl].float())).numpy(), floor)
     return out
+
+
+def decoded_dets(rows: np.ndarray, floor: float) -> list[list[Det]]:
+    """`decode`'s [B, K, 6] rows (x1, y1, x2, y2, score, class) → per image, the detections ≥ `floor`."""
+    return [[Det((float(r[0]), float(r[1]), float(r[2]), float(r[3])), float(r[4]), CLASSES[int(r[5])])
+             for r in img if r[4] >= floor] for img in rows]
 
 
 def validation_report(dets: Sequence[Sequence[Det]], truths: Sequence[np.ndarray],
@@ -245,38 +249,18 @@ def save_plots(out: Path, history: Sequence[dict[str, float]], dets: Sequence[Se
     save_pr_curves(out / "pr_val.png", dets, truths, CLASSES)
 
 
-def within_range(lo: float, hi: float) -> Callable[[str], float]:
-    """An argparse type: a float in [lo, hi], or a clear error naming the range."""
-    def parse(text: str) -> float:
-        value = float(text)
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{text} is outside [{lo:g}, {hi:g}]")
-        return value
-    return parse
-
-
-def int_range(lo: int, hi: int) -> Callable[[str], int]:
-    """An argparse type: an integer in [lo, hi], or a clear error naming the range."""
-    def parse(text: str) -> int:
-        value = int(text)
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{text} is outside [{lo}, {hi}]")
-        return value
-    return parse
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="YOLO corpus root (images/, labels/, manifest.csv)")
     ap.add_argument("--out", type=Path, required=True, help="run directory (created)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--copies", type=int, default=2, help="augmented views cached per training image")
-    ap.add_argument("--ebike-extra", type=int, default=4, help="extra views for images with an e-bike")
-    ap.add_argument("--synthetic-copies", type=int, default=1, help="views per generated (scenegen) image")
-    ap.add_argument("--max-train", type=int, default=0, help="cap on training images (0: all)")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--epochs", type=int_range(1, 1000), default=15)
+    ap.add_argument("--copies", type=int_range(1, 50), default=2, help="augmented views cached per training image")
+    ap.add_argument("--ebike-extra", type=int_range(0, 50), default=4, help="extra views for images with an e-bike")
+    ap.add_argument("--synthetic-copies", type=int_range(0, 50), default=1, help="views per generated (scenegen) image")
+    ap.add_argument("--max-train", type=int_range(0, 10_000_000), default=0, help="cap on training images (0: all)")
+    ap.add_argument("--batch", type=int_range(2, 4096), default=64)
+    ap.add_argument("--lr", type=within_range(1e-6, 1.0), default=3e-3)
     ap.add_argument("--tune-tail", action="store_true",
                     help="also fine-tune the backbone stride-32 blocks (stages 6-7) on cached stride-16 features")
     ap.add_argument("--ebike-weight", type=within_range(0.1, 20.0), default=3.0,

@@ -44,12 +44,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from tools.argtypes import int_range, within_range
 from tools.augment import augment, letterbox, letterbox_params
 from tools.features import SYNTHETIC_PREFIX, Sample, build_targets, copies_for, load_split, read_rgb
 from tools.folds import leaky_synthetic, source_folds
 from tools.metrics import Det
 from tools.model import CLASSES, LiftGuardDetector, compact_state, decode
-from tools.train import box_loss, data_summary, focal_loss, int_range, save_plots, validation_report, within_range
+from tools.train import box_loss, data_summary, decoded_dets, focal_loss, save_plots, validation_report
 
 log = logging.getLogger("tools.train_full")
 # Augmentation zooms in up to 1.5× the letterbox fit, so pixels beyond that scale never reach the model.
@@ -198,7 +199,7 @@ def member_loss(net: LiftGuardDetector, x: torch.Tensor, heat: torch.Tensor, reg
 
 
 def train_step(members: Sequence[Member], batch: Sequence[torch.Tensor], device: torch.device, ebike_weight: float,
-               autocast: Any, update: bool = True) -> None:
+               autocast: Any) -> None:
     images, heat, reg, sidx = batch
     x = to_input(images, device)
     heat, reg = heat.to(device, non_blocking=True), reg.to(device, non_blocking=True)
@@ -214,11 +215,10 @@ def train_step(members: Sequence[Member], batch: Sequence[torch.Tensor], device:
         assert m.opt is not None and m.sched is not None
         m.opt.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
-        if update:
-            m.opt.step()
-            m.sched.step()
-            m.loss_sum += float(loss.detach()) * int(keep.sum())
-            m.loss_n += int(keep.sum())
+        m.opt.step()
+        m.sched.step()
+        m.loss_sum += float(loss.detach()) * int(keep.sum())
+        m.loss_n += int(keep.sum())
 
 
 def attach_optimisers(members: Sequence[Member], lr: float, total_steps: int) -> None:
@@ -277,9 +277,7 @@ def evaluate_views(net: LiftGuardDetector, loader: DataLoader[Any], device: torc
         h, b = h.float(), b.float()
         total += float(focal_loss(h, heat.to(device).float()) + box_loss(b, reg.to(device))) * len(images)
         n += len(images)
-        for rows in decode(h, b).cpu().numpy():
-            dets.append([Det((float(r[0]), float(r[1]), float(r[2]), float(r[3])), float(r[4]), CLASSES[int(r[5])])
-                         for r in rows if r[4] >= floor])
+        dets += decoded_dets(decode(h, b).cpu().numpy(), floor)
     net.train()
     return total / max(n, 1), dets
 
