@@ -83,8 +83,7 @@ def run(burst: int, paced: int, rate: float) -> dict[str, Any]:
         # persistence as in config/mosquitto/mosquitto.conf (the test fixture saves on every change)
         broker = MosquittoBroker(Path(tmp) / "broker", extra_config="autosave_interval 100").start()
         receiver = Receiver(broker.port)
-        settings = LinkSettings(unit_id=UNIT, host="127.0.0.1", port=broker.port, heartbeat_s=3600,
-                                blur_faces=False)
+        settings = LinkSettings(unit_id=UNIT, host="127.0.0.1", port=broker.port, heartbeat_s=3600)
         link = MqttLink(settings, Outbox(Path(tmp) / "outbox.db"))
         link.start()
         link.wait_connected(10)

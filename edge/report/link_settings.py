@@ -33,7 +33,6 @@ class LinkSettings:
     heartbeat_s: float = 30.0
     reconnect_max_s: float = 60.0
     home_assistant: bool = False
-    blur_faces: bool = True
     window: int = 32  # outbox rows in flight (published, PUBACK pending)
     site: str | None = None
     building: str | None = None
@@ -52,7 +51,7 @@ class LinkSettings:
             ca_file=resolve_credential(m.ca_file), cert_file=resolve_credential(m.cert_file),
             key_file=resolve_credential(m.key_file), keepalive_s=m.keepalive_s, heartbeat_s=m.heartbeat_s,
             reconnect_max_s=m.reconnect_max_s, home_assistant=m.home_assistant,
-            blur_faces=cfg.events.blur_faces, site=cfg.unit.site or None,
+            site=cfg.unit.site or None,
             building=cfg.unit.building or None, elevator=cfg.unit.elevator or None,
         )
 

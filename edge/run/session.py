@@ -21,7 +21,7 @@ from edge.act.actuate import Actuators, FireCallback, GpioActuators, LogActuator
 from edge.config import Config, load_config, parse_config
 from edge.decide.detect import Detector, OnnxDetector
 from edge.report.events import EventSink, FanOut, JsonlSink, MemorySink
-from edge.report.health import Health
+from edge.report.health import Health, Metrics
 from edge.run.app import ClipClock, Pipeline, clip_frames, install_exit_guards, replay
 from edge.see.capture import Camera, CvReader, FolderReader, RawReader, source_fps
 
@@ -135,14 +135,15 @@ def build_actuators(cfg: Config, on_fire: FireCallback | None = None) -> Actuato
     return LogActuators()
 
 
-def _start_link(cfg: Config, pipeline: Pipeline, fan_out: FanOut, camera_state: Callable[[], str]) -> Any:
-    """The MQTT link as one more event sink, answering fleet commands through the pipeline."""
+def _start_link(cfg: Config, pipeline: Pipeline, fan_out: FanOut, camera_state: Callable[[], str],
+                counters: Metrics | None = None) -> Any:
+    """The MQTT link as one more event sink, answering fleet commands through the pipeline; rejected
+    commands and configs are counted in `counters` (the service's health metrics)."""
     from edge.report.link import MqttLink
 
-    # Snapshots are anonymised by the pipeline with its person boxes; the link must not pixelate again.
-    link_cfg = cfg.model_copy(update={"events": cfg.events.model_copy(update={"blur_faces": False})})
-    link = MqttLink.from_config(link_cfg, pipeline, lambda: pipeline.heartbeat(
-        camera_state(), outbox_depth=link.outbox.depth(), outbox_evicted=link.outbox.evicted()))
+    # Snapshots are anonymised by the pipeline, where they are drawn; the link carries them as they are.
+    link = MqttLink.from_config(cfg, pipeline, lambda: pipeline.heartbeat(
+        camera_state(), outbox_depth=link.outbox.depth(), outbox_evicted=link.outbox.evicted()), counters)
     fan_out.sinks.append(link)
     pipeline.on_relay_change = link.set_relay_state
     link.start()
@@ -169,7 +170,7 @@ def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = 
     fan_out = FanOut(sinks)
     pipeline = Pipeline(cfg, detector, actuators, fan_out, timeline=lambda line: log.info("%s", line.strip()))
     install_exit_guards(pipeline, stop)
-    link = _start_link(cfg, pipeline, fan_out, lambda: camera.state.value) if cfg.mqtt.url else None
+    link = _start_link(cfg, pipeline, fan_out, lambda: camera.state.value, health.metrics) if cfg.mqtt.url else None
     min_interval = 1.0 / cfg.camera.fps
     last = 0.0
     try:

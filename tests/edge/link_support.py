@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def settings_for(broker: MosquittoBroker, unit_id: str = "unit-a", **overrides: Any) -> LinkSettings:
     base: dict[str, Any] = {"unit_id": unit_id, "host": "127.0.0.1", "port": broker.port, "keepalive_s": 5,
-                            "heartbeat_s": 30.0, "reconnect_max_s": 1.0, "blur_faces": False}
+                            "heartbeat_s": 30.0, "reconnect_max_s": 1.0}
     return LinkSettings(**{**base, **overrides})
 
 
