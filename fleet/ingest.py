@@ -39,6 +39,7 @@ from contract.mqtt import (
     parse_topic,
     unit_topic,
 )
+from contract.stats import percentile
 from fleet.config import FleetSettings
 from fleet.store import IngestBatch, Store
 
@@ -149,7 +150,7 @@ class LatencyWindow:
             return {"n": 0}
 
         def pct(p: float) -> float:
-            return round(data[min(len(data) - 1, int(p * len(data)))] * 1000, 2)
+            return round(percentile(data, p * 100) * 1000, 2)
 
         return {"n": len(data), "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
                 "max_ms": round(data[-1] * 1000, 2)}

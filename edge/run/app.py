@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from contract.mqtt import EventPayload, HeartbeatPayload
+from contract.stats import percentile
 from edge import __version__
 from edge.act.actuate import Actuators
 from edge.config import Config, merge_fragment
@@ -77,10 +78,8 @@ class Stats:
     started: float = field(default_factory=time.time)
 
     def percentile(self, values: deque[float], q: float) -> float:
-        if not values:
-            return 0.0
-        ordered = sorted(values)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        """q in 0..1, the house's one nearest-rank percentile (contract.stats)."""
+        return percentile(values, q * 100)
 
 
 class Pipeline:

@@ -42,9 +42,9 @@ import numpy as np
 
 from contract.errors import ConfigError, LiftGuardError
 from contract.mqtt import unit_topic
+from contract.stats import percentile
 from edge.config import Config, load_config
 from edge.install.provision import DEFAULT_CONFIG_PATH, REFERENCE_NAME, Frame, grab_frame
-from edge.report.health import percentile
 
 Status = Literal["PASS", "FAIL", "SKIP"]
 CHECK_NAMES = ("clock", "ntp", "camera", "view", "model", "relay", "fire", "speaker", "broker")
