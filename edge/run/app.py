@@ -125,9 +125,7 @@ class Pipeline:
         detections = self.detector.detect(frame.image)
         inference_ms = (time.perf_counter() - started) * 1000.0
         h, w = frame.image.shape[:2]
-        min_area = self.cfg.policy.min_box_area * w * h
-        detections = [d for d in detections
-                      if d.score >= self.policy.threshold(d.cls) * 0.5 and d.area >= min_area]
+        detections = self.policy.admit(detections, (w, h))
         with self._lock:
             self.camera_ok = camera_ok
             self.stats.inference_ms.append(inference_ms)
@@ -246,8 +244,7 @@ class Pipeline:
         new = merge_fragment(self.cfg, fragment)
         with self._lock:
             self.cfg = new
-            self.policy.cfg = new.policy
-            self.policy.blocking_enabled = new.blocking_enabled
+            self.policy.reconfigure(new.policy, new.blocking_enabled)
         return {"policy": new.policy.model_dump(mode="json"), "blocking_enabled": new.blocking_enabled}
 
     def heartbeat(self, camera_state: str, outbox_depth: int = 0, outbox_evicted: int = 0) -> HeartbeatPayload:
