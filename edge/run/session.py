@@ -14,7 +14,7 @@ from typing import Any
 
 import cv2
 import numpy as np
-from gpiozero import Device
+from gpiozero import Factory
 
 from contract.errors import CameraError
 from edge.act.actuate import Actuators, FireCallback, GpioActuators, LogActuators
@@ -71,7 +71,7 @@ def run_demo(opts: DemoOptions) -> int:
     """Demo and replay: a recording through the whole device on clip time, with gpiozero mock pins."""
     from gpiozero.pins.mock import MockFactory
 
-    Device.pin_factory = MockFactory()
+    pins = MockFactory()  # handed to the actuators only: gpiozero's global default is left as it was
     cfg = load_config(opts.config_path) if opts.config_path else parse_config(DEMO_CONFIG)
     reader, native_fps = open_recording(opts.clip)
     detector = build_detector(cfg, opts.model)
@@ -84,7 +84,8 @@ def run_demo(opts: DemoOptions) -> int:
         sinks.append(JsonlSink(opts.events_out))
     clock = ClipClock()
     fan_out = FanOut(sinks)
-    pipeline = Pipeline(cfg, detector, build_actuators(cfg), fan_out, timeline=print, clock=clock, t0=0.0)
+    pipeline = Pipeline(cfg, detector, build_actuators(cfg, pin_factory=pins), fan_out, timeline=print, clock=clock,
+                        t0=0.0)
     pipeline.policy.step_s = 1.0 / fps  # the clip's frame period, not the live camera's
     link = None
     if opts.mqtt_url:
@@ -123,10 +124,11 @@ def run_demo(opts: DemoOptions) -> int:
     return 0
 
 
-def build_actuators(cfg: Config, on_fire: FireCallback | None = None) -> Actuators:
+def build_actuators(cfg: Config, on_fire: FireCallback | None = None, pin_factory: Factory | None = None) -> Actuators:
+    """The configured backend; `pin_factory` (gpiozero) for the gpio backend, None = gpiozero's default."""
     a = cfg.actuators
     if a.backend == "gpio":
-        return GpioActuators(a, on_fire=on_fire)
+        return GpioActuators(a, on_fire=on_fire, pin_factory=pin_factory)
     if a.backend == "bridge":
         from firmware_bridge.host import BridgeActuators
 
