@@ -23,12 +23,11 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from contract import samples
 from contract.errors import PayloadError
 from contract.mqtt import (
     CommandPayload,
     CommandResultPayload,
-    EventPayload,
-    HeartbeatPayload,
     RelayState,
     decode,
     encode,
@@ -169,10 +168,10 @@ class Simulator:
     # -- what a unit sends --------------------------------------------------------------------
     def heartbeat(self, unit: SimUnit) -> None:
         now = time.time()
-        hb = HeartbeatPayload(unit_id=unit.unit_id, ts=now, uptime_s=now - unit.started, fps=10.0,
-                              inference_p50_ms=18.0, inference_p95_ms=24.0, camera="online", relay=unit.relay,
-                              blocking_enabled=unit.blocking_enabled, outbox_depth=0, model_id=MODEL_ID,
-                              software=SOFTWARE, site=unit.site, building=unit.building, elevator=unit.elevator)
+        hb = samples.heartbeat(unit.unit_id, ts=now, uptime_s=now - unit.started, inference_p50_ms=18.0,
+                               inference_p95_ms=24.0, relay=unit.relay, blocking_enabled=unit.blocking_enabled,
+                               model_id=MODEL_ID, software=SOFTWARE, site=unit.site, building=unit.building,
+                               elevator=unit.elevator)
         unit.client.publish(unit_topic(unit.unit_id, "heartbeat"), encode(hb), qos=0)
         self.report.counters["heartbeats"] += 1
 
@@ -181,9 +180,8 @@ class Simulator:
         event_id = str(uuid.uuid4())
         kind = "ebike_blocked" if unit.blocking_enabled else "blocking_disabled"
         now = time.time()
-        event = EventPayload(event_id=event_id, incident_id=str(uuid.uuid4()), unit_id=unit.unit_id, type=kind,
-                             phase="start", ts=now, cls="ebike", confidence=round(self.rng.uniform(0.6, 0.99), 3),
-                             snapshot=f"snapshots/{event_id}")
+        event = samples.alert(unit.unit_id, event_id=event_id, type=kind, ts=now,
+                              confidence=round(self.rng.uniform(0.6, 0.99), 3), snapshot=f"snapshots/{event_id}")
         unit.client.publish(unit_topic(unit.unit_id, "events"), encode(event), qos=1)
         unit.client.publish(unit_topic(unit.unit_id, f"snapshots/{event_id}"), self.snapshot, qos=1)
         self.report.event_ids.append(event_id)
