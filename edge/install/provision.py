@@ -39,10 +39,12 @@ from typing import Any, TextIO
 import cv2
 import numpy as np
 import yaml
+from pydantic import ValidationError
 
 from contract.errors import ConfigError, LiftGuardError
 from contract.mqtt import UNIT_ID_PATTERN
-from edge.config import parse_config, parse_yaml
+from edge.config import CameraConfig, parse_config, parse_yaml
+from edge.see.capture import grab_one
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,6 @@ CREDENTIALS_DIRNAME = "credentials"
 PASSWORD_NAME = "mqtt-password"
 CA_NAME, CERT_NAME, KEY_NAME = "ca.crt", "unit.crt", "unit.key"
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "config" / UNIT_NAME
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 HEADER = ("# LiftGuard unit config, written by `liftguard provision` (re-run it to change the answers).\n"
           "# Fields not listed here have their defaults; `liftguard config schema` documents every field.\n")
 
@@ -78,28 +79,12 @@ def grab_frame(source: str, timeout_s: float = 5.0, warmup_frames: int = 5) -> F
     V4L2 index / device and stream URLs skip `warmup_frames` (auto-exposure settles); video files
     give their first frame; a folder gives its first image.
     """
-    path = Path(source)
-    if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        frame = cv2.imread(str(images[0])) if images else None
-        return frame if frame is not None and frame.size else None
-    live = source.isdigit() or source.startswith(("/dev/", "rtsp://", "rtsps://", "http://", "https://"))
-    target: int | str = int(source) if source.isdigit() else source
-    ms = int(timeout_s * 1000)
-    cap = cv2.VideoCapture(target, cv2.CAP_ANY,
-                           [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+    timeout_s = min(max(timeout_s, 0.5), 30.0)  # within CameraConfig's bounds
     try:
-        if not cap.isOpened():
-            return None
-        frame = None
-        for _ in range(warmup_frames + 1 if live else 1):
-            ok, candidate = cap.read()
-            if not ok:
-                break
-            frame = candidate
-        return frame if frame is not None and frame.size else None
-    finally:
-        cap.release()
+        cfg = CameraConfig(source=source, open_timeout_s=timeout_s, read_timeout_s=timeout_s)
+    except ValidationError:
+        return None
+    return grab_one(cfg, warmup_frames)  # the one way a camera is opened (edge/see/capture.py)
 
 
 def encode_png(frame: Frame) -> bytes:
