@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from contract import samples
 from contract.errors import PayloadError
@@ -34,6 +33,7 @@ from contract.mqtt import (
     parse_topic,
     unit_topic,
 )
+from contract.mqtt_client import Will, new_client
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +115,8 @@ class Simulator:
         n_sites = self.config.sites or max(1, (self.config.units + per_site - 1) // per_site)
         site_no = i % n_sites
         unit_id = f"{self.config.prefix}-{i:05d}"
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unit_id, protocol=mqtt.MQTTv311)
-        client.will_set(unit_topic(unit_id, "status"), json.dumps({"state": "offline"}), qos=1, retain=True)
-        client.max_inflight_messages_set(100)
+        will = Will(unit_topic(unit_id, "status"), json.dumps({"state": "offline"}))
+        client = new_client(unit_id, v5=False, will=will, max_inflight=100)
         unit = SimUnit(unit_id, site=f"Site {site_no:03d}", building=f"Building {site_no:03d}-{(i // n_sites) % 4}",
                        elevator=f"Lift {i // (n_sites * 4) + 1}", client=client)
         client.user_data_set(unit)

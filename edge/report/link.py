@@ -23,11 +23,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from contract.mqtt import MAX_SNAPSHOT_BYTES, EventPayload, HeartbeatPayload, StatusPayload, encode, unit_topic
+from contract.mqtt_client import Will, new_client
 from edge.config import Config
 from edge.report import ha
 from edge.report.link_settings import LinkSettings
@@ -100,14 +101,10 @@ class MqttLink:
 
     def _make_client(self) -> mqtt.Client:
         s = self.settings
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.unit_id, protocol=mqtt.MQTTv5)
-        if s.username:
-            client.username_pw_set(s.username, s.password)
-        if s.tls:
-            client.tls_set_context(s.ssl_context())
-        client.will_set(self.topic("status"), self._status("offline"), qos=1, retain=True)
-        client.reconnect_delay_set(1, max(1, round(s.reconnect_max_s)))
-        client.max_inflight_messages_set(s.window)
+        client = new_client(s.unit_id, username=s.username, password=s.password,
+                            ssl_context=s.ssl_context() if s.tls else None,
+                            will=Will(self.topic("status"), self._status("offline")),
+                            reconnect_max_s=s.reconnect_max_s, max_inflight=s.window)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish

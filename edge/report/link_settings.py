@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from contract.errors import ConfigError
+from contract.mqtt_client import tls_context
 from edge.config import Config
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
@@ -58,10 +59,7 @@ class LinkSettings:
     def ssl_context(self) -> ssl.SSLContext:
         """Verifies the broker against ca_file (system CAs without one); presents the unit certificate."""
         try:
-            ctx = ssl.create_default_context(cafile=self.ca_file)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            if self.cert_file:
-                ctx.load_cert_chain(self.cert_file, self.key_file)
+            ctx = tls_context(self.ca_file, self.cert_file, self.key_file)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"mqtt TLS files: {exc}") from None
         return ctx
