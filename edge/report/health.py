@@ -3,7 +3,7 @@
 The watchdog is tied to real work, not to a timer that is alive: `WATCHDOG=1` is sent only while
 frames keep going through the whole pipeline (`Health.frame_processed`). A hung camera read, a
 stuck inference or a deadlocked policy stops the pings, and systemd restarts the service
-(`WatchdogSec=` in config/liftguard.service); the restart releases the relay on the way down and
+(`WatchdogSec=` in edge/install/liftguard.service); the restart releases the relay on the way down and
 the I/O board releases it on its own if the host goes silent.
 
 sd_notify is plain datagram socket code (no libsystemd): `$NOTIFY_SOCKET` is a filesystem path or,

@@ -13,14 +13,9 @@ import pytest
 import yaml
 
 from edge.config import load_config
-from edge.install.provision import (
-    UNIT_NAME,
-    draw_roi,
-    grab_frame,
-    parse_roi,
-    provision_main,
-    unit_directives,
-)
+from edge.install.provision import UNIT_NAME, draw_roi, grab_frame, provision_main
+from edge.install.questions import parse_roi
+from edge.install.unit import unit_directives
 
 ANSWERS = {
     "unit_id": "hk-kwt-a-lift1",
