@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -83,9 +84,15 @@ class SimReport:
 
 
 def snapshot_jpeg(text: str = "LiftGuard simulated snapshot") -> bytes:
-    """A small real JPEG (an e-bike-ish outline) so the dashboard has something to show."""
-    import cv2
-    import numpy as np
+    """A small real JPEG (an e-bike-ish outline) so the dashboard has something to show.
+
+    Drawn with OpenCV where it is installed; a fleet-only install (no OpenCV) sends the packaged
+    fleet/sample_snapshot.jpg, the same outline without the caption."""
+    try:
+        import cv2
+        import numpy as np
+    except ImportError:
+        return resources.files("fleet").joinpath("sample_snapshot.jpg").read_bytes()
 
     img = np.full((180, 320, 3), 235, np.uint8)
     cv2.circle(img, (90, 120), 35, (40, 40, 40), 4)
