@@ -31,9 +31,9 @@ from contract.mqtt import MAX_SNAPSHOT_BYTES, EventPayload, HeartbeatPayload, St
 from contract.mqtt_client import Will, new_client
 from edge.config import Config
 from edge.report import ha
+from edge.report.commands import CommandHandler, DeviceControl
 from edge.report.link_settings import LinkSettings
 from edge.report.outbox import Message, Outbox
-from edge.run.commands import CommandHandler, DeviceControl
 
 log = logging.getLogger(__name__)
 

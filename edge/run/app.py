@@ -207,7 +207,7 @@ class Pipeline:
         log.info("event %s %s %s", event.type, event.phase, event.event_id)
         self.sink.emit(event, jpeg)
 
-    # --- fleet commands (edge.run.commands.DeviceControl) ---------------------------------------------
+    # --- fleet commands (edge.report.commands.DeviceControl) ---------------------------------------------
 
     def release_hold(self, reason: str) -> bool:
         with self._lock:
