@@ -15,14 +15,17 @@ import struct
 import subprocess
 import tempfile
 import threading
+import warnings
 import wave
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from gpiozero import DigitalInputDevice, OutputDevice
+from gpiozero.exc import BadPinFactory, GPIOZeroError, PinFactoryFallback
 
 from edge.config import ActuatorConfig, VoiceConfig
+from edge.errors import ActuatorError
 
 log = logging.getLogger(__name__)
 
@@ -100,27 +103,72 @@ class AlsaVoice:
         self._stop.set()
 
 
+def make_pin_factory(name: str) -> Any:
+    """gpiozero pin factory by name. `auto`: None, i.e. gpiozero's own choice ($GPIOZERO_PIN_FACTORY,
+    else lgpio, rpigpio, pigpio, native in that order); `lgpio` is the one for the Raspberry Pi 5
+    (`pip install 'liftguard[pi]'`). Raises ActuatorError with one clear line when it cannot be had."""
+    if name == "auto":
+        return None
+    try:
+        if name == "lgpio":
+            from gpiozero.pins.lgpio import LGPIOFactory
+
+            return LGPIOFactory()
+        if name == "rpigpio":
+            from gpiozero.pins.rpigpio import RPiGPIOFactory
+
+            return RPiGPIOFactory()
+        if name == "native":
+            from gpiozero.pins.native import NativeFactory
+
+            return NativeFactory()
+        if name == "mock":
+            from gpiozero.pins.mock import MockFactory
+
+            return MockFactory()
+    except ImportError as exc:
+        raise ActuatorError(f"pin factory {name!r} is not installed ({exc.name or exc}); for lgpio: "
+                            "pip install 'liftguard[pi]'") from None
+    except (GPIOZeroError, OSError, RuntimeError) as exc:
+        raise ActuatorError(f"pin factory {name!r} cannot drive this machine's GPIO: {exc}") from None
+    raise ActuatorError(f"unknown pin factory {name!r}")
+
+
 class GpioActuators:
     """Relay, optional voice-module trigger, beacon and fire-service input on gpiozero pins.
 
-    Uses gpiozero's current pin factory: real pins on the device, MockFactory in tests/demo."""
+    `pin_factory`: gpiozero's current/default one when None (real pins on the device, MockFactory in
+    tests/demo). No usable GPIO raises ActuatorError with one line that says what to do."""
 
-    def __init__(self, cfg: ActuatorConfig, on_fire: FireCallback | None = None) -> None:
+    def __init__(self, cfg: ActuatorConfig, on_fire: FireCallback | None = None, pin_factory: Any = None) -> None:
         self.cfg = cfg
         self.held = False
         self.on_fire = on_fire
         self._lock = threading.Lock()
-        self.relay = OutputDevice(cfg.relay_pin, active_high=cfg.relay_active_high, initial_value=False)
-        self.voice_pin = (OutputDevice(cfg.voice.pin, active_high=cfg.voice.active_high, initial_value=False)
+        f = pin_factory
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", PinFactoryFallback)  # the error below says it in one line
+                self.relay = OutputDevice(cfg.relay_pin, active_high=cfg.relay_active_high, initial_value=False,
+                                          pin_factory=f)
+        except BadPinFactory:
+            raise ActuatorError("no GPIO on this machine (gpiozero found no pin factory): on a Raspberry Pi 5 "
+                                "install lgpio (pip install 'liftguard[pi]'); elsewhere set actuators.backend to "
+                                "'bridge' (I/O board) or 'none' (log only)") from None
+        except (GPIOZeroError, OSError) as exc:
+            raise ActuatorError(f"relay pin {cfg.relay_pin}: {exc}") from None
+        self.voice_pin = (OutputDevice(cfg.voice.pin, active_high=cfg.voice.active_high, initial_value=False,
+                                       pin_factory=f)
                           if cfg.voice.mode == "gpio" and cfg.voice.pin else None)
         self.voice = AlsaVoice(cfg.voice) if cfg.voice.mode == "alsa" else None
-        self.beacon = OutputDevice(cfg.beacon_pin, initial_value=False) if cfg.beacon_pin else None
+        self.beacon = OutputDevice(cfg.beacon_pin, initial_value=False, pin_factory=f) if cfg.beacon_pin else None
         self.fire: DigitalInputDevice | None = None
         if cfg.fire_pin:
-            self.fire = DigitalInputDevice(cfg.fire_pin, pull_up=None, active_state=cfg.fire_active_high)
+            self.fire = DigitalInputDevice(cfg.fire_pin, pull_up=None, active_state=cfg.fire_active_high,
+                                           pin_factory=f)
             self.fire.when_activated = lambda: self._fire_changed(True)
             self.fire.when_deactivated = lambda: self._fire_changed(False)
-        self.door = DigitalInputDevice(cfg.door_pin, pull_up=True) if cfg.door_pin else None
+        self.door = DigitalInputDevice(cfg.door_pin, pull_up=True, pin_factory=f) if cfg.door_pin else None
 
     def _fire_changed(self, active: bool) -> None:
         if active:

@@ -31,8 +31,9 @@ ImageBGR = npt.NDArray[np.uint8]
 @dataclass(frozen=True)
 class Frame:
     index: int
-    ts: float  # seconds: wall clock when live, clip time (index / fps) in replay
+    ts: float  # seconds on the decision clock: time.monotonic when live, clip time (index / fps) in replay
     image: ImageBGR
+    repeat: bool = False  # identical to the previous frame (a frozen camera): never evidence
 
 
 class CameraState(StrEnum):
@@ -79,8 +80,14 @@ class CvReader:
 class FolderReader:
     """Images of a folder in name order (a recorded sequence)."""
 
+    MAX_SKIPS_PER_READ = 8  # unreadable files skipped in one read before it reports a failed read
+
     def __init__(self, folder: Path) -> None:
-        self.paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.folder = folder
+        try:
+            self.paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        except OSError as exc:
+            raise CameraError(f"cannot list frame folder {folder}: {exc.strerror}") from None
         if not self.paths:
             raise CameraError(f"no images in {folder}")
         self._next = 0
@@ -88,16 +95,21 @@ class FolderReader:
         self.live = False
 
     def read(self) -> ImageBGR | None:
-        if self._next >= len(self.paths):
-            self.ended = True
-            return None
-        path = self.paths[self._next]
-        self._next += 1
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
+        """The next readable image; None after a few unreadable ones (a failed read, not the end).
+        Raises CameraError when the folder itself is gone (the camera is lost, not the recording over)."""
+        for _ in range(self.MAX_SKIPS_PER_READ):
+            if self._next >= len(self.paths):
+                self.ended = True
+                return None
+            path = self.paths[self._next]
+            self._next += 1
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is not None:
+                return np.asarray(image, dtype=np.uint8)
+            if not self.folder.is_dir():
+                raise CameraError(f"frame folder {self.folder} is gone")
             log.warning("skipping unreadable image %s", path)
-            return self.read()
-        return np.asarray(image, dtype=np.uint8)
+        return None
 
     def close(self) -> None:
         pass
@@ -138,18 +150,24 @@ def source_fps(reader: RawReader, default: float) -> float:
 
 
 class FrozenDetector:
-    """Identical frames (mean abs difference of a small grey thumbnail) for `after_s` = frozen."""
+    """Identical frames (mean abs difference of a small grey thumbnail) for `after_s` = frozen.
+
+    `repeat` says whether the last frame was identical to the one before: such a frame is never
+    evidence for a hold (the pipeline skips it), whatever `after_s` is."""
 
     def __init__(self, after_s: float, max_diff: float) -> None:
         self.after_s = after_s
         self.max_diff = max_diff
+        self.repeat = False
         self._last: npt.NDArray[np.int16] | None = None
         self._same_since: float | None = None
 
     def update(self, image: ImageBGR, now: float) -> bool:
         thumb = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (64, 48), interpolation=cv2.INTER_AREA)
         current = thumb.astype(np.int16)
-        if self._last is not None and float(np.abs(current - self._last).mean()) <= self.max_diff:
+        self.repeat = (self._last is not None and current.shape == self._last.shape
+                       and float(np.abs(current - self._last).mean()) <= self.max_diff)
+        if self.repeat:
             if self._same_since is None:
                 self._same_since = now
         else:
@@ -162,7 +180,7 @@ class Camera:
     """A source that comes back: reconnects with backoff, reports its state, never raises on read."""
 
     def __init__(self, cfg: CameraConfig, opener: Callable[[], RawReader] | None = None,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
         self.cfg = cfg
         self._open = opener or (lambda: open_source(cfg))
         self.clock = clock
@@ -215,7 +233,11 @@ class Camera:
             if not self.open():
                 return None
         assert self.reader is not None
-        image = self.reader.read()
+        try:
+            image = self.reader.read()
+        except (CameraError, OSError, cv2.error) as exc:  # the source is lost: offline, retry with backoff
+            self._fail(str(exc))
+            return None
         now = self.clock()
         if image is None:
             if self.reader.ended:
@@ -228,9 +250,19 @@ class Camera:
         frozen = self.frozen.update(image, now)
         self._set_state(CameraState.FROZEN if frozen else CameraState.ONLINE,
                         f"identical frames for {self.cfg.frozen_after_s:g} s" if frozen else "")
-        frame = Frame(self._index, now, image)
+        frame = Frame(self._index, now, image, repeat=self.frozen.repeat)
         self._index += 1
         return frame
+
+    def reconfigure(self, cfg: CameraConfig) -> None:
+        """Live config (fleet): rate, timeouts, backoff and frozen detection apply from the next read;
+        the source itself is provisioned, never pushed."""
+        if cfg.source != self.cfg.source:
+            raise CameraError("camera.source cannot be changed live")
+        self.cfg = cfg
+        self.frozen.after_s = cfg.frozen_after_s
+        self.frozen.max_diff = cfg.frozen_max_diff
+        self.backoff_s = min(max(self.backoff_s, cfg.reconnect_min_s), cfg.reconnect_max_s)
 
     @property
     def live(self) -> bool:

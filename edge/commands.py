@@ -3,7 +3,15 @@
 Every byte from the broker is untrusted. A command that is unknown, malformed, carries
 unexpected arguments, or asks for a config the device refuses is rejected *before* anything
 on the device changes, answered with `ok=false` and counted. A command delivered twice
-(QoS 1 is at-least-once) is answered from memory and not executed again.
+(QoS 1 is at-least-once) is answered from the stored result and not executed again: the ids are
+kept in SQLite (`SeenCommands`), so a restart does not forget them. A command whose `ts` is missing
+or more than `MAX_COMMAND_AGE_S` away from the unit's clock is refused (a captured command replayed
+later does nothing).
+
+Remote config is narrower than the local file (`RemoteConfig`): what a compromised or mistaken
+fleet could push must never make the unit hold the door for a wheelchair, stroller, bicycle or
+person, empty the veto list, drop the cool-down or cap floors, or blow the decision budget. What is
+accepted is applied to the live objects through the device's update map, or refused whole.
 
 Wire shapes (`cmd/{name}`, CommandPayload): `{"command_id": "...", "args": {...}}` with args
   release     {"reason": str}  (optional)
@@ -16,12 +24,15 @@ answered on `config/reported` (retained) with ConfigReportedPayload.
 from __future__ import annotations
 
 import logging
+import math
+import sqlite3
+import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edge.contract import CommandName, CommandPayload, CommandResultPayload, decode
 from edge.errors import ConfigError, PayloadError
@@ -29,10 +40,113 @@ from edge.errors import ConfigError, PayloadError
 log = logging.getLogger(__name__)
 
 COMMAND_NAMES: frozenset[str] = frozenset(get_args(CommandName))
+MAX_COMMAND_AGE_S = 60.0
 # Identity, connectivity, wiring and file paths are provisioned on the device, never pushed:
 # a bad push there could strand a unit or make it write where it should not.
 REMOTE_SETTABLE = frozenset({"policy", "tracker", "camera", "detector", "blocking_enabled"})
-REMOTE_FORBIDDEN_LEAVES = frozenset({("detector", "model_path"), ("camera", "source")})
+REMOTE_FORBIDDEN_LEAVES = frozenset({("detector", "model_path"), ("camera", "source"), ("detector", "threads")})
+# Never blockable from the fleet, and vetoes the fleet can never remove.
+PROTECTED_CLASSES = frozenset({"wheelchair", "stroller", "bicycle", "person"})
+REQUIRED_VETOES = frozenset({"wheelchair", "stroller"})
+MAX_REMOTE_VETO_THRESHOLD = 0.7  # a veto threshold pushed to 1.0 would switch the veto off
+
+
+class _Remote(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RemotePolicy(_Remote):
+    """policy.* as the fleet may set it: tighter bounds than the local file, and the safety rules."""
+
+    block_classes: tuple[str, ...] | None = Field(None, min_length=1, max_length=4)
+    veto_classes: tuple[str, ...] | None = Field(None, min_length=2, max_length=8)
+    thresholds: dict[str, float] | None = Field(None, max_length=16)
+    confirm_frames: int | None = Field(None, ge=2, le=10)
+    confirm_window: int | None = Field(None, ge=2, le=20)
+    confirm_within_s: float | None = Field(None, ge=0.5, le=3.0)
+    veto_iou: float | None = Field(None, ge=0.1, le=0.6)
+    clear_after_s: float | None = Field(None, ge=1.0, le=10.0)
+    hold_max_s: float | None = Field(None, ge=10.0, le=120.0)
+    cooldown_s: float | None = Field(None, ge=10.0, le=600.0)
+    min_box_area: float | None = Field(None, ge=0.0, le=0.1)
+    roi: tuple[tuple[float, float], ...] | None = Field(None, min_length=3, max_length=32)
+
+    @field_validator("block_classes")
+    @classmethod
+    def _never_protected(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        bad = sorted(set(v or ()) & PROTECTED_CLASSES)
+        if bad:
+            raise ValueError(f"{', '.join(bad)} can never be blocked")
+        return v
+
+    @field_validator("veto_classes")
+    @classmethod
+    def _vetoes_kept(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        missing = sorted(REQUIRED_VETOES - set(v or ())) if v is not None else []
+        if missing:
+            raise ValueError(f"the veto list must keep {', '.join(missing)}")
+        return v
+
+    @field_validator("thresholds")
+    @classmethod
+    def _thresholds(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for name, value in (v or {}).items():
+            if not (isinstance(value, float | int) and math.isfinite(value)):
+                raise ValueError(f"thresholds.{name} must be a number")
+            low, high = (0.05, MAX_REMOTE_VETO_THRESHOLD) if name in PROTECTED_CLASSES else (0.3, 1.0)
+            if not low <= value <= high:
+                raise ValueError(f"thresholds.{name} must be within [{low}, {high}] when set remotely")
+        return v
+
+
+class RemoteTracker(_Remote):
+    match_iou: float | None = Field(None, ge=0.1, le=0.6)
+    max_missed_s: float | None = Field(None, ge=0.5, le=5.0)
+
+
+class RemoteCamera(_Remote):
+    fps: float | None = Field(None, ge=5, le=30)
+    read_timeout_s: float | None = Field(None, ge=0.5, le=5)
+    reconnect_min_s: float | None = Field(None, ge=0.1, le=10)
+    reconnect_max_s: float | None = Field(None, ge=1, le=120)
+    frozen_after_s: float | None = Field(None, ge=0.5, le=2.0)
+    frozen_max_diff: float | None = Field(None, ge=0.0, le=5.0)
+
+
+class RemoteDetector(_Remote):
+    budget_ms: float | None = Field(None, ge=50, le=500)
+    min_score: float | None = Field(None, ge=0.05, le=0.5)
+    nms_iou: float | None = Field(None, ge=0.3, le=0.9)
+
+
+class RemoteConfig(_Remote):
+    """The whole remotely settable surface (set_config and config/desired). Anything else is refused."""
+
+    policy: RemotePolicy | None = None
+    tracker: RemoteTracker | None = None
+    camera: RemoteCamera | None = None
+    detector: RemoteDetector | None = None
+    blocking_enabled: bool | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> RemoteConfig:
+        if not self.model_fields_set:
+            raise ValueError("empty config fragment")
+        return self
+
+    def fragment(self) -> dict[str, Any]:
+        """The accepted settings as a merge fragment (only what was sent)."""
+        return self.model_dump(mode="python", exclude_unset=True)
+
+
+def check_merged_policy(policy: Any) -> None:
+    """The policy a remote change would produce must still obey the remote safety rules."""
+    bad = sorted(set(policy.block_classes) & PROTECTED_CLASSES)
+    if bad:
+        raise ConfigError(f"policy.block_classes would block {', '.join(bad)}")
+    missing = sorted(REQUIRED_VETOES - set(policy.veto_classes))
+    if missing:
+        raise ConfigError(f"policy.veto_classes would lose {', '.join(missing)}")
 
 
 class DeviceControl(Protocol):
@@ -100,20 +214,52 @@ class _Rejected(Exception):
     """Input refused before anything on the device changed."""
 
 
+class SeenCommands:
+    """Command ids already executed, with their answers, in SQLite: survives restarts, bounded to
+    the newest `keep` ids (older ones are also older than MAX_COMMAND_AGE_S, so refused by age)."""
+
+    def __init__(self, path: str | Path = ":memory:", keep: int = 10_000) -> None:
+        self.keep = keep
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("CREATE TABLE IF NOT EXISTS seen (n INTEGER PRIMARY KEY AUTOINCREMENT, "
+                         "key TEXT UNIQUE NOT NULL, result TEXT NOT NULL)")
+
+    def get(self, name: str, command_id: str) -> CommandResultPayload | None:
+        with self._lock:
+            row = self._db.execute("SELECT result FROM seen WHERE key = ?", (f"{name}/{command_id}",)).fetchone()
+        return CommandResultPayload.model_validate_json(row[0]) if row else None
+
+    def add(self, name: str, command_id: str, result: CommandResultPayload) -> None:
+        with self._lock:
+            try:
+                self._db.execute("INSERT OR REPLACE INTO seen (key, result) VALUES (?, ?)",
+                                 (f"{name}/{command_id}", result.model_dump_json()))
+                self._db.execute("DELETE FROM seen WHERE n <= (SELECT MAX(n) FROM seen) - ?", (self.keep,))
+            except sqlite3.Error as exc:  # a full disk must not stop the command being answered
+                log.error("could not record command %s as seen: %s", command_id, exc)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
 class CommandHandler:
     """Turns raw command bytes into device actions and a CommandResultPayload.
 
     `counts` holds accepted / rejected / failed / duplicate totals (the metrics counter).
+    `seen`: where executed command ids are remembered (SQLite; in memory by default).
     """
 
     def __init__(self, control: DeviceControl, *, snapshot_sink: SnapshotSink | None = None,
-                 clock: Callable[[], float] = time.time, remember: int = 64) -> None:
+                 clock: Callable[[], float] = time.time, seen: SeenCommands | None = None) -> None:
         self.control = control
         self.snapshot_sink = snapshot_sink
         self.clock = clock
         self.counts: dict[str, int] = {"accepted": 0, "rejected": 0, "failed": 0, "duplicate": 0}
-        self._recent: OrderedDict[tuple[str, str], CommandResultPayload] = OrderedDict()
-        self._remember = remember
+        self.seen = seen or SeenCommands()
         self.last_report: ConfigReportedPayload | None = None
 
     # --- cmd/{name} --------------------------------------------------------------------------
@@ -126,22 +272,26 @@ class CommandHandler:
             return self._reject(command, "invalid", str(exc))
         if name not in COMMAND_NAMES:
             return self._reject(command, cmd.command_id, f"unknown command {command!r}")
-        key = (name, cmd.command_id)
-        if key in self._recent:
+        if cmd.ts is None:
+            return self._reject(command, cmd.command_id, "no ts: a command must say when it was sent")
+        age = self.clock() - cmd.ts
+        if abs(age) > MAX_COMMAND_AGE_S:
+            return self._reject(command, cmd.command_id, f"stale command: ts is {age:+.0f} s from the unit's clock "
+                                f"(limit {MAX_COMMAND_AGE_S:g} s)")
+        previous = self.seen.get(name, cmd.command_id)
+        if previous is not None:
             self.counts["duplicate"] += 1
-            return self._recent[key]
+            return previous
         try:
             args = _ARGS[name].model_validate(cmd.args)
             if isinstance(args, SetConfigArgs):
-                _check_remote_settable(args.config)
+                args = SetConfigArgs(config=remote_fragment(args.config))
         except ValidationError as exc:
             return self._reject(command, cmd.command_id, _first_error(exc))
         except _Rejected as exc:
             return self._reject(command, cmd.command_id, str(exc))
         result = self._execute(name, cmd.command_id, args)
-        self._recent[key] = result
-        while len(self._recent) > self._remember:
-            self._recent.popitem(last=False)
+        self.seen.add(name, cmd.command_id, result)
         return result
 
     def _execute(self, name: str, command_id: str, args: _Args) -> CommandResultPayload:
@@ -183,11 +333,16 @@ class CommandHandler:
         """Apply the fleet's retained desired config; the answer goes to `config/reported`."""
         try:
             desired = _parse(DesiredConfigPayload, raw)
-            _check_remote_settable(desired.config)
         except _Rejected as exc:
             self.counts["rejected"] += 1
             log.warning("config/desired rejected: %s", exc)
             return self._report(False, None, {}, str(exc))
+        try:
+            desired = desired.model_copy(update={"config": remote_fragment(desired.config)})
+        except _Rejected as exc:
+            self.counts["rejected"] += 1
+            log.warning("config/desired v%s rejected: %s", desired.version, exc)
+            return self._report(False, desired.version, {}, str(exc))
         try:
             reported = self.control.apply_config(desired.config)
         except ConfigError as exc:
@@ -228,14 +383,19 @@ def _parse(model: type[M], raw: bytes) -> M:
         raise _Rejected("payload nested too deeply") from None
 
 
-def _check_remote_settable(fragment: dict[str, Any]) -> None:
-    refused = sorted(set(fragment) - REMOTE_SETTABLE)
+def remote_fragment(fragment: dict[str, Any]) -> dict[str, Any]:
+    """Check a fleet config fragment against `RemoteConfig`; the accepted fragment or _Rejected."""
+    refused = sorted(str(k) for k in set(fragment) - REMOTE_SETTABLE)
     if refused:
-        raise _Rejected(f"not remotely settable: {', '.join(map(str, refused))[:200]}")
+        raise _Rejected(f"not remotely settable: {', '.join(refused)[:200]}")
     for section, leaf in REMOTE_FORBIDDEN_LEAVES:
         value = fragment.get(section)
         if isinstance(value, dict) and leaf in value:
             raise _Rejected(f"not remotely settable: {section}.{leaf}")
+    try:
+        return RemoteConfig.model_validate(fragment).fragment()
+    except ValidationError as exc:
+        raise _Rejected(f"config refused: {_first_error(exc).removeprefix('args.')}") from None
 
 
 def _clean(text: str, limit: int) -> str:

@@ -239,6 +239,53 @@ class OnnxDetector:
         ]
 
 
+REFERENCE_CLIP = Path(__file__).resolve().parent / "assets" / "demo_clip.mp4"
+REFERENCE_FRAMES = (0, 40)  # an empty car, and the bundled e-bike fully in view
+
+
+def reference_frames(clip: Path = REFERENCE_CLIP, indices: tuple[int, ...] = REFERENCE_FRAMES) -> list[ImageBGR]:
+    """The bundled reference frames (procedural, from the demo clip) for the start-up self-check."""
+    cap = cv2.VideoCapture(str(clip))
+    frames: dict[int, ImageBGR] = {}
+    try:
+        for i in range(max(indices) + 1):
+            ok, image = cap.read()
+            if not ok:
+                break
+            if i in indices:
+                frames[i] = np.asarray(image, np.uint8)
+    finally:
+        cap.release()
+    if len(frames) != len(indices):
+        raise ModelError(f"reference clip {clip} is unreadable: cannot self-check the model")
+    return [frames[i] for i in indices]
+
+
+def self_check(detector: Detector, frames: list[ImageBGR] | None = None) -> None:
+    """Refuse a model that loads but cannot be trusted: raw scores outside [0, 1] (or not finite), or
+    the same output for different reference frames (a constant model sees nothing). Start-up only."""
+    session = getattr(detector, "session", None)
+    if session is None or not isinstance(detector, OnnxDetector):
+        return  # not an ONNX model (a test double): nothing to run the raw check on
+    outputs = []
+    for image in frames if frames is not None else reference_frames():
+        tensor, _ = detector.preprocess(image)
+        (raw,) = session.run([OUTPUT_NAME], {INPUT_NAME: tensor})
+        outputs.append(np.asarray(raw, np.float32)[0])
+    source = str(detector.path)
+    for rows in outputs:
+        if not np.all(np.isfinite(rows)):
+            raise ModelError(f"{source}: self-check failed: the model outputs NaN or infinite values")
+        scores = rows[:, 4]
+        if scores.size and (scores.min() < -1e-6 or scores.max() > 1 + 1e-6):
+            raise ModelError(f"{source}: self-check failed: scores outside [0, 1] "
+                             f"({float(scores.min()):.3g}..{float(scores.max()):.3g}); wrong output layout?")
+    if all(o.shape == outputs[0].shape and np.allclose(o, outputs[0], atol=1e-6) for o in outputs[1:]):
+        raise ModelError(f"{source}: self-check failed: identical output for different reference frames "
+                         "(a constant model detects nothing)")
+    log.info("model self-check passed on %d reference frames", len(outputs))
+
+
 def iou(a: Box, b: Box) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))

@@ -20,6 +20,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
@@ -28,7 +29,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edge import ha
-from edge.commands import CommandHandler, DeviceControl
+from edge.commands import CommandHandler, DeviceControl, SeenCommands
 from edge.config import Config
 from edge.contract import MAX_SNAPSHOT_BYTES, EventPayload, HeartbeatPayload, StatusPayload, encode, unit_topic
 from edge.link_settings import LinkSettings
@@ -51,10 +52,12 @@ class MqttLink:
     """Delivers events, snapshots, heartbeats and status; executes fleet commands through `control`."""
 
     def __init__(self, settings: LinkSettings, outbox: Outbox, control: DeviceControl | None = None,
-                 heartbeat: Callable[[], HeartbeatPayload] | None = None, counters: Counters | None = None) -> None:
+                 heartbeat: Callable[[], HeartbeatPayload] | None = None, counters: Counters | None = None,
+                 seen: SeenCommands | None = None) -> None:
+        """`seen`: executed command ids (persisted beside the outbox by from_config; in memory if None)."""
         self.settings = settings
         self.outbox = outbox
-        self.handler = CommandHandler(control, snapshot_sink=self._store_snapshot) if control else None
+        self.handler = CommandHandler(control, snapshot_sink=self._store_snapshot, seen=seen) if control else None
         self._heartbeat = heartbeat
         self._counters = counters
         self._wake = threading.Event()
@@ -83,7 +86,8 @@ class MqttLink:
         """The link the app uses: settings, credentials and outbox from `cfg.mqtt`. Call start(), later close()."""
         settings = LinkSettings.from_config(cfg)
         outbox = Outbox(cfg.mqtt.outbox_path, max_rows=cfg.mqtt.outbox_max_rows)
-        return cls(settings, outbox, control, heartbeat, counters)
+        seen = SeenCommands(Path(cfg.mqtt.outbox_path).with_name("commands.sqlite3")) if control else None
+        return cls(settings, outbox, control, heartbeat, counters, seen)
 
     # --- topics -----------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,7 +121,8 @@ def test_a_snapshot_command_sends_a_blurred_picture(mosquitto: MosquittoBroker, 
                                                     control: FakeControl, tmp_path: Path) -> None:
     control.frame = cv2.imencode(".jpg", np.full((60, 80, 3), 128, np.uint8))[1].tobytes()
     link = start_link(mosquitto, tmp_path, control, blur_faces=True)
-    fleet.client.publish(f"{UNIT}/cmd/snapshot", json.dumps({"command_id": "cmd-snap-1"}).encode(), qos=1)
+    command = {"command_id": "cmd-snap-1", "ts": time.time()}
+    fleet.client.publish(f"{UNIT}/cmd/snapshot", json.dumps(command).encode(), qos=1)
     assert fleet.wait_for(lambda f: bool(f.payloads("snapshots/cmd-snap-1")), 5)
     assert json.loads(fleet.payloads("/cmd_result")[0])["detail"] == "snapshot snapshots/cmd-snap-1"
     link.close()
