@@ -33,7 +33,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from edge.contract import EventPayload
+from contract.mqtt import EventPayload
 from fleet import web
 from fleet.auth import Authenticator, LoginLimiter, Principal, Throttled
 from fleet.config import FleetSettings

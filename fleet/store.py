@@ -21,9 +21,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-from edge.commands import ConfigReportedPayload
-from edge.contract import CommandResultPayload, EventPayload, HeartbeatPayload, StatusPayload
-from edge.errors import ConfigError
+from contract.commands import ConfigReportedPayload
+from contract.errors import ConfigError
+from contract.mqtt import CommandResultPayload, EventPayload, HeartbeatPayload, StatusPayload
 from fleet.errors import StoreError
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from contract.mqtt import EventPayload, EventTimes, EventType
 from edge.config import PolicyConfig
-from edge.contract import EventPayload, EventTimes, EventType
-from edge.track import Track
+from edge.decide.track import Track
 
 DEFAULT_THRESHOLD = 0.5
 WallClock = Callable[[float], float]

@@ -24,8 +24,8 @@ from typing import Any, Protocol
 from gpiozero import DigitalInputDevice, OutputDevice
 from gpiozero.exc import BadPinFactory, GPIOZeroError, PinFactoryFallback
 
+from contract.errors import ActuatorError
 from edge.config import ActuatorConfig, VoiceConfig
-from edge.errors import ActuatorError
 
 log = logging.getLogger(__name__)
 
