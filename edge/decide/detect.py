@@ -6,6 +6,7 @@ change. A corrupt or mismatched model is refused at start-up with a message that
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import logging
 import time
@@ -235,7 +236,7 @@ class OnnxDetector:
         ]
 
 
-REFERENCE_CLIP = Path(__file__).resolve().parent / "assets" / "demo_clip.mp4"
+REFERENCE_CLIP = Path(str(importlib.resources.files("edge").joinpath("assets", "demo_clip.mp4")))
 REFERENCE_FRAMES = (0, 40)  # an empty car, and the bundled e-bike fully in view
 
 

@@ -334,7 +334,8 @@ class MqttLink:
             return
         try:
             beat = self._heartbeat().model_copy(update={
-                "outbox_depth": self.outbox.depth(), "outbox_evicted": self.outbox.evicted()})
+                "outbox_depth": self.outbox.depth(), "outbox_evicted": self.outbox.evicted(),
+                "outbox_snapshots_dropped": self.outbox.evicted_snapshots()})
         except Exception:
             log.exception("heartbeat source failed")
             return
