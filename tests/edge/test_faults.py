@@ -612,3 +612,12 @@ def test_item9_the_configured_pin_factory_drives_the_relay() -> None:
     assert factory.pin(17).state
     actuators.close()
     assert not factory.pin(17).state
+
+
+def test_item6_camera_settings_reach_the_live_camera_and_the_source_never_does() -> None:
+    clock = FakeClock()
+    cam = Camera(CameraConfig(source="0"), opener=lambda: SameFrameReader(clock), clock=clock, sleep=clock.sleep)
+    cam.reconfigure(CameraConfig(source="0", frozen_after_s=0.5, fps=15))
+    assert (cam.frozen.after_s, cam.cfg.fps) == (0.5, 15)
+    with pytest.raises(CameraError, match="cannot be changed live"):
+        cam.reconfigure(CameraConfig(source="rtsp://elsewhere/stream"))
