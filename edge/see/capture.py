@@ -8,6 +8,7 @@ that still delivers identical frames). The policy never holds the door unless th
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -115,6 +116,76 @@ class FolderReader:
         pass
 
 
+class LatestFrameReader:
+    """A live source read by its own thread, keeping only the newest frame and when it arrived.
+
+    The frame loop always gets the newest picture: when detection is slower than the camera, the
+    frames in between are skipped (`dropped`) instead of queueing up in the driver or the RTSP
+    buffer, where they would make every decision late. `captured_at` is the arrival time of the
+    frame last returned (the Camera stamps frames with it, so a stale one can be recognised)."""
+
+    live = True
+
+    def __init__(self, inner: RawReader, clock: Callable[[], float] = time.monotonic,
+                 wait_s: float = 0.1) -> None:
+        self.inner = inner
+        self.clock = clock
+        self.wait_s = wait_s
+        self.ended = False
+        self.dropped = 0
+        self.captured_at: float | None = None
+        self._cond = threading.Condition()
+        self._latest: tuple[ImageBGR, float] | None = None
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="camera-grabber", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                image = self.inner.read()
+            except Exception as exc:  # handed to the frame loop, which marks the camera offline
+                with self._cond:
+                    self._error = exc
+                    self._cond.notify_all()
+                return
+            if image is None:
+                if self.inner.ended:
+                    with self._cond:
+                        self.ended = True
+                        self._cond.notify_all()
+                    return
+                self._stop.wait(0.01)  # a failed read: do not spin
+                continue
+            with self._cond:
+                if self._latest is not None:
+                    self.dropped += 1
+                self._latest = (image, self.clock())
+                self._cond.notify_all()
+
+    def read(self) -> ImageBGR | None:
+        """The newest frame not yet returned, waiting up to `wait_s`; None if none arrived."""
+        with self._cond:
+            if self._latest is None and self._error is None and not self.ended:
+                self._cond.wait(self.wait_s)
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise CameraError(f"camera read failed: {error}")
+            if self._latest is None:
+                return None
+            (image, self.captured_at), self._latest = self._latest, None
+            return image
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        if self._thread.is_alive():  # stuck in a driver read: releasing under it could crash OpenCV
+            log.warning("camera grabber still blocked in a read; leaving the source to the process exit")
+            return
+        self.inner.close()
+
+
 def open_source(cfg: CameraConfig) -> RawReader:
     """Open what `camera.source` names; raises CameraError with the reason."""
     source = cfg.source
@@ -141,7 +212,8 @@ def open_source(cfg: CameraConfig) -> RawReader:
     if not cap.isOpened():
         cap.release()
         raise CameraError(f"cannot open camera source {source!r}")
-    return CvReader(cap, finite)
+    reader = CvReader(cap, finite)
+    return LatestFrameReader(reader) if reader.live else reader
 
 
 def source_fps(reader: RawReader, default: float) -> float:
@@ -247,6 +319,9 @@ class Camera:
                 self._fail(f"no frame for {now - self._last_frame_at:.1f} s")
             return None
         self._last_frame_at = now
+        captured = getattr(self.reader, "captured_at", None)
+        if isinstance(captured, float) and captured <= now:
+            now = captured  # a grabbed frame is as old as its arrival, not as its hand-over
         frozen = self.frozen.update(image, now)
         self._set_state(CameraState.FROZEN if frozen else CameraState.ONLINE,
                         f"identical frames for {self.cfg.frozen_after_s:g} s" if frozen else "")

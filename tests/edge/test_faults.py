@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from contract.errors import ActuatorError, ConfigError, ModelError
+from contract.errors import ActuatorError, CameraError, ConfigError, ModelError
 from edge.act.actuate import GpioActuators, LogActuators, make_pin_factory
 from edge.config import CameraConfig, Config, MqttConfig, parse_config
 from edge.decide.detect import Detection, OnnxDetector, self_check
@@ -621,3 +621,44 @@ def test_item6_camera_settings_reach_the_live_camera_and_the_source_never_does()
     assert (cam.frozen.after_s, cam.cfg.fps) == (0.5, 15)
     with pytest.raises(CameraError, match="cannot be changed live"):
         cam.reconfigure(CameraConfig(source="rtsp://elsewhere/stream"))
+
+
+class PacedSource:
+    """A live camera that delivers one frame per permit (numbered by its pixel value)."""
+
+    ended = False
+    live = True
+
+    def __init__(self) -> None:
+        self.permits = threading.Semaphore(0)
+        self.delivered = 0
+        self.closed = False
+
+    def read(self) -> np.ndarray | None:
+        if not self.permits.acquire(timeout=0.05):
+            return None
+        self.delivered += 1
+        return np.full((8, 8, 3), self.delivered, np.uint8)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_item7_a_live_source_hands_over_the_newest_frame_and_skips_the_backlog() -> None:
+    from edge.see.capture import LatestFrameReader
+
+    source = PacedSource()
+    reader = LatestFrameReader(source, wait_s=5.0)
+    try:
+        for _ in range(5):  # the camera delivers five frames while the detector is busy
+            source.permits.release()
+        deadline = time.monotonic() + 10
+        while source.delivered < 5 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.05)
+        image = reader.read()
+        assert image is not None and int(image[0, 0, 0]) == 5, "the newest frame, not the oldest"
+        assert reader.dropped == 4 and reader.captured_at is not None
+    finally:
+        reader.close()
+    assert source.closed
