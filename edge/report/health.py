@@ -203,6 +203,7 @@ class Health:
         self._frame_times: deque[float] = deque(maxlen=fps_window)
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._ready_out = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- called by the app ------------------------------------------------------------------------
@@ -217,6 +218,7 @@ class Health:
         if send:
             log.info("all components up: notifying systemd READY")
             self.notifier.ready(self.status_line())
+            self._ready_out.set()  # only now may the pinger speak: READY=1 is always the first message
 
     def frame_processed(self, ts: float | None = None, inference_ms: float | None = None) -> None:
         """One frame went camera → detector → tracker → policy → actuators."""
@@ -251,8 +253,7 @@ class Health:
 
     @property
     def ready(self) -> bool:
-        with self._lock:
-            return self._state.ready_sent
+        return self._ready_out.is_set()
 
     def fps(self) -> float:
         with self._lock:
@@ -287,7 +288,7 @@ class Health:
             missing = sorted(self._required - state.components)
             return f"starting: waiting for {', '.join(missing)}"
         age = self.seconds_since_frame()
-        if state.camera != "online" and (age is None or age > self.stale_after_s):
+        if state.camera in ("offline", "frozen") and (age is None or age > self.stale_after_s):
             return f"degraded: camera {state.camera}, holds suppressed; door {state.door}"
         if age is None:
             return f"started, no frame processed yet; camera {state.camera}, door {state.door}"

