@@ -30,7 +30,7 @@ lint:
 	$(BIN)/ruff check .
 
 typecheck:
-	$(BIN)/mypy contract edge fleet
+	$(BIN)/mypy contract edge fleet tools firmware_bridge
 
 unit:
 	$(BIN)/pytest -q

@@ -95,6 +95,8 @@ def test_the_fleet_imports_without_camera_model_or_pin_packages() -> None:
                      "contract.serial_protocol", "fleet.cli", "fleet.api", "fleet.ingest", "fleet.store",
                      "fleet.simulate", "fleet.ca", "firmware_bridge.host"):
             importlib.import_module(name)
+        from fleet.simulate import snapshot_jpeg
+        assert snapshot_jpeg()[:2] == bytes([0xFF, 0xD8])  # the packaged sample, no OpenCV needed
         from fleet.cli import main
         try:
             main(["--help"])

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from gpiozero import DigitalInputDevice, OutputDevice
+from gpiozero import DigitalInputDevice, Factory, OutputDevice
 from gpiozero.exc import BadPinFactory, GPIOZeroError, PinFactoryFallback
 
 from contract.errors import ActuatorError
@@ -137,20 +137,22 @@ def make_pin_factory(name: str) -> Any:
 class GpioActuators:
     """Relay, optional voice-module trigger, beacon and fire-service input on gpiozero pins.
 
-    `pin_factory`: gpiozero's current/default one when None (real pins on the device, MockFactory in
-    tests/demo). No usable GPIO raises ActuatorError with one line that says what to do."""
+    `pin_factory`: gpiozero's pin factory for every pin here (gpiozero's `pin_factory=` argument), e.g. a
+    MockFactory for the demo; None uses gpiozero's default (real pins on the device). Never set globally.
+    No usable GPIO raises ActuatorError with one line that says what to do."""
 
-    def __init__(self, cfg: ActuatorConfig, on_fire: FireCallback | None = None, pin_factory: Any = None) -> None:
+    def __init__(self, cfg: ActuatorConfig, on_fire: FireCallback | None = None,
+                 pin_factory: Factory | None = None) -> None:
         self.cfg = cfg
+        pins = pin_factory
         self.held = False
         self.on_fire = on_fire
         self._lock = threading.Lock()
-        f = pin_factory
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", PinFactoryFallback)  # the error below says it in one line
                 self.relay = OutputDevice(cfg.relay_pin, active_high=cfg.relay_active_high, initial_value=False,
-                                          pin_factory=f)
+                                          pin_factory=pins)
         except BadPinFactory:
             raise ActuatorError("no GPIO on this machine (gpiozero found no pin factory): on a Raspberry Pi 5 "
                                 "install lgpio (pip install 'liftguard[pi]'); elsewhere set actuators.backend to "
@@ -158,17 +160,17 @@ class GpioActuators:
         except (GPIOZeroError, OSError) as exc:
             raise ActuatorError(f"relay pin {cfg.relay_pin}: {exc}") from None
         self.voice_pin = (OutputDevice(cfg.voice.pin, active_high=cfg.voice.active_high, initial_value=False,
-                                       pin_factory=f)
+                                       pin_factory=pins)
                           if cfg.voice.mode == "gpio" and cfg.voice.pin else None)
         self.voice = AlsaVoice(cfg.voice) if cfg.voice.mode == "alsa" else None
-        self.beacon = OutputDevice(cfg.beacon_pin, initial_value=False, pin_factory=f) if cfg.beacon_pin else None
+        self.beacon = OutputDevice(cfg.beacon_pin, initial_value=False, pin_factory=pins) if cfg.beacon_pin else None
         self.fire: DigitalInputDevice | None = None
         if cfg.fire_pin:
             self.fire = DigitalInputDevice(cfg.fire_pin, pull_up=None, active_state=cfg.fire_active_high,
-                                           pin_factory=f)
+                                           pin_factory=pins)
             self.fire.when_activated = lambda: self._fire_changed(True)
             self.fire.when_deactivated = lambda: self._fire_changed(False)
-        self.door = DigitalInputDevice(cfg.door_pin, pull_up=True, pin_factory=f) if cfg.door_pin else None
+        self.door = DigitalInputDevice(cfg.door_pin, pull_up=True, pin_factory=pins) if cfg.door_pin else None
 
     def _fire_changed(self, active: bool) -> None:
         if active:

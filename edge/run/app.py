@@ -30,14 +30,15 @@ import numpy as np
 
 from contract.errors import ConfigError
 from contract.mqtt import EventPayload, HeartbeatPayload
+from contract.stats import percentile
 from edge import __version__
 from edge.act.actuate import Actuators
 from edge.config import Config, merge_fragment
 from edge.decide.detect import Detection, Detector
 from edge.decide.policy import Conditions, Decision, Policy, State, WallClock, same_time
 from edge.decide.track import IouTracker
+from edge.report.commands import check_merged_policy
 from edge.report.events import EventSink
-from edge.run.commands import check_merged_policy
 from edge.see.capture import Frame, ImageBGR
 from edge.see.privacy import blur_faces
 
@@ -94,10 +95,8 @@ class Stats:
     repeated_skipped: int = 0
 
     def percentile(self, values: deque[float], q: float) -> float:
-        if not values:
-            return 0.0
-        ordered = sorted(values)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        """q in 0..1, the house's one nearest-rank percentile (contract.stats)."""
+        return percentile(values, q * 100)
 
 
 class Pipeline:
@@ -186,9 +185,7 @@ class Pipeline:
         detections = self.detector.detect(frame.image)
         inference_ms = (time.perf_counter() - started) * 1000.0
         h, w = frame.image.shape[:2]
-        min_area = self.cfg.policy.min_box_area * w * h
-        detections = [d for d in detections
-                      if d.score >= self.policy.threshold(d.cls) * 0.5 and d.area >= min_area]
+        detections = self.policy.admit(detections, (w, h))
         with self._lock:
             self.camera_ok = camera_ok
             self.stats.inference_ms.append(inference_ms)
@@ -298,7 +295,7 @@ class Pipeline:
         log.info("event %s %s %s", event.type, event.phase, event.event_id)
         self.sink.emit(event, jpeg)
 
-    # --- fleet commands (edge.run.commands.DeviceControl) ---------------------------------------------
+    # --- fleet commands (edge.report.commands.DeviceControl) ---------------------------------------------
 
     def release_hold(self, reason: str) -> bool:
         with self._lock:
@@ -365,7 +362,7 @@ class Pipeline:
         return getattr(self.cfg, section).model_dump(mode="json")
 
     def _update_policy(self, new: Config) -> None:
-        self.policy.cfg = new.policy
+        self.policy.reconfigure(new.policy, self.policy.blocking_enabled)
         self.tracker.merge_iou = new.policy.veto_iou
 
     def _update_tracker(self, new: Config) -> None:
@@ -379,7 +376,7 @@ class Pipeline:
             setattr(self.detector, name, getattr(new.detector, name))
 
     def _update_blocking(self, new: Config) -> None:
-        self.policy.blocking_enabled = new.blocking_enabled
+        self.policy.reconfigure(self.policy.cfg, new.blocking_enabled)
 
     def heartbeat(self, camera_state: str, outbox_depth: int = 0, outbox_evicted: int = 0) -> HeartbeatPayload:
         s = self.stats

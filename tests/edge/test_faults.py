@@ -30,11 +30,11 @@ from edge.config import CameraConfig, Config, MqttConfig, parse_config
 from edge.decide.detect import Detection, OnnxDetector, self_check
 from edge.decide.policy import Policy
 from edge.decide.track import Track
+from edge.report.commands import CommandHandler, SeenCommands
 from edge.report.events import MemorySink
 from edge.report.health import Health
 from edge.report.outbox import Message, Outbox
 from edge.run.app import ClipClock, HoldSupervisor, Pipeline
-from edge.run.commands import CommandHandler, SeenCommands
 from edge.see.capture import Camera, CameraState, FolderReader, Frame
 from tests.edge.link_support import REPO, FakeControl
 from tests.support.onnx_models import brightness_model, constant_model

@@ -1,4 +1,4 @@
-"""config/liftguard.service: the directives the safety case relies on, and `systemd-analyze verify`."""
+"""edge/install/liftguard.service (packaged): the directives the safety case relies on, and `systemd-analyze verify`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.install.provision import DEFAULT_TEMPLATE, render_unit, unit_directives
+from edge.install.provision import DEFAULT_TEMPLATE
+from edge.install.unit import render_unit, unit_directives
 
 UNIT = DEFAULT_TEMPLATE
 SHIPPED_EXEC = "/opt/liftguard/.venv/bin/liftguard"
@@ -116,3 +117,11 @@ def test_the_exposure_check_would_notice_a_weaker_unit(tmp_path: Path) -> None:
     weaker = "\n".join(line for line in UNIT.read_text().splitlines()
                        if not line.startswith(("SystemCallFilter=", "ProtectProc=", "ProcSubset=")))
     assert exposure(weaker, tmp_path) > 2.0
+
+
+def test_the_unit_template_is_package_data_not_a_checkout_path() -> None:
+    from importlib import resources
+
+    packaged = resources.files("edge.install").joinpath("liftguard.service")
+    assert packaged.is_file() and DEFAULT_TEMPLATE.read_text() == packaged.read_text()
+    assert "ExecStart=" in DEFAULT_TEMPLATE.read_text()
