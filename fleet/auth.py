@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from fleet.errors import AuthError
+from fleet.errors import AuthError, Forbidden, NotAuthenticated
 from fleet.store import Store
 
 Role = Literal["manager", "admin"]
@@ -66,7 +66,7 @@ class Principal:
 
     def require(self, role: Role) -> None:
         if role == "admin" and self.role != "admin":
-            raise AuthError("this action needs the admin role")
+            raise Forbidden("this action needs the admin role")
 
 
 class LoginLimiter:
@@ -110,7 +110,7 @@ class LoginLimiter:
             self._failures.pop(username_key, None)
 
 
-class Throttled(AuthError):
+class Throttled(NotAuthenticated):
     def __init__(self, retry_after: float) -> None:
         super().__init__(f"too many failed logins; retry in {retry_after:.0f} s")
         self.retry_after = retry_after
@@ -142,7 +142,7 @@ class Authenticator:
         ok = verify_password(password, user["password_hash"] if user else _DUMMY_HASH)
         if not user or not ok:
             self.limiter.failed(*keys)
-            raise AuthError("wrong username or password")
+            raise NotAuthenticated("wrong username or password")
         self.limiter.succeeded(keys[0])
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         self.store.create_session(_token_hash(token), user["username"], csrf, self.session_ttl_s)
@@ -150,10 +150,10 @@ class Authenticator:
 
     def resolve(self, token: str | None) -> Principal:
         if not token:
-            raise AuthError("not logged in")
+            raise NotAuthenticated("not logged in")
         row = self.store.get_session(_token_hash(token))
         if not row:
-            raise AuthError("session expired or unknown")
+            raise NotAuthenticated("session expired or unknown")
         return Principal(row["username"], row["role"], row["csrf_token"])
 
     def logout(self, token: str) -> None:
