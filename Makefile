@@ -30,7 +30,7 @@ lint:
 	$(BIN)/ruff check .
 
 typecheck:
-	$(BIN)/mypy edge fleet
+	$(BIN)/mypy contract edge fleet
 
 unit:
 	$(BIN)/pytest -q

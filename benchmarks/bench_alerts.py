@@ -30,10 +30,10 @@ sys.path.insert(0, str(REPO))
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from edge.contract import EventPayload  # noqa: E402
-from edge.link import MqttLink  # noqa: E402
-from edge.link_settings import LinkSettings  # noqa: E402
-from edge.outbox import Outbox  # noqa: E402
+from contract.mqtt import EventPayload  # noqa: E402
+from edge.report.link import MqttLink  # noqa: E402
+from edge.report.link_settings import LinkSettings  # noqa: E402
+from edge.report.outbox import Outbox  # noqa: E402
 from tests.support.mosquitto import MosquittoBroker, mosquitto_binary  # noqa: E402
 
 UNIT = "bench-unit"

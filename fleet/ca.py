@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge.contract import UNIT_ID_PATTERN
+from contract.mqtt import UNIT_ID_PATTERN
 from fleet.errors import CertificateError
 
 CA_KEY, CA_CERT = "ca.key", "ca.crt"

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from edge.errors import LiftGuardError
+from contract.errors import LiftGuardError
 
 log = logging.getLogger("fleet")
 

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from edge.errors import ConfigError
+from contract.errors import ConfigError
 
 ENV_PREFIX = "LIFTGUARD_FLEET_"
 

@@ -1,6 +1,6 @@
 """Fleet-side domain exceptions, rooted in the project's LiftGuardError tree."""
 
-from edge.errors import LiftGuardError
+from contract.errors import LiftGuardError
 
 
 class FleetError(LiftGuardError):

@@ -24,8 +24,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge.commands import ConfigReportedPayload
-from edge.contract import (
+from contract.commands import ConfigReportedPayload
+from contract.errors import PayloadError
+from contract.mqtt import (
     MAX_SNAPSHOT_BYTES,
     PREFIX,
     CommandPayload,
@@ -38,7 +39,6 @@ from edge.contract import (
     parse_topic,
     unit_topic,
 )
-from edge.errors import PayloadError
 from fleet.config import FleetSettings
 from fleet.store import IngestBatch, Store
 

@@ -23,7 +23,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.contract import (
+from contract.errors import PayloadError
+from contract.mqtt import (
     CommandPayload,
     CommandResultPayload,
     EventPayload,
@@ -34,7 +35,6 @@ from edge.contract import (
     parse_topic,
     unit_topic,
 )
-from edge.errors import PayloadError
 
 log = logging.getLogger(__name__)
 

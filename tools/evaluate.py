@@ -26,7 +26,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from edge.detect import Detector
+from edge.decide.detect import Detector
 from tools.eval_plots import save_confusion, save_contact_sheet, save_pr_curves
 from tools.features import IMAGE_SUFFIXES, read_yolo_labels
 from tools.metrics import EBIKE, DetectionLike, class_curve, decide, shows_protected, threshold_for, wilson_interval
@@ -39,7 +39,7 @@ BENCH_SIZE = (640, 480)
 
 def load_detector(model_path: Path) -> Detector:
     """The one seam to the device: evaluation runs exactly the code the device runs."""
-    from edge.detect import OnnxDetector
+    from edge.decide.detect import OnnxDetector
 
     return OnnxDetector(model_path, threads=2, min_score=SCORE_FLOOR)
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Response
 
-from edge.contract import EventPayload
+from contract.mqtt import EventPayload
 from fleet.alerts import ALERT_TYPES
 from fleet.auth import Authenticator, Principal
 from fleet.config import FleetSettings

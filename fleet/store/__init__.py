@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from edge.errors import ConfigError
+from contract.errors import ConfigError
 from fleet.store.dashboard import DashboardQueries, day_bounds
 from fleet.store.engine import Cursor, Engine, PostgresEngine, Row, SqliteEngine
 from fleet.store.users import UsersAndSessions

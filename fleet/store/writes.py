@@ -6,8 +6,8 @@ import datetime as dt
 import json
 from dataclasses import dataclass, field
 
-from edge.commands import ConfigReportedPayload
-from edge.contract import CommandResultPayload, EventPayload, HeartbeatPayload, StatusPayload
+from contract.commands import ConfigReportedPayload
+from contract.mqtt import CommandResultPayload, EventPayload, HeartbeatPayload, StatusPayload
 from fleet.store.engine import Cursor, Engine
 
 

@@ -15,9 +15,9 @@ import signal
 import sys
 import time
 
-from edge.link import MqttLink
-from edge.link_settings import LinkSettings
-from edge.outbox import Outbox
+from edge.report.link import MqttLink
+from edge.report.link_settings import LinkSettings
+from edge.report.outbox import Outbox
 from tests.edge.link_support import heartbeat_of, make_event
 
 

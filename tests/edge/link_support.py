@@ -18,9 +18,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from contract.mqtt import EventPayload, HeartbeatPayload
 from edge.config import Config, merge_fragment
-from edge.contract import EventPayload, HeartbeatPayload
-from edge.link_settings import LinkSettings
+from edge.report.link_settings import LinkSettings
 from tests.support.mosquitto import MosquittoBroker
 
 REPO = Path(__file__).resolve().parents[2]

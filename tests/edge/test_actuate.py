@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from edge.actuate import GpioActuators
-from edge.capture import Camera, FolderReader
+from edge.act.actuate import GpioActuators
 from edge.config import ActuatorConfig, parse_config
-from edge.detect import OnnxDetector
-from edge.session import run_service
+from edge.decide.detect import OnnxDetector
+from edge.run.session import run_service
+from edge.see.capture import Camera, FolderReader
 from tests.support.onnx_models import constant_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,10 +119,10 @@ SIGTERM_SCRIPT = textwrap.dedent("""
     from gpiozero import Device
     from gpiozero.pins.mock import MockFactory
     Device.pin_factory = factory = MockFactory()
-    from edge.capture import Camera, FolderReader
+    from edge.see.capture import Camera, FolderReader
     from edge.config import parse_config
-    from edge.detect import OnnxDetector
-    from edge.session import run_service
+    from edge.decide.detect import OnnxDetector
+    from edge.run.session import run_service
 
     def report():
         print("LEVELS", [bool(s.state) for s in factory.pin("GPIO17").states], flush=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from edge.cli import ASSETS, main
+from edge.run.cli import ASSETS, main
 
 
 def test_the_demo_blocks_the_ebike_and_writes_events_and_a_snapshot(tmp_path: Path,

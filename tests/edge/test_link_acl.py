@@ -16,8 +16,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.link import MqttLink
-from edge.outbox import Outbox
+from edge.report.link import MqttLink
+from edge.report.outbox import Outbox
 from tests.edge.link_pki import Authority
 from tests.edge.link_support import REPO, FleetSubscriber, heartbeat_of, make_event, settings_for
 from tests.support.mosquitto import MosquittoBroker

@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.contract import StatusPayload, decode
-from edge.link import MqttLink
-from edge.outbox import Outbox
+from contract.mqtt import StatusPayload, decode
+from edge.report.link import MqttLink
+from edge.report.outbox import Outbox
 from tests.edge.link_support import FakeControl, FleetSubscriber, heartbeat_of, make_event, new_command, settings_for
 from tests.support.mosquitto import MosquittoBroker
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.actuate import LogActuators
-from edge.app import ClipClock, Pipeline
-from edge.capture import Frame
+from edge.act.actuate import LogActuators
 from edge.config import parse_config
-from edge.detect import OnnxDetector
-from edge.events import MemorySink
+from edge.decide.detect import OnnxDetector
+from edge.report.events import MemorySink
+from edge.run.app import ClipClock, Pipeline
+from edge.see.capture import Frame
 from tests.support.onnx_models import constant_model
 
 

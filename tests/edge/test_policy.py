@@ -7,9 +7,9 @@ from collections.abc import Iterable
 import pytest
 
 from edge.config import PolicyConfig
-from edge.detect import Detection
-from edge.policy import Conditions, Decision, Policy, State
-from edge.track import IouTracker
+from edge.decide.detect import Detection
+from edge.decide.policy import Conditions, Decision, Policy, State
+from edge.decide.track import IouTracker
 
 FPS = 10.0
 EBIKE_BOX = (100.0, 100.0, 300.0, 400.0)

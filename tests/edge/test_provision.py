@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from edge.config import load_config
-from edge.provision import (
+from edge.install.provision import (
     UNIT_NAME,
     draw_roi,
     grab_frame,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.provision import DEFAULT_TEMPLATE, render_unit, unit_directives
+from edge.install.provision import DEFAULT_TEMPLATE, render_unit, unit_directives
 
 UNIT = DEFAULT_TEMPLATE
 SHIPPED_EXEC = "/opt/liftguard/.venv/bin/liftguard"

@@ -20,7 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.contract import (
+from contract.mqtt import (
     CommandPayload,
     CommandResultPayload,
     EventPayload,

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.contract import MAX_SNAPSHOT_BYTES, EventPayload, HeartbeatPayload, encode
+from contract.mqtt import MAX_SNAPSHOT_BYTES, EventPayload, HeartbeatPayload, encode
 from fleet.ingest import Rejected, classify
 
 T = "liftguard/v1/units/u-1/"

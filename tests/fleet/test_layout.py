@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi import APIRouter
 
-from edge.contract import EventType
+from contract.mqtt import EventType
 from fleet import web
 from fleet.alerts import ALERT_TYPES, VERDICT_LABELS, VERDICTS
 from fleet.api import create_app

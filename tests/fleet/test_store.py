@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from edge.contract import CommandResultPayload, EventPayload, HeartbeatPayload, StatusPayload
+from contract.mqtt import CommandResultPayload, EventPayload, HeartbeatPayload, StatusPayload
 from fleet.api import write_dataset_zip
 from fleet.store import IngestBatch, Store, day_bounds, local_day
 

@@ -21,10 +21,18 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
-from edge.contract import CommandName, CommandPayload, CommandResultPayload, decode
-from edge.errors import ConfigError, PayloadError
+from contract.commands import (
+    CommandArgs,
+    ConfigReportedPayload,
+    DesiredConfigPayload,
+    NoArgs,
+    ReleaseArgs,
+    SetConfigArgs,
+)
+from contract.errors import ConfigError, PayloadError
+from contract.mqtt import CommandName, CommandPayload, CommandResultPayload, decode
 
 log = logging.getLogger(__name__)
 
@@ -55,42 +63,9 @@ class DeviceControl(Protocol):
 SnapshotSink = Callable[[str, bytes], str]
 
 
-class _Args(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class NoArgs(_Args):
-    pass
-
-
-class ReleaseArgs(_Args):
-    reason: str = Field("remote", min_length=1, max_length=128)
-
-
-class SetConfigArgs(_Args):
-    config: dict[str, Any]
-
-
-class DesiredConfigPayload(_Args):
-    """`config/desired`, retained, fleet → unit."""
-
-    config: dict[str, Any]
-    version: int = Field(0, ge=0)
-
-
-class ConfigReportedPayload(_Args):
-    """`config/reported`, retained, unit → fleet: what the unit runs now (or why it refused)."""
-
-    ok: bool
-    version: int | None = Field(None, ge=0, description="desired version this answers; None for set_config")
-    config: dict[str, Any] = Field(default_factory=dict)
-    detail: str = Field("", max_length=512)
-    ts: float = Field(ge=0)
-
-
 M = TypeVar("M", bound=BaseModel)
 
-_ARGS: dict[str, type[_Args]] = {
+_ARGS: dict[str, type[CommandArgs]] = {
     "release": ReleaseArgs, "enable": NoArgs, "disable": NoArgs, "test_alarm": NoArgs,
     "snapshot": NoArgs, "set_config": SetConfigArgs,
 }
@@ -144,7 +119,7 @@ class CommandHandler:
             self._recent.popitem(last=False)
         return result
 
-    def _execute(self, name: str, command_id: str, args: _Args) -> CommandResultPayload:
+    def _execute(self, name: str, command_id: str, args: CommandArgs) -> CommandResultPayload:
         try:
             ok, detail = self._dispatch(name, command_id, args)
         except ConfigError as exc:
@@ -157,7 +132,7 @@ class CommandHandler:
         log.info("command %s (%s): %s", name, command_id, detail)
         return self._result(command_id, name, ok, detail)
 
-    def _dispatch(self, name: str, command_id: str, args: _Args) -> tuple[bool, str]:
+    def _dispatch(self, name: str, command_id: str, args: CommandArgs) -> tuple[bool, str]:
         control = self.control
         if isinstance(args, ReleaseArgs):
             return True, "released" if control.release_hold(args.reason) else "no hold was active"

@@ -17,15 +17,12 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from edge.errors import ModelError
+from contract.errors import ModelError
+from contract.model_format import FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, PAD_VALUE, REQUIRED_KEYS, letterbox_params
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = "1"
-INPUT_NAME = "images"
-OUTPUT_NAME = "detections"
-REQUIRED_KEYS = ("liftguard_format", "model_id", "classes", "input_size", "mean", "std", "output_layout")
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "liftguard-det.onnx"
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "liftguard-det.onnx"
 
 Box = tuple[float, float, float, float]
 ImageBGR = npt.NDArray[np.uint8]
@@ -117,9 +114,8 @@ class Letterbox:
 
     @classmethod
     def fit(cls, frame_w: int, frame_h: int, input_w: int, input_h: int) -> Letterbox:
-        scale = min(input_w / frame_w, input_h / frame_h)
-        new_w, new_h = round(frame_w * scale), round(frame_h * scale)
-        return cls(scale, (input_w - new_w) // 2, (input_h - new_h) // 2)
+        scale, left, top = letterbox_params(frame_w, frame_h, input_w, input_h)
+        return cls(scale, left, top)
 
     def to_frame(self, boxes: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         out = boxes.copy()
@@ -199,7 +195,7 @@ class OnnxDetector:
         h, w = frame.shape[:2]
         lb = Letterbox.fit(w, h, m.input_w, m.input_h)
         new_w, new_h = round(w * lb.scale), round(h * lb.scale)
-        canvas = np.full((m.input_h, m.input_w, 3), 114, np.uint8)
+        canvas = np.full((m.input_h, m.input_w, 3), PAD_VALUE, np.uint8)
         px, py = int(lb.pad_x), int(lb.pad_y)
         canvas[py:py + new_h, px:px + new_w] = cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_AREA)
         rgb = canvas[:, :, ::-1].astype(np.float32)

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from edge.contract import EventPayload
+from contract.mqtt import EventPayload
 
 log = logging.getLogger(__name__)
 

@@ -27,13 +27,13 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge import ha
-from edge.commands import CommandHandler, DeviceControl
+from contract.mqtt import MAX_SNAPSHOT_BYTES, EventPayload, HeartbeatPayload, StatusPayload, encode, unit_topic
 from edge.config import Config
-from edge.contract import MAX_SNAPSHOT_BYTES, EventPayload, HeartbeatPayload, StatusPayload, encode, unit_topic
-from edge.link_settings import LinkSettings
-from edge.outbox import Message, Outbox
-from edge.privacy import PixelBox, blur_faces
+from edge.report import ha
+from edge.report.link_settings import LinkSettings
+from edge.report.outbox import Message, Outbox
+from edge.run.commands import CommandHandler, DeviceControl
+from edge.see.privacy import PixelBox, blur_faces
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ _ACCEPTED_RC = (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN) 
 
 
 class Counters(Protocol):
-    """Where rejected commands etc. are counted (edge.health.Metrics fits)."""
+    """Where rejected commands etc. are counted (edge.report.health.Metrics fits)."""
 
     def inc(self, name: str, by: int = 1) -> None: ...
 

@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from contract.errors import CameraError
 from edge.config import CameraConfig
-from edge.errors import CameraError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from edge.detect import Box, Detection, iou
+from edge.decide.detect import Box, Detection, iou
 
 
 @dataclass(frozen=True)

@@ -21,16 +21,16 @@ from typing import Any
 import cv2
 import numpy as np
 
+from contract.mqtt import EventPayload, HeartbeatPayload
 from edge import __version__
-from edge.actuate import Actuators
-from edge.capture import Frame, ImageBGR
+from edge.act.actuate import Actuators
 from edge.config import Config, merge_fragment
-from edge.contract import EventPayload, HeartbeatPayload
-from edge.detect import Detection, Detector
-from edge.events import EventSink
-from edge.policy import Conditions, Decision, Policy, State
-from edge.privacy import blur_faces
-from edge.track import IouTracker
+from edge.decide.detect import Detection, Detector
+from edge.decide.policy import Conditions, Decision, Policy, State
+from edge.decide.track import IouTracker
+from edge.report.events import EventSink
+from edge.see.capture import Frame, ImageBGR
+from edge.see.privacy import blur_faces
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class Pipeline:
         log.info("event %s %s %s", event.type, event.phase, event.event_id)
         self.sink.emit(event, jpeg)
 
-    # --- fleet commands (edge.commands.DeviceControl) ---------------------------------------------
+    # --- fleet commands (edge.run.commands.DeviceControl) ---------------------------------------------
 
     def release_hold(self, reason: str) -> bool:
         with self._lock:

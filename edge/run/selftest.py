@@ -40,11 +40,11 @@ from typing import Any, Literal, Protocol, TextIO
 import cv2
 import numpy as np
 
+from contract.errors import ConfigError, LiftGuardError
+from contract.mqtt import unit_topic
 from edge.config import Config, load_config
-from edge.contract import unit_topic
-from edge.errors import ConfigError, LiftGuardError
-from edge.health import percentile
-from edge.provision import DEFAULT_CONFIG_PATH, REFERENCE_NAME, Frame, grab_frame
+from edge.install.provision import DEFAULT_CONFIG_PATH, REFERENCE_NAME, Frame, grab_frame
+from edge.report.health import percentile
 
 Status = Literal["PASS", "FAIL", "SKIP"]
 CHECK_NAMES = ("clock", "ntp", "camera", "view", "model", "relay", "fire", "speaker", "broker")
@@ -75,7 +75,7 @@ DetectorFactory = Callable[[Config], DetectorLike]
 
 
 def default_detector(config: Config) -> DetectorLike:
-    from edge.detect import OnnxDetector  # imported here: onnxruntime is heavy and only this check needs it
+    from edge.decide.detect import OnnxDetector  # imported here: onnxruntime is heavy and only this check needs it
 
     d = config.detector
     return OnnxDetector(d.model_path or None, threads=d.threads, min_score=d.min_score, nms_iou=d.nms_iou)
@@ -410,7 +410,7 @@ class SelfTest:
         with tempfile.TemporaryDirectory(prefix="liftguard-selftest-") as tmp:
             wav = voice.wav_path
             if not wav:
-                from edge.actuate import write_warning_chime
+                from edge.act.actuate import write_warning_chime
 
                 wav = str(write_warning_chime(Path(tmp) / "warning.wav"))
             try:
@@ -430,7 +430,7 @@ class SelfTest:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
-        from edge.link_settings import LinkSettings
+        from edge.report.link_settings import LinkSettings
 
         with _credentials_env(self.config_path):
             try:

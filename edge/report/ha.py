@@ -18,7 +18,7 @@ import logging
 import re
 from typing import get_args
 
-from edge.contract import EventType, unit_topic
+from contract.mqtt import EventType, unit_topic
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import numpy.typing as npt
 log = logging.getLogger(__name__)
 
 Image = npt.NDArray[np.uint8]
-PixelBox = tuple[float, float, float, float]  # x1, y1, x2, y2 in frame pixels (edge.detect.Detection.box)
+PixelBox = tuple[float, float, float, float]  # x1, y1, x2, y2 in frame pixels (edge.decide.detect.Detection.box)
 CASCADE_NAME = "haarcascade_frontalface_default.xml"
 HEAD_FRACTION = 0.2
 MOSAIC_CELLS = 8  # a blurred region keeps at most this many blocks across: no identifiable face

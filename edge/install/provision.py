@@ -40,9 +40,9 @@ import cv2
 import numpy as np
 import yaml
 
+from contract.errors import ConfigError, LiftGuardError
+from contract.mqtt import UNIT_ID_PATTERN
 from edge.config import parse_config, parse_yaml
-from edge.contract import UNIT_ID_PATTERN
-from edge.errors import ConfigError, LiftGuardError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ ROI_PREVIEW_NAME = "roi.png"
 CREDENTIALS_DIRNAME = "credentials"
 PASSWORD_NAME = "mqtt-password"
 CA_NAME, CERT_NAME, KEY_NAME = "ca.crt", "unit.crt", "unit.key"
-DEFAULT_TEMPLATE = Path(__file__).resolve().parent.parent / "config" / UNIT_NAME
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "config" / UNIT_NAME
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 HEADER = ("# LiftGuard unit config, written by `liftguard provision` (re-run it to change the answers).\n"
           "# Fields not listed here have their defaults; `liftguard config schema` documents every field.\n")

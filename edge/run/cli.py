@@ -11,12 +11,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from contract.errors import LiftGuardError
 from edge import __version__
-from edge.errors import LiftGuardError
 
 log = logging.getLogger("liftguard")
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEMO_CLIP = ASSETS / "demo_clip.mp4"
 
 
@@ -40,7 +40,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from edge.session import DemoOptions, run_demo
+    from edge.run.session import DemoOptions, run_demo
 
     return run_demo(DemoOptions(clip=Path(args.clip), events_out=Path(args.events_out),
                                 snapshot_out=Path(args.snapshot_out), model=args.model, mqtt_url=args.mqtt,
@@ -48,7 +48,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from edge.session import DemoOptions, run_demo
+    from edge.run.session import DemoOptions, run_demo
 
     return run_demo(DemoOptions(clip=Path(args.source), events_out=Path(args.events_out) if args.events_out else None,
                                 snapshot_out=Path(args.snapshot_out) if args.snapshot_out else None,
@@ -58,7 +58,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from edge.config import load_config
-    from edge.session import run_service
+    from edge.run.session import run_service
 
     return run_service(load_config(args.config), stop=threading.Event())
 
@@ -105,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 # Subcommands owned by other modules take their own arguments.
 DELEGATED = {
     "eval": ("tools.evaluate", "main"),
-    "provision": ("edge.provision", "provision_main"),
-    "selftest": ("edge.selftest", "selftest_main"),
+    "provision": ("edge.install.provision", "provision_main"),
+    "selftest": ("edge.run.selftest", "selftest_main"),
 }
 
 

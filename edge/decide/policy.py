@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from contract.mqtt import EventPayload, EventTimes, EventType
 from edge.config import PolicyConfig
-from edge.contract import EventPayload, EventTimes, EventType
-from edge.track import Track
+from edge.decide.track import Track
 
 DEFAULT_THRESHOLD = 0.5
 

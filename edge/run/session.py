@@ -16,14 +16,14 @@ import cv2
 import numpy as np
 from gpiozero import Device
 
-from edge.actuate import Actuators, FireCallback, GpioActuators, LogActuators
-from edge.app import ClipClock, Pipeline, clip_frames, install_exit_guards, replay
-from edge.capture import Camera, CvReader, FolderReader, RawReader, source_fps
+from contract.errors import CameraError
+from edge.act.actuate import Actuators, FireCallback, GpioActuators, LogActuators
 from edge.config import Config, load_config, parse_config
-from edge.detect import Detector, OnnxDetector
-from edge.errors import CameraError
-from edge.events import EventSink, FanOut, JsonlSink, MemorySink
-from edge.health import Health
+from edge.decide.detect import Detector, OnnxDetector
+from edge.report.events import EventSink, FanOut, JsonlSink, MemorySink
+from edge.report.health import Health
+from edge.run.app import ClipClock, Pipeline, clip_frames, install_exit_guards, replay
+from edge.see.capture import Camera, CvReader, FolderReader, RawReader, source_fps
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def build_actuators(cfg: Config, on_fire: FireCallback | None = None) -> Actuato
 
 def _start_link(cfg: Config, pipeline: Pipeline, fan_out: FanOut, camera_state: Callable[[], str]) -> Any:
     """The MQTT link as one more event sink, answering fleet commands through the pipeline."""
-    from edge.link import MqttLink
+    from edge.report.link import MqttLink
 
     # Snapshots are anonymised by the pipeline with its person boxes; the link must not pixelate again.
     link_cfg = cfg.model_copy(update={"events": cfg.events.model_copy(update={"blur_faces": False})})
