@@ -38,6 +38,21 @@ class FleetSettings(BaseModel):
     silence_s: float = Field(90.0, ge=5, le=86400, description="no heartbeat this long = offline")
     batch_max: int = Field(2000, ge=1, le=100_000, description="most messages per DB transaction")
     batch_window_ms: float = Field(25.0, ge=0, le=5000, description="wait this long to fill a batch")
+    max_clock_ahead_s: float = Field(
+        86400.0, ge=60, le=366 * 86400,
+        description="an event or config report stamped further ahead of the server clock is quarantined")
+    max_event_age_s: float = Field(
+        90 * 86400.0, ge=3600, le=10 * 366 * 86400,
+        description="an event or config report stamped further in the past is quarantined (an outbox that "
+                    "waited longer than this, or a unit clock reset to 1970)")
+    max_ingest_lag_s: float = Field(30.0, ge=1, le=86400,
+                                    description="/healthz reports degraded when ingest falls this far behind")
+    unit_rate_per_s: float = Field(20.0, gt=0, le=100_000,
+                                   description="messages per second a unit may send on average (token bucket)")
+    unit_burst: int = Field(200, ge=1, le=1_000_000, description="messages a unit may send at once")
+    snapshot_quota_mb: float = Field(100.0, gt=0, le=1_000_000, description="most snapshot storage per unit")
+    snapshot_total_mb: float = Field(10_000.0, gt=0, le=100_000_000, description="most snapshot storage in all")
+    snapshot_max_age_days: float = Field(180.0, gt=0, le=36_600, description="snapshots older than this go")
     session_ttl_s: float = Field(12 * 3600, ge=60, le=30 * 86400)
     cookie_secure: bool = Field(False, description="set the Secure cookie flag (behind HTTPS)")
     login_max_failures: int = Field(5, ge=1, le=1000, description="per user and per client address")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, HTTPException, Request
@@ -30,14 +31,24 @@ def _client(request: Request) -> str:
 
 @router.get("/healthz", tags=["public"])
 def health(ctx: Ctx) -> JSONResponse:
+    """`ok` (200) or `degraded` (503) with the `problems`: the database does not answer, the broker is
+    unreachable, store writes fail, or ingest lags more than `max_ingest_lag_s`."""
+    problems: list[str] = []
     try:
         ctx.store.query("SELECT 1 AS ok")
         db_ok = True
-    except Exception:  # health must answer, whatever the failure
+    except Exception as exc:  # health must answer, whatever the failure
         db_ok = False
+        problems.append(f"database: {type(exc).__name__}")
+    ingest = ctx.ingestor.health() if ctx.ingestor else None
+    if ingest:
+        problems += ingest["problems"]
     mqtt_ok = bool(ctx.ingestor and ctx.ingestor.connected.is_set())
-    body = {"status": "ok" if db_ok else "degraded", "db": db_ok, "mqtt": mqtt_ok}
-    return JSONResponse(body, status_code=200 if db_ok else 503)
+    body: dict[str, Any] = {"status": "degraded" if problems else "ok", "db": db_ok, "mqtt": mqtt_ok,
+                            "problems": problems}
+    if ingest:
+        body["ingest"] = {k: v for k, v in ingest.items() if k != "problems"}
+    return JSONResponse(body, status_code=503 if problems else 200)
 
 
 @router.get("/login", response_class=HTMLResponse, tags=["public"])

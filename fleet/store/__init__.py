@@ -11,9 +11,9 @@ from contract.errors import ConfigError
 from fleet.store.dashboard import DashboardQueries, day_bounds
 from fleet.store.engine import Cursor, Engine, PostgresEngine, Row, SqliteEngine
 from fleet.store.users import UsersAndSessions
-from fleet.store.writes import IngestBatch, IngestWrites, local_day
+from fleet.store.writes import IngestBatch, IngestWrites, Quarantined, local_day
 
-__all__ = ["Cursor", "DashboardQueries", "Engine", "IngestBatch", "IngestWrites", "PostgresStore", "Row",
+__all__ = ["Cursor", "DashboardQueries", "Engine", "IngestBatch", "IngestWrites", "PostgresStore", "Quarantined", "Row",
            "SqliteStore", "Store", "UsersAndSessions", "day_bounds", "local_day"]
 
 

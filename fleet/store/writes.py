@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from contract.commands import ConfigReportedPayload
 from contract.mqtt import CommandResultPayload, EventPayload, HeartbeatPayload, StatusPayload
-from fleet.store.engine import Cursor, Engine
+from fleet.store.engine import Cursor, Engine, Row
 
 
 def local_day(ts: float, tz: dt.tzinfo) -> str:
@@ -32,6 +35,8 @@ class IngestBatch:
     snapshots: list[tuple[str, str, bytes, float]] = field(default_factory=list)
     cmd_results: list[tuple[str, CommandResultPayload, float]] = field(default_factory=list)
     config_reports: dict[str, tuple[ConfigReportedPayload, float]] = field(default_factory=dict)
+    # Filled by write_batch: snapshots no stored event refers to (yet), not written.
+    orphan_snapshots: list[tuple[str, str, bytes, float]] = field(default_factory=list)
 
     def add_config_report(self, unit_id: str, report: ConfigReportedPayload, received_at: float) -> None:
         current = self.config_reports.get(unit_id)
@@ -60,26 +65,120 @@ class IngestBatch:
 
 
 
+@dataclass(frozen=True)
+class Quarantined:
+    """A message set aside: who sent it, what it was, why it was not stored, and when it arrived."""
+
+    unit_id: str
+    kind: str
+    reason: str
+    payload: str
+    received_at: float
+
+
 class IngestWrites(Engine):
     """Writes of the MQTT ingest (one writer thread per server)."""
 
-    def write_batch(self, batch: IngestBatch) -> list[EventPayload]:
-        """Apply one batch atomically; returns the events that were new (not duplicates)."""
+    def write_batch(self, batch: IngestBatch, unit_snapshot_quota: int | None = None) -> list[EventPayload]:
+        """Apply one batch atomically; returns the events that were new (not duplicates). Snapshots that no
+        stored event names are left out, in `batch.orphan_snapshots`; a unit's snapshots beyond
+        `unit_snapshot_quota` bytes are deleted oldest first."""
         with self.transaction() as cur:
             # Heartbeats first, then only statuses newer than the unit's heartbeat in this batch:
             # an LWT `offline` after the last beat must win, an old `offline` must not.
             self._write_heartbeats(cur, batch)
             self._write_statuses(cur, batch)
             new_events = self._write_events(cur, batch)
-            self._xmany(cur, "INSERT INTO snapshots (unit_id, snapshot_id, received_at, data) VALUES (?, ?, ?, ?) "
-                             "ON CONFLICT (unit_id, snapshot_id) DO NOTHING",
-                        [(u, s, at, data) for u, s, data, at in batch.snapshots])
+            self._write_snapshots(cur, batch, unit_snapshot_quota)
             # A unit may only answer commands that were sent to it.
             self._xmany(cur, "UPDATE commands SET result_ok = ?, result_detail = ?, result_at = ? "
                              "WHERE command_id = ? AND unit_id = ?",
                         [(int(r.ok), r.detail, at, r.command_id, unit) for unit, r, at in batch.cmd_results])
             self._write_config_reports(cur, batch)
         return new_events
+
+    def _write_snapshots(self, cur: Cursor, batch: IngestBatch, quota: int | None) -> None:
+        """Only snapshots an event of the same unit names (or a `snapshot` command sent to it) are kept; events
+        are written first, so those of this batch count. Then the unit's oldest go until it is within its quota."""
+        batch.orphan_snapshots = []
+        if not batch.snapshots:
+            return
+        wanted: dict[str, set[str]] = {}
+        for unit, snap, _, _ in batch.snapshots:
+            wanted.setdefault(unit, set()).add(snap)
+        known: set[tuple[str, str]] = set()
+        for unit, snaps in wanted.items():
+            ids = sorted(snaps)
+            marks = ",".join("?" * len(ids))
+            # An event's snapshot, or the answer to a `snapshot` command the fleet sent this unit.
+            known.update((unit, r[0]) for r in self._x(
+                cur, f"SELECT snapshot_id FROM events WHERE unit_id = ? AND snapshot_id IN ({marks}) "
+                     f"UNION SELECT command_id FROM commands WHERE unit_id = ? AND name = 'snapshot' "
+                     f"AND command_id IN ({marks})", [unit, *ids, unit, *ids]).fetchall())
+        rows = []
+        for item in batch.snapshots:
+            unit, snap, data, at = item
+            if (unit, snap) in known:
+                rows.append((unit, snap, at, data, len(data)))
+            else:
+                batch.orphan_snapshots.append(item)
+        self._xmany(cur, "INSERT INTO snapshots (unit_id, snapshot_id, received_at, data, size_bytes) "
+                         "VALUES (?, ?, ?, ?, ?) ON CONFLICT (unit_id, snapshot_id) DO NOTHING", rows)
+        if quota is not None:
+            for unit in {r[0] for r in rows}:
+                self._trim(cur, "unit_id = ?", [unit], quota)
+
+    def _trim(self, cur: Cursor, where: str, params: list[Any], max_bytes: int) -> int:
+        """Delete the oldest snapshots matching `where` until they total at most `max_bytes`; returns how many."""
+        sizes = self._x(cur, f"SELECT unit_id, snapshot_id, size_bytes FROM snapshots WHERE {where} "
+                             "ORDER BY received_at DESC, snapshot_id DESC", params).fetchall()
+        total, doomed = 0, []
+        for unit, snap, size in sizes:
+            total += int(size or 0)
+            if total > max_bytes:
+                doomed.append((unit, snap))
+        self._xmany(cur, "DELETE FROM snapshots WHERE unit_id = ? AND snapshot_id = ?", doomed)
+        return len(doomed)
+
+    def prune_snapshots(self, older_than: float, max_total_bytes: int) -> int:
+        """Retention: drop snapshots received before `older_than`, then the oldest beyond `max_total_bytes`."""
+        with self.transaction() as cur:
+            aged = self._x(cur, "DELETE FROM snapshots WHERE received_at < ?", (older_than,)).rowcount
+            return max(0, aged) + self._trim(cur, "1 = 1", [], max_total_bytes)
+
+    def snapshot_bytes(self, unit_id: str | None = None) -> int:
+        where, params = ("unit_id = ?", [unit_id]) if unit_id else ("1 = 1", [])
+        with self.transaction() as cur:
+            row = self._x(cur, f"SELECT COALESCE(SUM(size_bytes), 0) FROM snapshots WHERE {where}", params).fetchone()
+        return int(row[0])
+
+    # -- quarantine ---------------------------------------------------------------------------
+    def quarantine(self, items: Sequence[Quarantined], per_unit_cap: int = 1000) -> int:
+        """Keep messages that could not be stored, with their reason; a message seen again counts up. A unit
+        with `per_unit_cap` rows gets no new ones (returns how many were stored or counted)."""
+        kept = 0
+        with self.transaction() as cur:
+            for q in items:
+                key = hashlib.sha256(f"{q.unit_id}\0{q.kind}\0{q.payload}".encode()).hexdigest()
+                seen = self._x(cur, "UPDATE quarantine SET times_seen = times_seen + 1, last_seen_at = ? "
+                                    "WHERE quarantine_id = ?", (q.received_at, key)).rowcount
+                if seen:
+                    kept += 1
+                    continue
+                n = self._x(cur, "SELECT COUNT(*) FROM quarantine WHERE unit_id = ?", (q.unit_id,)).fetchone()[0]
+                if int(n) >= per_unit_cap:
+                    continue
+                self._x(cur, "INSERT INTO quarantine (quarantine_id, unit_id, kind, reason, payload, received_at, "
+                             "last_seen_at, times_seen) VALUES (?, ?, ?, ?, ?, ?, ?, 1) "
+                             "ON CONFLICT (quarantine_id) DO NOTHING",
+                        (key, q.unit_id, q.kind, q.reason[:1000], q.payload, q.received_at, q.received_at))
+                kept += 1
+        return kept
+
+    def list_quarantine(self, limit: int = 100) -> list[Row]:
+        with self.transaction() as cur:
+            return self._rows(self._x(cur, "SELECT * FROM quarantine ORDER BY last_seen_at DESC LIMIT ?",
+                                      (max(1, min(limit, 1000)),)))
 
     def _write_config_reports(self, cur: Cursor, batch: IngestBatch) -> None:
         rows = [(unit, at, int(r.ok), r.version, r.detail, json.dumps(r.config) if r.config else None, r.ts, at)

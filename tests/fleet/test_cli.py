@@ -20,7 +20,7 @@ from tests.support.mosquitto import MosquittoBroker, free_port
 def test_migrate_reports_the_schema_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = f"sqlite:///{tmp_path / 'f.db'}"
     assert main(["migrate", "--db", db]) == 0
-    assert "schema version 2; applied: 0001_initial.sql, 0002_config_reported.sql" in capsys.readouterr().out
+    assert "schema version 3; applied: 0001_initial.sql, 0002_config_reported.sql, 0003_quarantine_and_snapshot_sizes.sql" in capsys.readouterr().out
     assert main(["migrate", "--db", db]) == 0
     assert "applied: nothing" in capsys.readouterr().out
 
@@ -58,7 +58,7 @@ def test_serve_runs_ingest_and_http_until_terminated(mosquitto: MosquittoBroker,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         health = wait_until(lambda: _get(f"http://127.0.0.1:{port}/healthz"), timeout=20)
-        assert health == {"status": "ok", "db": True, "mqtt": True}
+        assert (health["status"], health["db"], health["mqtt"]) == ("ok", True, True)
         assert httpx.get(f"http://127.0.0.1:{port}/api/units").status_code == 401
     finally:
         proc.send_signal(signal.SIGTERM)
