@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from contract.mqtt import EventPayload, HeartbeatPayload, encode
+from contract.mqtt import HeartbeatPayload, encode
 from fleet.ingest import Rejected, classify
 from tests.fleet.conftest import FakeUnit, RunningFleet, start_fleet, wait_until
 from tests.support.mosquitto import MosquittoBroker, free_port
