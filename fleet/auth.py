@@ -9,7 +9,6 @@ token that state-changing requests must echo in a header.
 from __future__ import annotations
 
 import base64
-import collections
 import hashlib
 import hmac
 import secrets
@@ -69,55 +68,69 @@ class Principal:
             raise Forbidden("this action needs the admin role")
 
 
-class LoginLimiter:
-    """Sliding-window count of failed logins per key (username, client address)."""
+class LoginThrottle:
+    """Wrong passwords per (client address, username). The first `free_failures` cost nothing; each one after
+    that doubles the wait before the next try of that user from that address (`base_delay_s`, 2x, 4x, ... at
+    most `max_delay_s`). There is no lockout: once the wait has passed a right password logs in, and other
+    users (or this user from elsewhere) are never slowed. Failures are forgotten `forget_after_s` after the
+    last one, or on success."""
 
-    def __init__(self, max_failures: int, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_failures = max_failures
-        self.window_s = window_s
+    def __init__(self, free_failures: int = 3, base_delay_s: float = 1.0, max_delay_s: float = 60.0,
+                 forget_after_s: float = 900.0, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = 100_000) -> None:
+        self.free_failures = free_failures
+        self.base_delay_s = base_delay_s
+        self.max_delay_s = max_delay_s
+        self.forget_after_s = forget_after_s
         self._clock = clock
-        self._failures: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+        self._max_keys = max_keys
+        self._state: dict[tuple[str, str], tuple[int, float]] = {}  # key -> (failures, last failure)
         self._lock = threading.Lock()
 
-    def _now(self) -> float:
-        return self._clock()
+    @staticmethod
+    def _key(address: str, username: str) -> tuple[str, str]:
+        return address, username.strip().lower()
 
-    def _recent(self, key: str, now: float) -> collections.deque[float]:
-        times = self._failures[key]
-        while times and times[0] <= now - self.window_s:
-            times.popleft()
-        return times
+    def delay_after(self, failures: int) -> float:
+        """The wait that `failures` consecutive wrong passwords impose before the next try."""
+        extra = failures - self.free_failures
+        if extra <= 0:
+            return 0.0
+        return float(min(self.max_delay_s, self.base_delay_s * 2 ** min(extra - 1, 30)))
 
-    def retry_after(self, *keys: str) -> float:
-        """Seconds until a login may be tried again; 0 when allowed."""
-        now = self._now()
-        wait = 0.0
+    def retry_after(self, address: str, username: str) -> float:
+        """Seconds until this user may try again from this address; 0 when allowed now."""
+        now = self._clock()
         with self._lock:
-            for key in keys:
-                times = self._recent(key, now)
-                if len(times) >= self.max_failures:
-                    wait = max(wait, times[0] + self.window_s - now)
-        return wait
+            failures, last = self._state.get(self._key(address, username), (0, 0.0))
+        if failures == 0 or now - last > self.forget_after_s:
+            return 0.0
+        return max(0.0, last + self.delay_after(failures) - now)
 
-    def failed(self, *keys: str) -> None:
-        now = self._now()
+    def failed(self, address: str, username: str) -> None:
+        now = self._clock()
+        key = self._key(address, username)
         with self._lock:
-            for key in keys:
-                self._recent(key, now).append(now)
+            failures, last = self._state.get(key, (0, 0.0))
+            if now - last > self.forget_after_s:
+                failures = 0
+            if key not in self._state and len(self._state) >= self._max_keys:
+                self._state = {k: v for k, v in self._state.items() if now - v[1] <= self.forget_after_s}
+            self._state[key] = (failures + 1, now)
 
-    def succeeded(self, username_key: str) -> None:
+    def succeeded(self, address: str, username: str) -> None:
         with self._lock:
-            self._failures.pop(username_key, None)
+            self._state.pop(self._key(address, username), None)
 
 
 class Throttled(NotAuthenticated):
     def __init__(self, retry_after: float) -> None:
-        super().__init__(f"too many failed logins; retry in {retry_after:.0f} s")
+        super().__init__(f"too many failed logins; retry in {max(1, round(retry_after))} s")
         self.retry_after = retry_after
 
 
 class Authenticator:
-    def __init__(self, store: Store, session_ttl_s: float, limiter: LoginLimiter) -> None:
+    def __init__(self, store: Store, session_ttl_s: float, limiter: LoginThrottle) -> None:
         self.store = store
         self.session_ttl_s = session_ttl_s
         self.limiter = limiter
@@ -133,17 +146,16 @@ class Authenticator:
         self.store.add_user(username, role, hash_password(password))
 
     def login(self, username: str, password: str, client: str) -> tuple[str, Principal]:
-        """Returns (cookie token, principal); raises Throttled or AuthError."""
-        keys = (f"user:{username.lower()}", f"addr:{client}")
-        wait = self.limiter.retry_after(*keys)
+        """Returns (cookie token, principal); raises Throttled or AuthError. `client` is the caller's address."""
+        wait = self.limiter.retry_after(client, username)
         if wait > 0:
             raise Throttled(wait)
         user = self.store.get_user(username)
         ok = verify_password(password, user["password_hash"] if user else _DUMMY_HASH)
         if not user or not ok:
-            self.limiter.failed(*keys)
+            self.limiter.failed(client, username)
             raise NotAuthenticated("wrong username or password")
-        self.limiter.succeeded(keys[0])
+        self.limiter.succeeded(client, username)
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         self.store.create_session(_token_hash(token), user["username"], csrf, self.session_ttl_s)
         return token, Principal(user["username"], user["role"], csrf)

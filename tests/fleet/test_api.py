@@ -16,7 +16,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
 from fleet import web
-from fleet.auth import LoginLimiter, hash_password, verify_password
+from fleet.auth import hash_password, verify_password
 from fleet.store import IngestBatch
 from tests.fleet.conftest import PASSWORD, FakeUnit, RunningFleet, start_fleet, wait_until
 from tests.support.mosquitto import MosquittoBroker
@@ -74,24 +74,6 @@ def test_passwords_are_scrypt_hashed_with_their_parameters() -> None:
     assert verify_password("s3cret-passphrase", encoded)
     assert not verify_password("s3cret-passphrasE", encoded)
     assert not verify_password("anything", "md5$garbage")
-
-
-def test_login_is_rate_limited_per_user_and_address(fleet: RunningFleet) -> None:
-    client = httpx.Client(base_url=fleet.url)
-    for _ in range(fleet.ctx.settings.login_max_failures):
-        assert client.post("/api/login", json={"username": "admin", "password": "wrong"}).status_code == 401
-    blocked = client.post("/api/login", json={"username": "admin", "password": PASSWORD})
-    assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) > 0
-
-
-def test_login_limiter_window_slides() -> None:
-    now = [0.0]
-    limiter = LoginLimiter(max_failures=2, window_s=10, clock=lambda: now[0])
-    limiter.failed("user:a")
-    limiter.failed("user:a")
-    assert limiter.retry_after("user:a") == 10
-    now[0] = 10.5
-    assert limiter.retry_after("user:a") == 0
 
 
 def test_state_changes_need_the_sessions_csrf_token(fleet: RunningFleet,
