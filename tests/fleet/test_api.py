@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute
 from fleet import web
 from fleet.auth import hash_password, verify_password
 from fleet.store import IngestBatch
-from tests.fleet.conftest import PASSWORD, FakeUnit, RunningFleet, start_fleet, wait_until
+from tests.fleet.conftest import FakeUnit, RunningFleet, start_fleet, wait_until
 from tests.support.mosquitto import MosquittoBroker
 
 PUBLIC = {"/healthz", "/login", "/api/login"}

@@ -90,7 +90,7 @@ def test_x_forwarded_for_is_believed_only_from_a_configured_proxy(fleet: Running
 def test_the_proxy_setting_refuses_what_is_not_an_address() -> None:
     assert load_settings({"trusted_proxies": "10.0.0.1, 10.1.0.0/16"}, environ={}).trusted_proxies == \
         ("10.0.0.1", "10.1.0.0/16")
-    with pytest.raises(ConfigError, match="trusted_proxies.*'proxy.local' is not an IP address or network"):
+    with pytest.raises(ConfigError, match=r"trusted_proxies.*'proxy\.local' is not an IP address or network"):
         load_settings({"trusted_proxies": "proxy.local"}, environ={})
 
 
