@@ -1,9 +1,9 @@
 """Users, password hashing, sessions and login throttling — no web framework in here.
 
-Passwords: hashlib.scrypt (memory-hard, stdlib), parameters stored with each hash so they can be
-raised later without invalidating old ones. Sessions: a random cookie token; the database keeps
-only its SHA-256, so a leaked database holds no usable session. Each session carries its own CSRF
-token that state-changing requests must echo in a header.
+Passwords: argon2id (argon2-cffi), parameters stored with each hash so they can be raised later; hashes
+from before (hashlib.scrypt) still verify and are rehashed at the user's next login. Sessions: a random
+cookie token; the database keeps only its SHA-256, so a leaked database holds no usable session. Each
+session carries its own CSRF token that state-changing requests must echo in a header.
 """
 
 from __future__ import annotations
@@ -18,31 +18,50 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import argon2
+
 from fleet.errors import AuthError, Forbidden, NotAuthenticated
 from fleet.store import Store
 
 Role = Literal["manager", "admin"]
 ROLES: tuple[Role, ...] = ("manager", "admin")
-# n=2**14, r=8 costs 16 MiB and ~50 ms per attempt: cheap for one login, ruinous for a brute force.
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 MIN_PASSWORD_LEN = 10
+# argon2id with argon2-cffi's defaults (RFC 9106 low-memory profile: t=3, 64 MiB, p=4); the parameters travel
+# in each hash, so raising them later rehashes old users at their next login.
+_HASHER = argon2.PasswordHasher()
+# Hashes written before argon2: hashlib.scrypt, still verified (then rehashed on login).
+_LEGACY_SCRYPT_MAXMEM = 128 * 1024 * 1024
 
 
-def hash_password(password: str, *, n: int = SCRYPT_N) -> str:
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
-    b64 = base64.b64encode
-    return f"scrypt${n}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+def hash_password(password: str) -> str:
+    return _HASHER.hash(password)
 
 
 def verify_password(password: str, encoded: str) -> bool:
+    if encoded.startswith("scrypt$"):
+        return _verify_scrypt(password, encoded)
     try:
-        scheme, n, r, p, salt, digest = encoded.split("$")
-        if scheme != "scrypt":
-            return False
+        return _HASHER.verify(encoded, password)
+    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+        return False
+
+
+def needs_rehash(encoded: str) -> bool:
+    """True for a legacy scrypt hash or argon2 parameters below today's."""
+    if not encoded.startswith("$argon2"):
+        return True
+    try:
+        return _HASHER.check_needs_rehash(encoded)
+    except argon2.exceptions.InvalidHashError:
+        return True
+
+
+def _verify_scrypt(password: str, encoded: str) -> bool:
+    try:
+        _scheme, n, r, p, salt, digest = encoded.split("$")
         expected = base64.b64decode(digest)
         actual = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
-                                dklen=len(expected), maxmem=128 * 1024 * 1024)
+                                dklen=len(expected), maxmem=_LEGACY_SCRYPT_MAXMEM)
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(actual, expected)
@@ -156,6 +175,9 @@ class Authenticator:
             self.limiter.failed(client, username)
             raise NotAuthenticated("wrong username or password")
         self.limiter.succeeded(client, username)
+        if needs_rehash(user["password_hash"]):
+            # The password is at hand only now: move an old scrypt hash (or weaker parameters) to argon2id.
+            self.store.set_password_hash(user["username"], hash_password(password))
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         self.store.create_session(_token_hash(token), user["username"], csrf, self.session_ttl_s)
         return token, Principal(user["username"], user["role"], csrf)
