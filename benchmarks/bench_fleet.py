@@ -313,12 +313,12 @@ def main() -> int:
 
 
 def abuse_main() -> int:
-    from benchmarks.fleet_abuse import abuse_run
+    from benchmarks.fleet_abuse import RUNS, abuse_run
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-fleet-abuse-") as tmp:
         work = Path(tmp)
-        runs = [abuse_run(kind, work, CLI, start_broker, Server, simulate) for kind in ("baseline", "flood", "poison")]
+        runs = [abuse_run(kind, work, CLI, start_broker, Server, simulate) for kind in RUNS]
     out = {"benchmark": "fleet_abuse", "total_s": round(time.monotonic() - started, 1), "cpu_count": os.cpu_count(),
            "loadavg_at_end": os.getloadavg(), "runs": runs}
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,12 @@
 """One misbehaving unit against the fleet server (issue 16, items 1 and 3), for bench_fleet.py --abuse.
 
-Runs `liftguard-fleet serve` (SQLite) and 50 well-behaved simulated units sending alerts at 5/s in all,
-three times: undisturbed (baseline), while one unit floods (invalid payloads and duplicate copies of one
-event, as fast as one client can publish), and while one unit sends poison (numbers out of bounds: year
-10000, 1e300, Infinity, 10**30; plus a valid event the database refuses, by a trigger standing in for
-any write failure). Reported per run: the good units' event latency (device publish -> committed, the
-server's own metrics: the abusive unit's messages are never stored, so these are the others' events),
-events lost, and what ingest did with the abuse.
+Runs `liftguard-fleet serve` (SQLite) and 50 well-behaved simulated units sending alerts at 5/s in all:
+undisturbed (baseline); while one unit floods (invalid payloads and duplicate copies of one event, at
+5,240 messages/s as in the issue, and as fast as one client can publish); and while one unit sends poison
+(numbers out of bounds: year 10000, 1e300, Infinity, 10**30; plus a valid event the database refuses, by a
+trigger standing in for any write failure). Reported per run: the good units' event latency (device
+publish -> committed, the server's own metrics: the abusive unit's messages are never stored, so these are
+the others' events), events lost, and what ingest did with the abuse.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ FLOODER = r"""
 import json, sys, time, uuid
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-port, kind, seconds = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+port, kind, seconds, rate = int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 unit = "lift-abuser"
 topic = f"liftguard/v1/units/{unit}/events"
 c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unit)
@@ -33,7 +33,7 @@ c.connect("127.0.0.1", port)
 c.loop_start()
 event = {"event_id": str(uuid.uuid4()), "incident_id": "incident-abuse", "unit_id": unit,
          "type": "ebike_blocked", "phase": "start", "ts": time.time()}
-if kind == "flood":
+if kind.startswith("flood"):
     payloads = [b'{"not": "an event"', json.dumps(event).encode()]  # garbage, and duplicates of one event
 else:
     def spelled(field, text):
@@ -43,21 +43,28 @@ else:
                             "inference_p95_ms": 1, "camera": "online", "relay": "released",
                             "outbox_depth": 10**30, "model_id": "m", "software": "s"}).encode(),
                 json.dumps({**event, "event_id": str(uuid.uuid4()), "detail": "poison"}).encode()]
-sent, end = 0, time.monotonic() + seconds
+start = time.monotonic()
+sent, end = 0, start + seconds
 while time.monotonic() < end:
     for p in payloads:
         t = topic if b"outbox_depth" not in p else f"liftguard/v1/units/{unit}/heartbeat"
-        # QoS 1 so the broker cannot shed the abuse; the poison run sends at 20/s, the flood at full speed.
+        # QoS 1 so the broker cannot shed the abuse.
         c.publish(t, p, qos=1)
         sent += 1
-    if kind == "poison":
-        time.sleep(0.25)
+    if rate > 0:  # paced: sleep off any lead over `rate` messages a second
+        ahead = sent / rate - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(ahead)
 c.loop_stop()
 print(json.dumps({"sent": sent, "seconds": seconds}))
 """
 
 REFUSE_POISON = ("CREATE TRIGGER refuse_poison BEFORE INSERT ON events WHEN NEW.detail = 'poison' "
                  "BEGIN SELECT RAISE(ABORT, 'this row breaks the store'); END")
+
+
+# name -> the abusive unit's target rate in messages/s (0: as fast as one client can publish)
+RUNS = {"baseline": 0.0, "flood_5240": 5240.0, "flood_max": 0.0, "poison": 20.0}
 
 
 def abuse_run(kind: str, workdir: Path, cli: list[str], start_broker: Any, server_cls: Any,
@@ -80,7 +87,8 @@ def abuse_run(kind: str, workdir: Path, cli: list[str], start_broker: Any, serve
     try:
         time.sleep(4.0)  # units connected, alerts flowing
         if kind != "baseline":
-            flooder = subprocess.Popen([sys.executable, "-c", FLOODER, str(broker.port), kind, str(seconds - 4)],
+            flooder = subprocess.Popen([sys.executable, "-c", FLOODER, str(broker.port), kind, str(seconds - 4),
+                                        str(RUNS[kind])],
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         _, err = sim.communicate(timeout=seconds + 240)
         if sim.returncode != 0:
@@ -107,7 +115,8 @@ def abuse_run(kind: str, workdir: Path, cli: list[str], start_broker: Any, serve
         broker.stop()
     counters = metrics["ingest"]["counters"]
     result = {
-        "run": kind, "good_units": 50, "good_alerts_per_s": 5.0, "seconds": seconds,
+        "run": kind, "abuse_target_rate_per_s": RUNS[kind] or None, "good_units": 50, "good_alerts_per_s": 5.0,
+        "seconds": seconds,
         "abuse_messages_sent": abuse["sent"],
         "abuse_rate_per_s": round(abuse["sent"] / abuse["seconds"], 1) if abuse["seconds"] else 0,
         "good_events_published": len(published), "good_events_lost": len(published - stored),
