@@ -192,6 +192,16 @@ class MqttConfig(_Section):
         return self
 
 
+class ModelsConfig(_Section):
+    """Candidate models (docs/IMPROVING_THE_MODEL.md). The active model is detector.model_path."""
+
+    dir: str = Field("/var/lib/liftguard/models", max_length=1024, description="Where rolled-out models "
+                     "are kept; a bare file name in `shadow` is looked up here.")
+    shadow: str = Field("", max_length=1024, description="ONNX model run in shadow beside the active one "
+                        "(an absolute path, or a file name in `dir`); empty = none. It never actuates.")
+    shadow_every: int = Field(3, ge=1, le=30, description="Run the shadow model on every n-th processed frame.")
+
+
 class Config(_Section):
     """The whole device configuration (config/default.yaml documents every field)."""
 
@@ -203,6 +213,7 @@ class Config(_Section):
     actuators: ActuatorConfig = ActuatorConfig()
     events: EventsConfig = EventsConfig()
     mqtt: MqttConfig = MqttConfig()
+    models: ModelsConfig = ModelsConfig()
     blocking_enabled: bool = Field(True, description="False: detect and alert, never hold the door.")
 
 

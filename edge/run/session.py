@@ -16,10 +16,12 @@ import cv2
 import numpy as np
 from gpiozero import Factory
 
-from contract.errors import CameraError
+from contract.errors import CameraError, LiftGuardError
 from edge.act.actuate import Actuators, FireCallback, GpioActuators, LogActuators, make_pin_factory
 from edge.config import Config, load_config, parse_config
 from edge.decide.detect import Detector, OnnxDetector, self_check
+from edge.decide.policy import WallClock, same_time
+from edge.decide.shadow import ShadowRunner, load_shadow_detector, shadow_path
 from edge.report.events import EventSink, FanOut, JsonlSink, MemorySink
 from edge.report.health import Health, Metrics
 from edge.run.app import ClipClock, HoldSupervisor, Pipeline, clip_frames, install_exit_guards, replay
@@ -47,6 +49,8 @@ class DemoOptions:
     fps: float | None = None
     title: str = "demo"
     require_block: bool = True
+    shadow_model: str | None = None  # a candidate run beside the model, every models.shadow_every frames
+    pin_factory: Factory | None = None  # default: a fresh MockFactory
 
 
 def build_detector(cfg: Config, override: str | None = None) -> OnnxDetector:
@@ -71,7 +75,8 @@ def run_demo(opts: DemoOptions) -> int:
     """Demo and replay: a recording through the whole device on clip time, with gpiozero mock pins."""
     from gpiozero.pins.mock import MockFactory
 
-    pins = MockFactory()  # handed to the actuators only: gpiozero's global default is left as it was
+    # handed to the actuators only: gpiozero's global default is left as it was
+    pins = opts.pin_factory if opts.pin_factory is not None else MockFactory()
     cfg = load_config(opts.config_path) if opts.config_path else parse_config(DEMO_CONFIG)
     reader, native_fps = open_recording(opts.clip)
     detector = build_detector(cfg, opts.model)
@@ -87,6 +92,10 @@ def run_demo(opts: DemoOptions) -> int:
     pipeline = Pipeline(cfg, detector, build_actuators(cfg, pin_factory=pins), fan_out, timeline=print, clock=clock,
                         t0=0.0, wall=lambda t: t)  # clip time throughout: the outcome cannot depend on host load
     pipeline.policy.step_s = 1.0 / fps  # the clip's frame period, not the live camera's
+    shadow_file = opts.shadow_model or (str(shadow_path(cfg.models) or "") if opts.config_path else "")
+    if shadow_file:  # offline: no frame budget to protect, so every n-th frame is seen
+        pipeline.shadow = ShadowRunner(load_shadow_detector(shadow_file, cfg), cfg, budget_ms=None, step_s=1.0 / fps,
+                                       wall=pipeline.wall)
     link = None
     if opts.mqtt_url:
         outbox = (opts.events_out.parent if opts.events_out else Path(tempfile.gettempdir())) / "demo-outbox.sqlite3"
@@ -108,6 +117,10 @@ def run_demo(opts: DemoOptions) -> int:
     blocks = [e for e in memory.events if e.type == "ebike_blocked" and e.phase == "start"]
     print(f"{frames} frames ({frames / fps:.1f} s of clip) in {wall:.1f} s; median {per_frame:.1f} ms per frame "
           f"(detect+track+decide); {len(memory.events)} events")
+    if pipeline.shadow is not None:
+        st = pipeline.shadow.stats
+        print(f"shadow {pipeline.shadow.model_id}: ran on {st.runs} frames (every {pipeline.shadow.every}), "
+              f"{st.events} shadow_decision events, {st.errors} errors; it never touched the relay or voice")
     if opts.events_out:
         print(f"events: {opts.events_out}")
     if opts.snapshot_out and memory.snapshots:
@@ -153,6 +166,21 @@ def _start_link(cfg: Config, pipeline: Pipeline, fan_out: FanOut, camera_state: 
     return link
 
 
+def start_shadow(cfg: Config, wall: WallClock = same_time) -> ShadowRunner | None:
+    """The configured shadow model, or None. A candidate that fails to load is logged and left out:
+    it must never keep the unit (and its active model) from starting."""
+    path = shadow_path(cfg.models)
+    if path is None:
+        return None
+    try:
+        detector = load_shadow_detector(path, cfg)
+    except LiftGuardError as exc:
+        log.error("shadow model not started: %s", exc)
+        return None
+    log.info("shadow model %s runs on every %d-th frame", detector.metadata.model_id, cfg.models.shadow_every)
+    return ShadowRunner(detector, cfg, budget_ms=cfg.detector.budget_ms, wall=wall)
+
+
 def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = None,
                 camera: Camera | None = None, health: Health | None = None,
                 supervisor_stall_s: float = 0.8) -> int:
@@ -190,6 +218,7 @@ def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = 
         pipeline.policy.step_s = 1.0 / new.camera.fps
 
     pipeline.updaters["camera"] = update_camera
+    pipeline.shadow = start_shadow(cfg, pipeline.wall)
     install_exit_guards(pipeline, stop)
     supervisor = HoldSupervisor(pipeline, stall_after_s=supervisor_stall_s)
     link = _start_link(cfg, pipeline, fan_out, lambda: camera.state.value, health.metrics) if cfg.mqtt.url else None
