@@ -133,7 +133,7 @@ class StatusPayload(_Strict):
     elevator: str | None = Field(default=None, max_length=128)
 
 
-CommandName = Literal["release", "enable", "disable", "test_alarm", "snapshot", "set_config"]
+CommandName = Literal["release", "enable", "disable", "test_alarm", "snapshot", "set_config", "model"]
 
 
 class CommandPayload(_Strict):
