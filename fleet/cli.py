@@ -1,4 +1,4 @@
-"""`liftguard-fleet serve | simulate | ca | migrate | user`."""
+"""`liftguard-fleet serve | simulate | ca | migrate | user | models | dataset`."""
 
 from __future__ import annotations
 
@@ -205,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     ca_issue.add_argument("--days", type=int, default=825)
     for p in (ca_init, ca_issue):
         p.set_defaults(func=cmd_ca)
+
+    from fleet.lifecycle_cli import add_parsers
+
+    add_parsers(sub, _server_flags, _settings)  # models …, dataset … (issue 17)
     return parser
 
 

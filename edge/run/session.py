@@ -19,12 +19,14 @@ from gpiozero import Factory
 from contract.errors import CameraError, LiftGuardError
 from edge.act.actuate import Actuators, FireCallback, GpioActuators, LogActuators, make_pin_factory
 from edge.config import Config, load_config, parse_config
-from edge.decide.detect import Detector, OnnxDetector, self_check
+from edge.decide.detect import Detector, OnnxDetector
 from edge.decide.policy import WallClock, same_time
 from edge.decide.shadow import ShadowRunner, load_shadow_detector, shadow_path
 from edge.report.events import EventSink, FanOut, JsonlSink, MemorySink
 from edge.report.health import Health, Metrics
+from edge.report.model_update import ModelUpdater
 from edge.run.app import ClipClock, HoldSupervisor, Pipeline, clip_frames, install_exit_guards, replay
+from edge.run.models import PipelineModels, startup_detector, startup_shadow_path
 from edge.see.capture import Camera, CvReader, FolderReader, Frame, RawReader, source_fps
 
 log = logging.getLogger(__name__)
@@ -181,6 +183,16 @@ def start_shadow(cfg: Config, wall: WallClock = same_time) -> ShadowRunner | Non
     return ShadowRunner(detector, cfg, budget_ms=cfg.detector.budget_ms, wall=wall)
 
 
+def start_models(cfg: Config, pipeline: Pipeline) -> ModelUpdater:
+    """Model rollout for a running pipeline (attach it to the link); a shadow model rolled out
+    earlier (models.dir/state.json) is started again when the config names none."""
+    updater = ModelUpdater(cfg.models.dir, PipelineModels(pipeline))
+    rolled_out_shadow = startup_shadow_path(cfg)
+    if rolled_out_shadow is not None:
+        updater.install("shadow", rolled_out_shadow)
+    return updater
+
+
 def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = None,
                 camera: Camera | None = None, health: Health | None = None,
                 supervisor_stall_s: float = 0.8) -> int:
@@ -191,9 +203,11 @@ def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = 
     up, with a degraded STATUS while the camera is not (systemd must not restart a unit whose camera
     is merely unplugged). `HoldSupervisor` releases a hold within 1 s of the last processed frame."""
     health = health or Health()
+    rollback_note = None
     if detector is None:
-        detector = build_detector(cfg)  # refuses a corrupt model before anything else starts
-        self_check(detector)  # ... and one whose outputs are constant or out of range
+        # The rolled-out model (models.dir/state.json), else the one before it, else the configured one,
+        # each loaded and self-checked: a corrupt or constant model is refused before anything starts.
+        detector, rollback_note = startup_detector(cfg)
     camera = camera or Camera(cfg.camera)
     pipeline: Pipeline | None = None
 
@@ -219,9 +233,13 @@ def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = 
 
     pipeline.updaters["camera"] = update_camera
     pipeline.shadow = start_shadow(cfg, pipeline.wall)
+    updater = start_models(cfg, pipeline)
     install_exit_guards(pipeline, stop)
     supervisor = HoldSupervisor(pipeline, stall_after_s=supervisor_stall_s)
     link = _start_link(cfg, pipeline, fan_out, lambda: camera.state.value, health.metrics) if cfg.mqtt.url else None
+    if link is not None:
+        link.attach_models(updater)
+        updater.announce(rollback_note is None, rollback_note or "started")  # model/reported: what runs now
     last = 0.0
     try:
         health.start()
