@@ -662,3 +662,47 @@ def test_item7_a_live_source_hands_over_the_newest_frame_and_skips_the_backlog()
     finally:
         reader.close()
     assert source.closed
+
+
+class GappyLiveSource:
+    """A live camera at ~10 fps that delivers nothing for `gap_s` once (a grabber with no new frame)."""
+
+    ended = False
+    live = True
+
+    def __init__(self, frames: int, gap_after: int, gap_s: float) -> None:
+        self.frames, self.gap_after, self.gap_s = frames, gap_after, gap_s
+        self.n = 0
+        self.next_at = time.monotonic()
+        self.gap_until: float | None = None
+
+    def read(self) -> np.ndarray | None:
+        now = time.monotonic()
+        if self.n == self.gap_after and self.gap_until is None:
+            self.gap_until = now + self.gap_s
+        if (self.gap_until is not None and now < self.gap_until) or now < self.next_at:
+            time.sleep(0.01)
+            return None
+        if self.n >= self.frames:
+            self.ended = True
+            return None
+        self.n += 1
+        self.next_at = now + 0.1
+        return noisy(240, self.n)
+
+    def close(self) -> None:
+        pass
+
+
+def test_item8_a_short_gap_between_live_frames_is_not_a_camera_fault(tmp_path: Path, ebike_model: Path) -> None:
+    from edge.run.session import run_service
+
+    events = tmp_path / "events.jsonl"
+    cfg = parse_config({"detector": {"model_path": str(ebike_model)}, "actuators": {"backend": "none"},
+                        "events": {"jsonl_path": str(events), "snapshot_dir": ""}})
+    source = GappyLiveSource(frames=30, gap_after=10, gap_s=0.3)
+    camera = Camera(cfg.camera, opener=lambda: source)
+    assert run_service(cfg, threading.Event(), camera=camera, health=Health(ping_interval_s=60)) == 0
+    logged = [json.loads(line) for line in events.read_text().splitlines()]
+    assert ("ebike_blocked", "start") in [(e["type"], e["phase"]) for e in logged]
+    assert "camera_fault" not in [e["type"] for e in logged], "0.3 s without a new frame is not a lost camera"
