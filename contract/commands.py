@@ -11,13 +11,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from contract.bounds import Counter, JsonObject, Timestamp
+
 __all__ = ["PROTECTED_CLASSES", "REQUIRED_VETOES", "CommandArgs", "ConfigReportedPayload", "DesiredConfigPayload",
            "NoArgs", "ReleaseArgs", "RemoteCamera", "RemoteConfig", "RemoteDetector", "RemotePolicy", "RemoteTracker",
            "SetConfigArgs"]
 
 
 class CommandArgs(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NoArgs(CommandArgs):
@@ -29,24 +31,24 @@ class ReleaseArgs(CommandArgs):
 
 
 class SetConfigArgs(CommandArgs):
-    config: dict[str, Any]
+    config: JsonObject
 
 
 class DesiredConfigPayload(CommandArgs):
     """`config/desired`, retained, fleet → unit."""
 
-    config: dict[str, Any]
-    version: int = Field(0, ge=0)
+    config: JsonObject
+    version: Counter = 0
 
 
 class ConfigReportedPayload(CommandArgs):
     """`config/reported`, retained, unit → fleet: what the unit runs now (or why it refused)."""
 
     ok: bool
-    version: int | None = Field(None, ge=0, description="desired version this answers; None for set_config")
-    config: dict[str, Any] = Field(default_factory=dict)
+    version: Counter | None = Field(None, description="desired version this answers; None for set_config")
+    config: JsonObject = Field(default_factory=dict)
     detail: str = Field("", max_length=512)
-    ts: float = Field(ge=0)
+    ts: Timestamp
 
 
 # --- the remotely settable config (set_config args.config, config/desired config) ------------------

@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from contract.bounds import Counter, Duration, JsonObject, Timestamp, bounded_int, refuse_constant
 from contract.errors import PayloadError
 
 PREFIX = "liftguard/v1/units"
@@ -40,7 +41,8 @@ def parse_topic(topic: str) -> tuple[str, str]:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: every float of every payload is finite (contract/bounds.py).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 EventType = Literal[
@@ -58,12 +60,12 @@ Phase = Literal["start", "update", "end"]
 class EventTimes(_Strict):
     """Wall-clock (or clip-time in replay) seconds of each step, for measuring decision latency."""
 
-    first_seen: float | None = None
-    capture: float | None = None
-    decision: float | None = None
-    relay: float | None = None
-    voice: float | None = None
-    end: float | None = None
+    first_seen: Timestamp | None = None
+    capture: Timestamp | None = None
+    decision: Timestamp | None = None
+    relay: Timestamp | None = None
+    voice: Timestamp | None = None
+    end: Timestamp | None = None
 
 
 class EventPayload(_Strict):
@@ -75,9 +77,9 @@ class EventPayload(_Strict):
     unit_id: UnitId
     type: EventType
     phase: Phase
-    ts: float = Field(ge=0, description="seconds since the epoch (clip seconds in replay)")
+    ts: Timestamp
     times: EventTimes = EventTimes()
-    track_id: int | None = Field(default=None, ge=0)
+    track_id: Counter | None = None
     cls: str | None = Field(default=None, max_length=32)
     confidence: float | None = Field(default=None, ge=0, le=1)
     hold_s: float | None = Field(default=None, ge=0, le=3600)
@@ -94,17 +96,17 @@ class HeartbeatPayload(_Strict):
 
     schema_version: Literal[1] = 1
     unit_id: UnitId
-    ts: float = Field(ge=0)
-    uptime_s: float = Field(ge=0)
+    ts: Timestamp
+    uptime_s: Duration
     fps: float = Field(ge=0, le=1000)
     inference_p50_ms: float = Field(ge=0, le=1e6)
     inference_p95_ms: float = Field(ge=0, le=1e6)
     camera: CameraState
     relay: RelayState
     blocking_enabled: bool = True
-    outbox_depth: int = Field(ge=0)
-    outbox_evicted: int = Field(default=0, ge=0, description="events lost: outbox full, or the disk was")
-    outbox_snapshots_dropped: int = Field(default=0, ge=0, description="snapshots dropped to keep the events")
+    outbox_depth: Counter
+    outbox_evicted: Counter = Field(default=0, description="events lost: outbox full, or the disk was")
+    outbox_snapshots_dropped: Counter = Field(default=0, description="snapshots dropped to keep the events")
     model_id: str = Field(max_length=128)
     software: str = Field(max_length=64)
     site: str | None = Field(default=None, max_length=128)
@@ -116,7 +118,7 @@ class StatusPayload(_Strict):
     """`status` topic, retained. The LWT carries state=offline."""
 
     state: Literal["online", "offline", "stopped"]
-    ts: float | None = Field(default=None, ge=0)
+    ts: Timestamp | None = None
     software: str | None = Field(default=None, max_length=64)
     model_id: str | None = Field(default=None, max_length=128)
     site: str | None = Field(default=None, max_length=128)
@@ -131,8 +133,8 @@ class CommandPayload(_Strict):
     """`cmd/{name}` topic, QoS 1, sent by the fleet."""
 
     command_id: str = Field(min_length=8, max_length=64)
-    ts: float | None = Field(default=None, ge=0)
-    args: dict[str, Any] = Field(default_factory=dict)
+    ts: Timestamp | None = None
+    args: JsonObject = Field(default_factory=dict)
 
 
 class CommandResultPayload(_Strict):
@@ -142,7 +144,7 @@ class CommandResultPayload(_Strict):
     command: str = Field(max_length=32)
     ok: bool
     detail: str = Field(default="", max_length=512)
-    ts: float = Field(ge=0)
+    ts: Timestamp
 
 
 def encode(payload: BaseModel) -> bytes:
@@ -156,10 +158,15 @@ def decode(model: type[M], raw: bytes) -> M:
     """Parse untrusted bytes into `model`; every failure becomes a PayloadError with the reason."""
     if len(raw) > MAX_PAYLOAD_BYTES:
         raise PayloadError(f"payload too large ({len(raw)} bytes)")
+    if b"\\u0000" in raw:
+        # A NUL character: PostgreSQL cannot store it in text, and no unit has a reason to send one.
+        raise PayloadError(f"{model.__name__}: NUL character (\\u0000) refused")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=refuse_constant, parse_int=bounded_int)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PayloadError(f"not JSON: {exc}") from None
+    except ValueError as exc:  # Infinity/NaN, an absurdly long integer (contract/bounds.py)
+        raise PayloadError(f"{model.__name__}: {exc}") from None
     except RecursionError:
         raise PayloadError("JSON nested too deeply") from None
     if not isinstance(data, dict):
