@@ -144,4 +144,4 @@ class RemoteConfig(_Remote):
 
     def fragment(self) -> dict[str, Any]:
         """The accepted settings as a merge fragment (only what was sent)."""
-        return self.model_dump(mode="python", exclude_unset=True)
+        return self.model_dump(mode="json", exclude_unset=True)

@@ -50,8 +50,9 @@ class CameraConfig(_Section):
     reconnect_max_s: float = Field(30.0, ge=0.5, le=600)
     frozen_after_s: float = Field(1.5, ge=0.5, le=2.0, description="Identical frames for this long = frozen "
                                   "(holds released, camera_fault); a repeated frame is never evidence anyway.")
-    frozen_max_diff: float = Field(0.5, ge=0, le=50, description="Mean absolute pixel difference below "
-                                   "which two frames count as identical.")
+    frozen_max_diff: float = Field(0.5, ge=0, le=50, description="Mean absolute grey-level difference "
+                                   "(full resolution) below which two frames count as identical; a live "
+                                   "sensor's noise alone gives about 1-3.")
     loop: bool = Field(False, description="Loop a video file (testing).")
 
     @model_validator(mode="after")

@@ -27,7 +27,7 @@ from edge.report.health import Health, Metrics
 from edge.report.model_update import ModelUpdater
 from edge.run.app import ClipClock, HoldSupervisor, Pipeline, clip_frames, install_exit_guards, replay
 from edge.run.models import PipelineModels, startup_detector, startup_shadow_path
-from edge.see.capture import Camera, CvReader, FolderReader, Frame, RawReader, source_fps
+from edge.see.capture import Camera, CameraState, CvReader, FolderReader, Frame, RawReader, source_fps
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = 
                 if not camera.ended:  # a recording that ran out is not a camera fault
                     # No new frame yet is not a fault by itself: the camera's state says (offline after
                     # read_timeout_s), and the hold supervisor releases a hold 0.8 s after the last frame.
-                    pipeline.tick(now, camera_ok=camera.ok)
+                    pipeline.tick(now, camera_ok=camera.state in (CameraState.ONLINE, CameraState.STARTING))
                     health.loop_ticked()
                 continue
             min_interval = 1.0 / camera.cfg.fps

@@ -243,7 +243,7 @@ def source_fps(reader: RawReader, default: float) -> float:
 
 
 class FrozenDetector:
-    """Identical frames (mean abs difference of a small grey thumbnail) for `after_s` = frozen.
+    """Identical frames (mean absolute difference of the grey frames) for `after_s` = frozen.
 
     `repeat` says whether the last frame was identical to the one before: such a frame is never
     evidence for a hold (the pipeline skips it), whatever `after_s` is."""
@@ -256,8 +256,10 @@ class FrozenDetector:
         self._same_since: float | None = None
 
     def update(self, image: ImageBGR, now: float) -> bool:
-        thumb = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (64, 48), interpolation=cv2.INTER_AREA)
-        current = thumb.astype(np.int16)
+        # Full resolution, not a thumbnail: averaging would smooth a live sensor's noise away and make a
+        # still scene (an e-bike parked in the car) look like a frozen camera. A stuck encoder repeats
+        # its buffer: a difference of (almost) exactly zero.
+        current = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.int16)
         self.repeat = (self._last is not None and current.shape == self._last.shape
                        and float(np.abs(current - self._last).mean()) <= self.max_diff)
         if self.repeat:

@@ -118,7 +118,10 @@ class HangingDetector:
 def test_item2_a_hung_detector_loses_the_hold_within_a_second_on_plain_gpio(
         ebike_model: Path, caplog: pytest.LogCaptureFixture) -> None:
     factory = MockFactory()
-    cfg = parse_config({"actuators": {"backend": "gpio", "relay_pin": "GPIO17", "voice": {"mode": "none"}}})
+    # No cool-down: should a frame on a loaded host take over 0.8 s before the hang (a legitimate supervisor
+    # release), the e-bike is held again at once and the scenario goes on.
+    cfg = parse_config({"actuators": {"backend": "gpio", "relay_pin": "GPIO17", "voice": {"mode": "none"}},
+                        "policy": {"cooldown_s": 0}})
     actuators = GpioActuators(cfg.actuators, pin_factory=factory)
     detector = HangingDetector(OnnxDetector(ebike_model))
     sink = MemorySink()
@@ -143,11 +146,11 @@ def test_item2_a_hung_detector_loses_the_hold_within_a_second_on_plain_gpio(
             time.sleep(0.01)
         assert relay.state, "the e-bike was held"
         detector.hang.set()
-        while relay.state and time.monotonic() < deadline:
+        while (relay.state or detector.hung_at is None) and time.monotonic() < deadline:
             time.sleep(0.005)
         assert not relay.state, "the supervisor released the door while the loop was stuck"
         assert worker.is_alive() and detector.hung_at is not None, "released with the main loop still stuck"
-        [age] = supervisor.releases
+        age = supervisor.releases[-1]
         assert age <= 1.0, f"released {age:.2f} s after the last processed frame"
         assert re.search(r"pipeline stalled \(no frame processed for \d\.\d\d s\)", caplog.text)
     finally:
@@ -155,11 +158,11 @@ def test_item2_a_hung_detector_loses_the_hold_within_a_second_on_plain_gpio(
         detector.release.set()
         worker.join(10)
         supervisor.stop()
-    # The loop came back: the hold ends as an event, the door stays released (cool-down, no re-hold).
-    assert kinds(sink)[-1] == ("ebike_blocked", "end")
-    assert sink.events[-1].detail is not None and "no frame processed" in sink.events[-1].detail
-    assert not relay.state
+    # The loop came back: the policy ends the hold it still had, as an event the fleet sees.
+    ends = [e for e in sink.events if e.phase == "end" and "no frame processed" in (e.detail or "")]
+    assert ends and ends[-1].type == "ebike_blocked"
     pipeline.close()
+    assert not relay.state
 
 
 # --- item 3: a frame folder deleted mid-run -----------------------------------------------------------
@@ -662,3 +665,47 @@ def test_item7_a_live_source_hands_over_the_newest_frame_and_skips_the_backlog()
     finally:
         reader.close()
     assert source.closed
+
+
+class GappyLiveSource:
+    """A live camera at ~10 fps that delivers nothing for `gap_s` once (a grabber with no new frame)."""
+
+    ended = False
+    live = True
+
+    def __init__(self, frames: int, gap_after: int, gap_s: float) -> None:
+        self.frames, self.gap_after, self.gap_s = frames, gap_after, gap_s
+        self.n = 0
+        self.next_at = time.monotonic()
+        self.gap_until: float | None = None
+
+    def read(self) -> np.ndarray | None:
+        now = time.monotonic()
+        if self.n == self.gap_after and self.gap_until is None:
+            self.gap_until = now + self.gap_s
+        if (self.gap_until is not None and now < self.gap_until) or now < self.next_at:
+            time.sleep(0.01)
+            return None
+        if self.n >= self.frames:
+            self.ended = True
+            return None
+        self.n += 1
+        self.next_at = now + 0.1
+        return noisy(240, self.n)
+
+    def close(self) -> None:
+        pass
+
+
+def test_item8_a_short_gap_between_live_frames_is_not_a_camera_fault(tmp_path: Path, ebike_model: Path) -> None:
+    from edge.run.session import run_service
+
+    events = tmp_path / "events.jsonl"
+    cfg = parse_config({"detector": {"model_path": str(ebike_model)}, "actuators": {"backend": "none"},
+                        "events": {"jsonl_path": str(events), "snapshot_dir": ""}})
+    source = GappyLiveSource(frames=30, gap_after=10, gap_s=0.3)
+    camera = Camera(cfg.camera, opener=lambda: source)
+    assert run_service(cfg, threading.Event(), camera=camera, health=Health(ping_interval_s=60)) == 0
+    logged = [json.loads(line) for line in events.read_text().splitlines()]
+    assert ("ebike_blocked", "start") in [(e["type"], e["phase"]) for e in logged]
+    assert "camera_fault" not in [e["type"] for e in logged], "0.3 s without a new frame is not a lost camera"
