@@ -86,7 +86,8 @@ class EventPayload(_Strict):
     hold_s: float | None = Field(default=None, ge=0, le=3600)
     snapshot: str | None = Field(default=None, max_length=256, description="snapshot topic suffix")
     detail: str | None = Field(default=None, max_length=512)
-    # shadow_decision only: the candidate model, what it would have done, and whether the active
+    # The deciding model (ebike_blocked / blocking_disabled starts: the active model; shadow_decision:
+    # the candidate). shadow_decision only: what the candidate would have done, and whether the active
     # model's relay was in the same state at that instant (agreement, per event).
     model_id: str | None = Field(default=None, max_length=128)
     would: Literal["hold", "release", "alert"] | None = None

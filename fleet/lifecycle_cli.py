@@ -73,6 +73,22 @@ def cmd_models_rollout(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if ok == len(result.units) else 1
 
 
+def cmd_dataset_export(args: argparse.Namespace, settings: Settings) -> int:
+    from fleet.dataset import export_dataset, parse_since
+
+    since = parse_since(args.since)
+    store = _store(args, settings)
+    try:
+        result = export_dataset(store, Path(args.out), since=since, site=args.site)
+    finally:
+        store.close()
+    skipped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in result.skipped.items()) or "none"
+    print(f"{result.written} labelled images in {result.out} ({json.dumps(result.by_verdict)}); skipped: {skipped}")
+    print(f"score a model: liftguard eval --model M --images {result.out / 'images'} "
+          f"--truth {result.out / 'truth.csv'} --out REPORT")
+    return 0
+
+
 def add_parsers(sub: Any, server_flags: Callable[[argparse.ArgumentParser], None], settings: Settings) -> None:
     models = sub.add_parser("models", help="model registry and staged rollout (add | list | rollout)",
                             description="The model registry: register ONNX models (checked as the device "
@@ -107,3 +123,17 @@ def add_parsers(sub: Any, server_flags: Callable[[argparse.ArgumentParser], None
     ro.add_argument("--mqtt-key")
     ro.add_argument("--client-id")
     ro.set_defaults(func=lambda a: cmd_models_rollout(a, settings))
+
+    dataset = sub.add_parser("dataset", help="labelled data from the managers' verdicts (export)")
+    dsub = dataset.add_subparsers(dest="dataset_command", required=True)
+    export = dsub.add_parser(
+        "export", help="verdicts as labels: images, truth.csv and a manifest that `liftguard eval --truth` reads",
+        description="Writes DIR/images/*.jpg, DIR/truth.csv (image,expected: confirmed = block, false_alarm = "
+                    "allow), DIR/manifest.csv (unit, site, time, verdict, deciding model) and DIR/manifest.json. "
+                    "Score a model on it: liftguard eval --model M --images DIR/images --truth DIR/truth.csv "
+                    "--out REPORT.")
+    server_flags(export)
+    export.add_argument("--out", required=True, help="output folder (created)")
+    export.add_argument("--since", help="only alerts from then on: 2026-11-01, 2026-11-01T08:00+08:00 or epoch s")
+    export.add_argument("--site", help="only this site's units")
+    export.set_defaults(func=lambda a: cmd_dataset_export(a, settings))

@@ -303,6 +303,8 @@ class Pipeline:
             "voice": self.wall(voice_at) if event.phase == "start" and voice_at is not None else None,
         })
         update: dict[str, Any] = {"times": times}
+        if event.type in ("ebike_blocked", "blocking_disabled") and event.model_id is None:
+            update["model_id"] = self.detector.metadata.model_id[:128]  # the deciding model (dataset export)
         jpeg: bytes | None = None
         if event.phase == "start" and event.type in ("ebike_blocked", "blocking_disabled") and self.best_snapshot:
             ok, buf = cv2.imencode(".jpg", self.best_snapshot[1], [cv2.IMWRITE_JPEG_QUALITY, 80])
