@@ -40,10 +40,11 @@ def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
     try:
         rows = store.list_models()
         units = store.unit_models() if args.units else []
+        agreement = store.shadow_agreement() if args.units else []
     finally:
         store.close()
     if args.json:
-        print(json.dumps({"models": rows, "units": units}, default=str))
+        print(json.dumps({"models": rows, "units": units, "shadow_agreement": agreement}, default=str))
         return 0
     print(f"{'model':32} {'version':10} {'sha256':14} {'MB':>6} {'active':>6} {'shadow':>6}  added")
     for r in rows:
@@ -53,6 +54,9 @@ def cmd_models_list(args: argparse.Namespace, settings: Settings) -> int:
     for u in units:
         print(f"  {u['unit_id']}: active {u['active'] or '-'}, shadow {u['shadow'] or '-'}"
               f"{'; last rollout ' + u['last_rollout'] if u.get('last_rollout') else ''}")
+    for a in agreement:
+        print(f"  {a['unit_id']} shadow {a['model_id']}: would hold {a['would_hold']}x, active agreed {a['agreed']}x; "
+              f"near confirmed alerts {a['on_confirmed']}, near false alarms {a['on_false_alarm']}")
     return 0
 
 

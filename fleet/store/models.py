@@ -78,6 +78,32 @@ class ModelRegistry(Engine):
         where, params = ("WHERE rollout_id = ?", [rollout_id]) if rollout_id else ("", [])
         return self.query(f"SELECT * FROM rollouts {where} ORDER BY created_at, unit_id", params)
 
+    def shadow_agreement(self, since: float = 0.0) -> list[Row]:
+        """Per unit and shadow model: its would-be holds, how many the active model's relay agreed with,
+        and how many of those holds fall within 10 s of an alert a manager confirmed or called false."""
+        rows = self.query("SELECT unit_id, ts, payload FROM events WHERE type = 'shadow_decision' AND phase = 'start' "
+                          "AND ts >= ? ORDER BY ts", (since,))
+        verdicts = self.query(
+            "SELECT e.unit_id, e.ts, l.verdict FROM labels l JOIN events e ON e.event_id = l.event_id "
+            "WHERE e.phase = 'start' AND e.ts >= ? AND l.verdict IN ('confirmed', 'false_alarm')", (since - 10,))
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in rows:
+            try:
+                p = json.loads(r["payload"])
+            except ValueError:
+                continue
+            key = (r["unit_id"], str(p.get("model_id") or "?"))
+            row = out.setdefault(key, {"unit_id": key[0], "model_id": key[1], "would_hold": 0, "agreed": 0,
+                                       "on_confirmed": 0, "on_false_alarm": 0})
+            if p.get("would") != "hold":
+                continue
+            row["would_hold"] += 1
+            row["agreed"] += bool(p.get("agrees"))
+            near = [v["verdict"] for v in verdicts if v["unit_id"] == r["unit_id"] and abs(v["ts"] - r["ts"]) <= 10]
+            row["on_confirmed"] += "confirmed" in near
+            row["on_false_alarm"] += "false_alarm" in near and "confirmed" not in near
+        return list(out.values())
+
     def unit_models(self) -> list[Row]:
         """Per unit: the active model (heartbeat) and the latest rollout answer (active and shadow)."""
         rows: dict[str, dict[str, Any]] = {}

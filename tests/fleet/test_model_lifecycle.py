@@ -266,3 +266,33 @@ def _slot(model_id: str, path: str | Path) -> Any:
     from edge.report.model_update import Slot
 
     return Slot(model_id, str(path))
+
+
+def test_shadow_agreement_counts_would_be_holds_against_the_relay_and_the_verdicts(tmp_path: Path) -> None:
+    from contract import samples
+    from fleet.store import IngestBatch, Store
+
+    store = Store.open(f"sqlite:///{tmp_path / 'f.db'}")
+    store.migrate()
+    now = time.time()
+    confirmed = samples.alert("lift-1", ts=now - 100)
+    false_alarm = samples.alert("lift-1", ts=now - 50)
+    batch = IngestBatch()
+    for e in (confirmed, false_alarm):
+        batch.events.append((e, now, e.model_dump_json(exclude_none=True)))
+
+    def shadow(ts: float, would: str, agrees: bool) -> None:
+        e = samples.alert("lift-1", ts=ts, type="shadow_decision", model_id="cand-2", would=would, agrees=agrees,
+                          phase="start" if would == "hold" else "end")
+        batch.events.append((e, now, e.model_dump_json(exclude_none=True)))
+
+    shadow(now - 99, "hold", True)  # with the confirmed alert, relay agreed
+    shadow(now - 90, "release", True)
+    shadow(now - 48, "hold", True)  # it would also have held on the false alarm
+    shadow(now - 20, "hold", False)  # a hold the active model did not make, no verdict near
+    store.write_batch(batch)
+    store.set_label(confirmed.event_id, "confirmed", "m")
+    store.set_label(false_alarm.event_id, "false_alarm", "m")
+    assert store.shadow_agreement() == [{"unit_id": "lift-1", "model_id": "cand-2", "would_hold": 3, "agreed": 2,
+                                         "on_confirmed": 1, "on_false_alarm": 1}]
+    store.close()
