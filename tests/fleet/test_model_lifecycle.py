@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -119,7 +120,7 @@ def start_unit(broker: MosquittoBroker, tmp_path: Path, unit_id: str, model: Pat
     updater = start_models(cfg, pipeline)
     link = _start_link(cfg, pipeline, fan_out, lambda: "online")
     link.attach_models(updater)
-    assert link.wait_connected(15)
+    assert link.wait_connected(60)
     return Unit(cfg, pipeline, link, updater)
 
 
@@ -131,9 +132,12 @@ class Watcher:
         self.beats: list[dict[str, Any]] = []
         self.client = new_client(f"watch-{uuid.uuid4().hex[:8]}")
         self.client.on_message = self._on
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_a: subscribed.set()
         self.client.connect("127.0.0.1", broker.port)
         self.client.subscribe([(unit_topic(unit_id, "model/reported"), 1), (unit_topic(unit_id, "heartbeat"), 0)])
         self.client.loop_start()
+        assert subscribed.wait(60), "the watcher's subscription was not confirmed"
 
     def _on(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic.endswith("model/reported") and not msg.retain:
@@ -150,7 +154,7 @@ class Watcher:
 def unit(fleet: RunningFleet, tmp_path: Path) -> Iterator[Unit]:
     active = brightness_model(tmp_path / "active.onnx", BOX, cls=4, model_id="active-1")  # sees a person
     u = start_unit(fleet.broker, tmp_path, "lift-1", active)
-    wait_until(lambda: fleet.store.query("SELECT unit_id FROM units WHERE unit_id = 'lift-1'"), 15)
+    wait_until(lambda: fleet.store.query("SELECT unit_id FROM units WHERE unit_id = 'lift-1'"), 60)
     yield u
     u.close()
 
@@ -174,7 +178,7 @@ def test_a_model_rolled_out_in_shadow_runs_beside_the_active_one(fleet: RunningF
         state = ModelState.load(unit.cfg.models.dir)
         assert state.shadow is not None and state.shadow.model_id == "cand-2"
         assert Path(state.shadow.path).read_bytes() == candidate.read_bytes()
-        assert wait_until(lambda: any(b.get("shadow_model_id") == "cand-2" for b in watcher.beats), 15)
+        assert wait_until(lambda: any(b.get("shadow_model_id") == "cand-2" for b in watcher.beats), 60)
         row = fleet.store.rollout_rows()[-1]
         assert (row["unit_id"], row["state"], row["shadow_model"], row["active_model"]) == (
             "lift-1", "ok", "cand-2", "active-1")
