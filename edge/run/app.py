@@ -144,6 +144,8 @@ class Pipeline:
         # A candidate model deciding beside the active one, never acting (edge/decide/shadow.py).
         # Swapped by assigning the attribute (one reference: atomic), never under the frame's lock.
         self.shadow: ShadowRunner | None = None
+        # After each frame's decision, outside the lock (event clips): frame, admitted detections, decision.
+        self.frame_listeners: list[Callable[[Frame, list[Detection], Decision], None]] = []
         self._lock = threading.RLock()
         self._closed = False
 
@@ -207,6 +209,8 @@ class Pipeline:
             self.last_progress = time.monotonic()
         for listener in self.progress_listeners:
             listener()
+        for frame_listener in self.frame_listeners:
+            frame_listener(frame, detections, decision)
         self._run_shadow(frame, (w, h), (time.perf_counter() - started) * 1000.0)
         return decision
 

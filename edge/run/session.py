@@ -22,6 +22,7 @@ from edge.config import Config, load_config, parse_config
 from edge.decide.detect import Detector, OnnxDetector
 from edge.decide.policy import WallClock, same_time
 from edge.decide.shadow import ShadowRunner, load_shadow_detector, shadow_path
+from edge.report.clips import ClipRecorder
 from edge.report.events import EventSink, FanOut, JsonlSink, MemorySink
 from edge.report.health import Health, Metrics
 from edge.report.model_update import ModelUpdater
@@ -94,6 +95,7 @@ def run_demo(opts: DemoOptions) -> int:
     pipeline = Pipeline(cfg, detector, build_actuators(cfg, pin_factory=pins), fan_out, timeline=print, clock=clock,
                         t0=0.0, wall=lambda t: t)  # clip time throughout: the outcome cannot depend on host load
     pipeline.policy.step_s = 1.0 / fps  # the clip's frame period, not the live camera's
+    clips = start_clips(cfg, pipeline)  # clips.enabled in the --config: clips of the recording's holds
     shadow_file = opts.shadow_model or (str(shadow_path(cfg.models) or "") if opts.config_path else "")
     if shadow_file:  # offline: no frame budget to protect, so every n-th frame is seen
         pipeline.shadow = ShadowRunner(load_shadow_detector(shadow_file, cfg), cfg, budget_ms=None, step_s=1.0 / fps,
@@ -112,6 +114,9 @@ def run_demo(opts: DemoOptions) -> int:
     finally:
         reader.close()
         pipeline.close()
+        if clips is not None:
+            clips.flush()
+            clips.close()
         if link is not None:
             link.close()
     wall = time.perf_counter() - wall0
@@ -193,6 +198,16 @@ def start_models(cfg: Config, pipeline: Pipeline) -> ModelUpdater:
     return updater
 
 
+def start_clips(cfg: Config, pipeline: Pipeline) -> ClipRecorder | None:
+    """Event clips (clips.enabled): fed after each frame's decision, written on their own thread."""
+    if not cfg.clips.enabled:
+        return None
+    recorder = ClipRecorder(cfg.clips, cfg.unit.id, cfg.policy.block_classes, pipeline.policy.threshold)
+    pipeline.frame_listeners.append(lambda frame, detections, decision: recorder.observe(
+        frame.ts, frame.image, detections, decision.events, pipeline.policy.holding))
+    return recorder
+
+
 def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = None,
                 camera: Camera | None = None, health: Health | None = None,
                 supervisor_stall_s: float = 0.8) -> int:
@@ -234,6 +249,7 @@ def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = 
     pipeline.updaters["camera"] = update_camera
     pipeline.shadow = start_shadow(cfg, pipeline.wall)
     updater = start_models(cfg, pipeline)
+    clips = start_clips(cfg, pipeline)
     install_exit_guards(pipeline, stop)
     supervisor = HoldSupervisor(pipeline, stall_after_s=supervisor_stall_s)
     link = _start_link(cfg, pipeline, fan_out, lambda: camera.state.value, health.metrics) if cfg.mqtt.url else None
@@ -271,6 +287,8 @@ def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = 
     finally:
         supervisor.stop()
         pipeline.close()
+        if clips is not None:
+            clips.close()
         camera.close()
         if link is not None:
             link.close()
