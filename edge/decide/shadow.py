@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -64,6 +65,7 @@ class ShadowStats:
     errors: int = 0
     events: int = 0
     last_ms: float = 0.0
+    ms: deque[float] = field(default_factory=lambda: deque(maxlen=100))  # recent run times (detect+decide)
 
 
 class ShadowRunner:
@@ -115,6 +117,7 @@ class ShadowRunner:
             log.exception("shadow model %s failed; shadow switched off", self.model_id)
             return []
         self.stats.last_ms = (time.perf_counter() - started) * 1000.0
+        self.stats.ms.append(self.stats.last_ms)
         self.stats.runs += 1
         events = self.translate(decision.events, active_holding)
         self.stats.events += len(events)

@@ -127,7 +127,8 @@ def run_demo(opts: DemoOptions) -> int:
     if pipeline.shadow is not None:
         st = pipeline.shadow.stats
         print(f"shadow {pipeline.shadow.model_id}: ran on {st.runs} frames (every {pipeline.shadow.every}), "
-              f"{st.events} shadow_decision events, {st.errors} errors; it never touched the relay or voice")
+              f"median {statistics.median(st.ms) if st.ms else 0.0:.1f} ms each; {st.events} shadow_decision events, "
+              f"{st.errors} errors; it never touched the relay or voice")
     if opts.events_out:
         print(f"events: {opts.events_out}")
     if opts.snapshot_out and memory.snapshots:
