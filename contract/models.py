@@ -44,7 +44,8 @@ class ModelArgs(CommandArgs):
     """`cmd/model` args. For stage `off` only the stage matters (the other fields may be omitted)."""
 
     stage: Stage
-    model_id: str = Field("", pattern=r"^$|" + MODEL_ID_PATTERN[1:])
+    # Anchored as a whole: the id becomes part of a file name in models.dir on the unit.
+    model_id: str = Field("", pattern=r"^(|[A-Za-z0-9][A-Za-z0-9_.+-]{0,127})$")
     sha256: str = Field("", pattern=r"^$|^[0-9a-f]{64}$")
     size: int = Field(0, ge=0, le=MAX_MODEL_BYTES)
     chunks: int = Field(0, ge=0, le=MAX_MODEL_BYTES // 1024)

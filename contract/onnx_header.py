@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 
 from contract.errors import ModelError
 from contract.model_format import FORMAT_VERSION, INPUT_NAME, OUTPUT_LAYOUT, OUTPUT_NAME, REQUIRED_KEYS
 
-MAX_MODEL_BYTES = 64 * 1024 * 1024  # a LiftGuard detector is ~12 MB; anything far larger is not one of ours
+MAX_MODEL_BYTES = 64 * 1024 * 1024
+# A model id the fleet rolls out becomes part of a file name on the unit: plain names only.
+ROLLOUT_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")  # a LiftGuard detector is ~12 MB; anything far larger is not one of ours
 
 Dim = int | str | None  # a fixed size, a symbolic name, or unknown
 
@@ -202,6 +205,8 @@ def check_model(data: bytes, source: str = "model") -> ModelFile:
         raise ModelError(f"{source}: {len(data)} bytes; a model may be at most {MAX_MODEL_BYTES}")
     header = read_header(data, source)
     meta = parse_props(header.props, source)
+    if not ROLLOUT_MODEL_ID.match(meta.model_id):
+        raise ModelError(f"{source}: model_id {meta.model_id[:40]!r} is not a plain name (letters, digits, _.+-)")
     if list(header.inputs) != [INPUT_NAME]:
         raise ModelError(f"{source}: expected one input named {INPUT_NAME!r}")
     shape = header.inputs[INPUT_NAME]

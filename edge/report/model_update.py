@@ -198,6 +198,9 @@ class ModelUpdater:
                          f"{args.size} bytes with {args.sha256[:12]}; kept {self.slots.active_model_id()}")
             return
         path = self.folder / f"{args.model_id}.{args.sha256[:12]}.onnx"
+        if path.resolve().parent != self.folder.resolve():  # ModelArgs allows plain names only; twice is cheap
+            self._report(False, args, args.model_id, "refused: the model id is not a plain file name")
+            return
         atomic_write(path, blob)
         self.install(args.stage, path, args)
 

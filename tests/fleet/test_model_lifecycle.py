@@ -60,7 +60,8 @@ def test_the_header_reader_sees_what_onnxruntime_sees() -> None:
     (lambda p: constant_model(p, [[1, 1, 9, 9, 0.9, 0]], props=metadata(liftguard_format="2")), "format"),
     (lambda p: constant_model(p, [[1, 1, 9, 9, 0.9, 0]], input_hw=(128, 320)), "input shape"),
     (lambda p: constant_model(p, [[1, 1, 9, 9, 0.9, 0]], output_name="boxes"), "no output named"),
-], ids=["junk", "truncated", "no-classes", "format-2", "shape", "output-name"])
+    (lambda p: constant_model(p, [[1, 1, 9, 9, 0.9, 0]], props=metadata(model_id="../x")), "plain name"),
+], ids=["junk", "truncated", "no-classes", "format-2", "shape", "output-name", "model-id"])
 def test_the_registry_refuses_what_the_device_refuses(tmp_path: Path, make: Any, why: str,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "bad.onnx"
@@ -300,3 +301,11 @@ def test_shadow_agreement_counts_would_be_holds_against_the_relay_and_the_verdic
     assert store.shadow_agreement() == [{"unit_id": "lift-1", "model_id": "cand-2", "would_hold": 3, "agreed": 2,
                                          "on_confirmed": 1, "on_false_alarm": 1}]
     store.close()
+
+
+@pytest.mark.parametrize("model_id", ["../../etc/evil", "a/b", "x\\y", ".hidden", "a" * 129, "ok\n"])
+def test_a_model_id_that_is_not_a_plain_file_name_is_refused(model_id: str) -> None:
+    sha = "0" * 64
+    with pytest.raises(ValueError, match="model_id"):
+        ModelArgs(stage="shadow", model_id=model_id, sha256=sha, size=10, chunks=1)
+    assert ModelArgs(stage="shadow", model_id="liftguard-det-0.7.0+site3", sha256=sha, size=10, chunks=1)
