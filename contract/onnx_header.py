@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from contract.errors import ModelError
 from contract.model_format import FORMAT_VERSION, INPUT_NAME, OUTPUT_LAYOUT, OUTPUT_NAME, REQUIRED_KEYS
 
-MAX_MODEL_BYTES = 64 * 1024 * 1024
+MAX_MODEL_BYTES = 64 * 1024 * 1024  # a LiftGuard detector is ~12 MB; anything far larger is not one of ours
 # A model id the fleet rolls out becomes part of a file name on the unit: plain names only.
-ROLLOUT_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")  # a LiftGuard detector is ~12 MB; anything far larger is not one of ours
+ROLLOUT_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
 
 Dim = int | str | None  # a fixed size, a symbolic name, or unknown
 
