@@ -205,7 +205,7 @@ def check_model(data: bytes, source: str = "model") -> ModelFile:
         raise ModelError(f"{source}: {len(data)} bytes; a model may be at most {MAX_MODEL_BYTES}")
     header = read_header(data, source)
     meta = parse_props(header.props, source)
-    if not ROLLOUT_MODEL_ID.match(meta.model_id):
+    if not ROLLOUT_MODEL_ID.fullmatch(meta.model_id):
         raise ModelError(f"{source}: model_id {meta.model_id[:40]!r} is not a plain name (letters, digits, _.+-)")
     if list(header.inputs) != [INPUT_NAME]:
         raise ModelError(f"{source}: expected one input named {INPUT_NAME!r}")
