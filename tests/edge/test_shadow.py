@@ -136,3 +136,14 @@ def test_shadow_event_fields_are_bounded() -> None:
         decode(EventPayload, json.dumps(base | {"would": "open the door"}).encode())
     with pytest.raises(PayloadError, match="model_id"):
         decode(EventPayload, json.dumps(base | {"model_id": "m" * 129}).encode())
+
+
+def test_selftest_checks_the_rolled_out_active_model(tmp_path: Path) -> None:
+    from edge.report.model_update import ModelState, Slot
+    from edge.run.selftest import default_detector
+
+    rolled = brightness_model(tmp_path / "rolled.onnx", [40, 40, 200, 220], model_id="rolled-5")
+    cfg = parse_config({"models": {"dir": str(tmp_path)}})
+    assert default_detector(cfg).metadata.model_id != "rolled-5"  # type: ignore[attr-defined]
+    ModelState(active=Slot("rolled-5", str(rolled))).save(tmp_path)
+    assert default_detector(cfg).metadata.model_id == "rolled-5"  # type: ignore[attr-defined]
