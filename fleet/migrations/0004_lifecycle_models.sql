@@ -27,3 +27,6 @@ CREATE TABLE rollouts (
     PRIMARY KEY (rollout_id, unit_id)
 );
 CREATE INDEX rollouts_unit ON rollouts (unit_id, updated_at);
+
+-- The shadow model each unit runs, from its heartbeats (the active one is units.model_id).
+ALTER TABLE units ADD COLUMN shadow_model_id TEXT;

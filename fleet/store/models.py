@@ -105,15 +105,12 @@ class ModelRegistry(Engine):
         return list(out.values())
 
     def unit_models(self) -> list[Row]:
-        """Per unit: the active model (heartbeat) and the latest rollout answer (active and shadow)."""
+        """Per unit: the active and shadow model its heartbeats name, and its latest rollout."""
         rows: dict[str, dict[str, Any]] = {}
-        for r in self.query("SELECT unit_id, model_id FROM units ORDER BY unit_id"):
-            rows[r["unit_id"]] = {"unit_id": r["unit_id"], "active": r["model_id"], "shadow": None,
+        for r in self.query("SELECT unit_id, model_id, shadow_model_id FROM units ORDER BY unit_id"):
+            rows[r["unit_id"]] = {"unit_id": r["unit_id"], "active": r["model_id"], "shadow": r["shadow_model_id"],
                                   "last_rollout": None}
         for r in self.query("SELECT * FROM rollouts ORDER BY updated_at"):
-            row = rows.setdefault(r["unit_id"], {"unit_id": r["unit_id"], "active": None, "shadow": None})
-            if r["state"] == "ok":
-                row["active"] = r["active_model"] or row["active"]
-                row["shadow"] = r["shadow_model"]
-            row["last_rollout"] = f"{r['model_id']} {r['stage']}: {r['state']}"
+            if r["unit_id"] in rows:
+                rows[r["unit_id"]]["last_rollout"] = f"{r['model_id']} {r['stage']}: {r['state']}"
         return list(rows.values())

@@ -87,6 +87,7 @@ class IngestWrites(Engine):
             # Heartbeats first, then only statuses newer than the unit's heartbeat in this batch:
             # an LWT `offline` after the last beat must win, an old `offline` must not.
             self._write_heartbeats(cur, batch)
+            self._write_shadow_models(cur, batch)
             self._write_statuses(cur, batch)
             new_events = self._write_events(cur, batch)
             self._write_snapshots(cur, batch, unit_snapshot_quota)
@@ -210,6 +211,11 @@ class IngestWrites(Engine):
                 site = COALESCE(excluded.site, units.site),
                 building = COALESCE(excluded.building, units.building),
                 elevator = COALESCE(excluded.elevator, units.elevator)""", rows)
+
+    def _write_shadow_models(self, cur: Cursor, batch: IngestBatch) -> None:
+        """The shadow model each heartbeat names (none = no shadow running): issue 17's models per unit."""
+        self._xmany(cur, "UPDATE units SET shadow_model_id = ? WHERE unit_id = ?",
+                    [(hb.shadow_model_id, unit) for unit, (hb, _at) in batch.heartbeats.items()])
 
     def _write_heartbeats(self, cur: Cursor, batch: IngestBatch) -> None:
         # A heartbeat proves the unit runs, so it also says `online` (a lost retained status must

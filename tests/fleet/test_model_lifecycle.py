@@ -183,10 +183,14 @@ def test_a_model_rolled_out_in_shadow_runs_beside_the_active_one(fleet: RunningF
         row = fleet.store.rollout_rows()[-1]
         assert (row["unit_id"], row["state"], row["shadow_model"], row["active_model"]) == (
             "lift-1", "ok", "cand-2", "active-1")
+        shadow_of = lambda: fleet.store.query(  # noqa: E731  (what ingest stored from the heartbeats)
+            "SELECT shadow_model_id FROM units WHERE unit_id = 'lift-1'")[0]["shadow_model_id"]
+        assert wait_until(lambda: shadow_of() == "cand-2", 60)
         assert fleet_main(["models", "list", "--db", db, "--units"]) == 0
-        assert "lift-1: active active-1, shadow cand-2" in capsys.readouterr().out
+        assert "lift-1: active active-1, shadow cand-2; last rollout cand-2 shadow: ok" in capsys.readouterr().out
         assert rollout(fleet, "cand-2", "--units", "lift-1", "--stage", "off") == 0
         assert unit.pipeline.shadow is None
+        assert wait_until(lambda: shadow_of() is None, 60)
     finally:
         watcher.close()
 
@@ -309,3 +313,19 @@ def test_a_model_id_that_is_not_a_plain_file_name_is_refused(model_id: str) -> N
     with pytest.raises(ValueError, match="model_id"):
         ModelArgs(stage="shadow", model_id=model_id, sha256=sha, size=10, chunks=1)
     assert ModelArgs(stage="shadow", model_id="liftguard-det-0.7.0+site3", sha256=sha, size=10, chunks=1)
+
+
+def test_the_registry_round_trips_on_both_engines(store: Any) -> None:
+    data = SHIPPED.read_bytes()
+    checked = check_model(data)
+    assert store.add_model(checked, data, "ops") is True
+    assert store.add_model(checked, data, "ops") is False
+    row = store.get_model(checked.meta.model_id)
+    assert row is not None and row["data"] == data and row["sha256"] == checked.sha256
+    store.record_rollout("r1", checked.meta.model_id, "lift-1", "shadow", "sent")
+    store.record_rollout("r1", checked.meta.model_id, "lift-1", "shadow", "ok", "runs in shadow", "a-1",
+                         checked.meta.model_id)
+    (listed,) = store.list_models()
+    assert (listed["shadow_units"], listed["active_units"]) == (1, 0)
+    (rollout_row,) = store.rollout_rows("r1")
+    assert (rollout_row["state"], rollout_row["shadow_model"]) == ("ok", checked.meta.model_id)
