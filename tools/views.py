@@ -138,6 +138,19 @@ def render_view(item: SourceImage, kind: str, seed: int) -> tuple[np.ndarray, np
     return view_augment(rgb, boxes, np.random.default_rng(seed))
 
 
+def cap_per_source(items: Sequence[SourceImage], cap: int, seed: int) -> list[SourceImage]:
+    """At most `cap` images per source (seeded sample, order kept); e-bike sources are never cut."""
+    rng = np.random.default_rng(seed)
+    keep: list[SourceImage] = []
+    for source in dict.fromkeys(i.source for i in items):
+        mine = [i for i in items if i.source == source]
+        if len(mine) > cap and not any(b.cls == EBIKE for i in mine for b in i.boxes):
+            pick = set(rng.choice(len(mine), cap, replace=False).tolist())
+            mine = [m for k, m in enumerate(mine) if k in pick]
+        keep.extend(mine)
+    return keep
+
+
 class Store:
     """Append-only view store: views.json + p5.npy (float16), sized up front."""
 
@@ -223,9 +236,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--aug", type=float, default=1.0, help="augmented views per image (mean)")
     ap.add_argument("--ebike-aug", type=int, default=4, help="augmented views per image with an e-bike")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", nargs="*", help="only these source folders")
+    ap.add_argument("--max-per-source", type=int, default=0, help="a seeded sample of at most this many images")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    items = list(iter_sources(args.src))
+    items = list(iter_sources(args.src, set(args.only) if args.only else None))
+    if args.max_per_source:
+        items = cap_per_source(items, args.max_per_source, args.seed)
     plan = plan_views(items, args.aug, args.ebike_aug, args.seed)
     store = Store(args.out, capacity=len(plan))
     log.info("%d images, %d views planned, %d already stored", len(items), len(plan), len(store.views))
