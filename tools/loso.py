@@ -74,13 +74,14 @@ def window_iou(win: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     ih = np.clip(np.minimum(wy2, by2) - np.maximum(wy1, by1), 0, None)
     inter = iw * ih
     union = (wx2 - wx1) * (wy2 - wy1) + (bx2 - bx1) * (by2 - by1) - inter
-    return (inter / np.maximum(union, 1e-6)).astype(np.float32)
+    out: np.ndarray = np.asarray(inter / np.maximum(union, 1e-6), np.float32)
+    return out
 
 
 def integral(cells: np.ndarray) -> np.ndarray:
     """[..., H, W] → zero-padded integral image [..., H+1, W+1]."""
     pad = [(0, 0)] * (cells.ndim - 2) + [(1, 0), (1, 0)]
-    out: np.ndarray = np.pad(cells, pad).cumsum(-2).cumsum(-1)
+    out: np.ndarray = np.asarray(np.pad(cells, pad).cumsum(-2).cumsum(-1))
     return out
 
 
@@ -209,10 +210,10 @@ def fit_head(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 80) ->
     def closure() -> torch.Tensor:
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(lin(xt), yt, weight=cw) + l2 * (lin.weight**2).sum()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         return loss
 
-    opt.step(closure)
+    opt.step(closure)  # type: ignore[no-untyped-call]
     w = lin.weight.detach().numpy().T / sd[:, None]
     b = lin.bias.detach().numpy() - (mu / sd) @ lin.weight.detach().numpy().T
     return LinearHead(w.astype(np.float32), b.astype(np.float32))
@@ -375,6 +376,8 @@ def onnx_folds(model: Path, stores: Sequence[Store]) -> list[Fold]:
     for k, i in plain_views(stores):
         v = stores[k].views[i]
         bgr = cv2.imread(v.image, cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise OSError(f"cannot read image {v.image}")
         img, _ = letterbox(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), None)
         rows = sess.run(["detections"], {"images": normalise(img)[None]})[0][0]
         eb = rows[rows[:, 5] == EBIKE, 4]
@@ -500,8 +503,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.with_suffix(".md").write_text(markdown(summary, title))
         print(markdown(summary, title))
         if args.scores:
-            np.savez(args.scores.parent / f"{args.scores.stem}_{design.replace('+', '_')}.npz",
-                     **{f.source: f.scores for f in folds}, **{f"{f.source}:kinds": np.array(f.kinds) for f in folds})
+            arrays: dict[str, Any] = {f.source: f.scores for f in folds}
+            arrays.update({f"{f.source}:kinds": np.array(f.kinds) for f in folds})
+            np.savez(str(args.scores.parent / f"{args.scores.stem}_{design.replace('+', '_')}.npz"), **arrays)
     if args.export and not args.score_onnx:
         from tools.regionnet import export_region
 
