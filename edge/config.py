@@ -13,8 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from edge.contract import UNIT_ID_PATTERN
-from edge.errors import ConfigError
+from contract.errors import ConfigError
+from contract.mqtt import UNIT_ID_PATTERN
 
 MAX_CONFIG_BYTES = 256 * 1024
 DEFAULT_HEADER = """\

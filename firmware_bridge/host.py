@@ -29,8 +29,8 @@ import tty
 from collections.abc import Callable
 from typing import Any
 
-from edge.errors import LiftGuardError
-from firmware_bridge import protocol as P
+from contract import serial_protocol as P
+from contract.errors import LiftGuardError
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class BridgeActuators:
         return cls(actuators.bridge_port, actuators.bridge_baud, on_fire=on_fire,
                    voice_repeat_s=actuators.voice.repeat_s)
 
-    # -- edge.actuate.Actuators protocol (held, set_hold, set_alarm, fire_active, close) --------------
+    # -- edge.act.actuate.Actuators protocol (held, set_hold, set_alarm, fire_active, close) --------------
 
     @property
     def held(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import ipaddress
 import os
 import zoneinfo
 from collections.abc import Mapping
@@ -14,7 +15,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from edge.errors import ConfigError
+from contract.errors import ConfigError
 
 ENV_PREFIX = "LIFTGUARD_FLEET_"
 
@@ -38,14 +39,53 @@ class FleetSettings(BaseModel):
     silence_s: float = Field(90.0, ge=5, le=86400, description="no heartbeat this long = offline")
     batch_max: int = Field(2000, ge=1, le=100_000, description="most messages per DB transaction")
     batch_window_ms: float = Field(25.0, ge=0, le=5000, description="wait this long to fill a batch")
+    max_clock_ahead_s: float = Field(
+        86400.0, ge=60, le=366 * 86400,
+        description="an event or config report stamped further ahead of the server clock is quarantined")
+    max_event_age_s: float = Field(
+        90 * 86400.0, ge=3600, le=10 * 366 * 86400,
+        description="an event or config report stamped further in the past is quarantined (an outbox that "
+                    "waited longer than this, or a unit clock reset to 1970)")
+    max_ingest_lag_s: float = Field(30.0, ge=1, le=86400,
+                                    description="/healthz reports degraded when ingest falls this far behind")
+    unit_rate_per_s: float = Field(20.0, gt=0, le=100_000,
+                                   description="messages per second a unit may send on average (token bucket)")
+    unit_burst: int = Field(200, ge=1, le=1_000_000, description="messages a unit may send at once")
+    snapshot_quota_mb: float = Field(100.0, gt=0, le=1_000_000, description="most snapshot storage per unit")
+    snapshot_total_mb: float = Field(10_000.0, gt=0, le=100_000_000, description="most snapshot storage in all")
+    snapshot_max_age_days: float = Field(180.0, gt=0, le=36_600, description="snapshots older than this go")
     session_ttl_s: float = Field(12 * 3600, ge=60, le=30 * 86400)
     cookie_secure: bool = Field(False, description="set the Secure cookie flag (behind HTTPS)")
-    login_max_failures: int = Field(5, ge=1, le=1000, description="per user and per client address")
-    login_window_s: float = Field(300.0, ge=1, le=86400)
+    login_max_failures: int = Field(3, ge=1, le=1000,
+                                    description="wrong passwords per (address, user) before each next one doubles "
+                                                "the wait (1 s, 2 s, 4 s, ...); never a lockout")
+    login_max_delay_s: float = Field(60.0, ge=1, le=3600, description="the longest wait between login tries")
+    login_window_s: float = Field(900.0, ge=1, le=86400,
+                                  description="wrong passwords are forgotten this long after the last one")
+    trusted_proxies: tuple[str, ...] = Field(
+        (), description="addresses or networks (comma-separated) of reverse proxies whose X-Forwarded-For "
+                        "names the client; from anyone else the header is ignored")
     timezone: str = Field(
         "UTC", title="site time zone",
         description="IANA name (e.g. Asia/Shanghai): whose midnight starts a day in the daily alert counts, "
                     "the alert history's day filter and the times on the dashboard")
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for item in value or ():
+            try:
+                ipaddress.ip_network(str(item), strict=False)
+            except ValueError:
+                raise PydanticCustomError("bad_proxy", "{reason}",
+                                          {"reason": f"{item!r} is not an IP address or network"}) from None
+        return value
+
+    @property
+    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies)
 
     @field_validator("timezone")
     @classmethod

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import json
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from fleet.alerts import ALERT_STATUSES, ALERT_TYPES, VERDICT_LABELS
 from fleet.auth import Principal
 from fleet.config import zone_for
 
@@ -36,8 +38,9 @@ border-bottom:1px solid #e3e5ea} h2{margin:.2rem 0 .6rem} h3{margin:.8rem 0 .3re
 
 def _page(title: str, body: str, who: Principal | None = None, script: bool = True, zone: str = "UTC") -> str:
     # app.js shows live alert times in the site's zone (`zone`), not the browser's.
+    # The verdicts (value -> button label) come from fleet.alerts, the one place that defines them.
     meta = (f'<meta name="csrf-token" content="{esc(who.csrf_token)}"><meta name="time-zone" content="{esc(zone)}">'
-            if who else "")
+            f'<meta name="verdicts" content="{esc(json.dumps(VERDICT_LABELS))}">' if who else "")
     header = ""
     if who:
         header = (f'<header><strong>LiftGuard fleet</strong><a href="/">Units</a><a href="/alerts">Alert history</a>'
@@ -162,15 +165,14 @@ def dashboard_page(who: Principal, matches: list[dict[str, Any]], places: list[t
 
 
 def alerts_page(who: Principal, rows: list[dict[str, Any]], filters: Mapping[str, str], zone: str) -> str:
-    statuses = ("all", "open", "acknowledged", "false_alarm", "confirmed")
+    statuses = ("all", *(s for s in ALERT_STATUSES if s != "all"))
     status_opts = "".join(f'<option value="{s}"{" selected" if s == filters["status"] else ""}>{s}</option>'
                           for s in statuses)
-    types = ("ebike_blocked", "blocking_disabled", "camera_fault")
     form = (f'<form class="filters" method="get" action="/alerts">'
             f'<input name="q" placeholder="Search unit, building, class" value="{esc(filters["q"])}">'
             f'<select name="status">{status_opts}</select>'
             f'<input name="building" placeholder="Building" value="{esc(filters["building"])}">'
-            f'<select name="type">{_options(types, filters["type"], "Any type")}</select>'
+            f'<select name="type">{_options(ALERT_TYPES, filters["type"], "Any type")}</select>'
             f'<input name="day" type="date" value="{esc(filters["day"])}" title="a day in {esc(zone)}">'
             '<button type="submit">Search</button>'
             + ('<a href="/api/export/dataset.zip" id="export">Export labelled dataset</a>'

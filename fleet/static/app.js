@@ -58,7 +58,8 @@ function el(tag, attrs, ...children) {
 
 // ---- live alert queue -------------------------------------------------------------------------
 const queue = document.getElementById("alert-queue");
-const VERDICTS = [["acknowledged", "Acknowledge"], ["false_alarm", "False alarm"], ["confirmed", "Confirmed"]];
+// [value, button label] of each verdict, as the server defines them (fleet/alerts.py).
+const VERDICTS = Object.entries(JSON.parse(document.querySelector('meta[name="verdicts"]').content));
 
 function updateCount() {
   const n = queue.querySelectorAll(".alert").length;

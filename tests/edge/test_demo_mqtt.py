@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from edge.cli import main
+from edge.run.cli import main
 from tests.edge.link_support import FleetSubscriber
 from tests.support.mosquitto import MosquittoBroker
 

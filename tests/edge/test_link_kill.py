@@ -18,8 +18,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge.contract import StatusPayload, decode
-from edge.outbox import Outbox
+from contract.mqtt import StatusPayload, decode
+from edge.report.outbox import Outbox
 from tests.edge.link_support import FleetSubscriber, read_line, spawn_device
 from tests.support.mosquitto import MosquittoBroker
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from firmware_bridge import protocol as P
+from contract import serial_protocol as P
 from firmware_bridge.host import BridgeActuators, BridgeError
 from tests.firmware.board_sim import LossyLine, SimulatedBoard
 
