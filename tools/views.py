@@ -25,7 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tools.augment import PAD_VALUE, letterbox, normalise
+from contract.model_format import PAD_VALUE
+from tools.augment import letterbox, normalise
 from tools.corpus import CLASS_ID
 from tools.model import INPUT_H, INPUT_W
 from tools.sources import SourceImage, iter_sources
