@@ -17,7 +17,10 @@ import numpy as np
 from gpiozero import Factory
 
 from contract.errors import CameraError
-from edge.act.actuate import Actuators, FireCallback, GpioActuators, LogActuators, make_pin_factory
+from edge.act.base import Actuators, FireCallback
+from edge.act.gpio import GpioActuators
+from edge.act.pins import make_pin_factory
+from edge.act.unwired import LogActuators
 from edge.config import Config, load_config, parse_config
 from edge.decide.detect import Detector, OnnxDetector, self_check
 from edge.report.events import EventSink, FanOut, JsonlSink, MemorySink
