@@ -20,7 +20,7 @@ from tests.support.mosquitto import MosquittoBroker, free_port
 def test_migrate_reports_the_schema_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = f"sqlite:///{tmp_path / 'f.db'}"
     assert main(["migrate", "--db", db]) == 0
-    assert "schema version 3; applied: 0001_initial.sql, 0002_config_reported.sql, 0003_quarantine_and_snapshot_sizes.sql" in capsys.readouterr().out
+    assert "schema version 4; applied: 0001_initial.sql, 0002_config_reported.sql, 0003_quarantine_and_snapshot_sizes.sql, 0004_alarm_lifecycle.sql" in capsys.readouterr().out
     assert main(["migrate", "--db", db]) == 0
     assert "applied: nothing" in capsys.readouterr().out
 
