@@ -327,6 +327,34 @@ async function rowVerdict(button) {
   countsSoon();
 }
 
+// ---- unit commands ----------------------------------------------------------------------------
+async function sendCommand(button) {
+  const row = button.closest("tr");
+  const status = row.querySelector(".cmd-status");
+  const { unit, cmd } = button.dataset;
+  const question = cmd === "release" ? `Release the door held by ${unit}?` : `${cmd} blocking on ${unit}?`;
+  if (!confirm(question)) return;
+  status.textContent = `${cmd}: sending…`;
+  try {
+    const sent = await api("POST", `/api/units/${encodeURIComponent(unit)}/commands`, { name: cmd });
+    for (let i = 0; i < 30; i++) {
+      const c = await api("GET", `/api/commands/${sent.command_id}`);
+      if (c.status !== "pending") { status.textContent = `${cmd}: ${c.status} ${c.result_detail || ""}`; return; }
+      status.textContent = `${cmd}: waiting for the unit…`;
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    status.textContent = `${cmd}: no answer from the unit`;
+  } catch (e) { status.textContent = `${cmd}: ${e.message}`; }
+}
+
+document.addEventListener("click", (ev) => {
+  const b = ev.target.closest("button.cmd");
+  if (b) sendCommand(b);
+  const v = ev.target.closest("button.verdict-action");
+  if (v) rowVerdict(v);
+});
+
+
 // ---- unit rows: state, heartbeat, camera, relay, blocking, config; polled (rows many, changes rare) ----
 const UNIT_REFRESH_MS = 10000;
 

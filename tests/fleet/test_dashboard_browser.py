@@ -80,9 +80,12 @@ def test_manager_logs_in_sees_units_gets_a_live_alert_and_acknowledges_it(
     labelled = fleet.store.get_alert(event.event_id)
     assert labelled is not None and (labelled["verdict"], labelled["labelled_by"]) == ("acknowledged", "manny")
 
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.accept()))
     page.click("button.cmd[data-cmd=release][data-unit=lift-n1]")
     wait_until(lambda: "release: ok" in (page.text_content("tr[data-unit-id=lift-n1] .cmd-status") or ""),
                timeout=15)
+    assert dialogs == ["Release the door held by lift-n1?"]  # asked first
     assert errors == []
     page.close()
 
@@ -176,7 +179,7 @@ def test_unit_rows_follow_units_going_silent_offline_and_coming_back_without_a_r
         assert before["lift-r"] == "never" and page.get_attribute("tr.unit[data-unit-id=lift-r] td.heartbeat",
                                                                  "title") == ""
         assert (cells("camera")["lift-r"], cells("relay")["lift-r"], cells("blocking")["lift-r"]) == (
-            "unknown 0 fps", "", "?")
+            "unknown ", "", "?")  # stopped: no live camera state, no fps
         assert (page.text_content("#unit-summary"), page.text_content("h4.building")) == (
             "2/3 online", "Tower A 2/3 online")
         reloads: list[str] = []
