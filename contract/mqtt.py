@@ -157,6 +157,9 @@ def decode(model: type[M], raw: bytes) -> M:
     """Parse untrusted bytes into `model`; every failure becomes a PayloadError with the reason."""
     if len(raw) > MAX_PAYLOAD_BYTES:
         raise PayloadError(f"payload too large ({len(raw)} bytes)")
+    if b"\\u0000" in raw:
+        # A NUL character: PostgreSQL cannot store it in text, and no unit has a reason to send one.
+        raise PayloadError(f"{model.__name__}: NUL character (\\u0000) refused")
     try:
         data = json.loads(raw, parse_constant=refuse_constant, parse_int=bounded_int)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -1,3 +1,4 @@
+-- depends: 0003_quarantine_and_snapshot_sizes
 -- Alarm lifecycle (active -> acknowledged -> cleared), notifications and disabled users.
 -- An alert (an event with phase 'start') is acknowledged by the first verdict a person gives it, and
 -- cleared when its hold ends (the unit's 'end' event of the same incident) or when a person clears it.
