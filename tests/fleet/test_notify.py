@@ -34,7 +34,7 @@ class Inbox:
 
     messages: list[EmailMessage] = field(default_factory=list)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd's name)
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(message, EmailMessage)
         message["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
@@ -68,7 +68,7 @@ def hook() -> Iterator[Hook]:
     received = Hook(free_port())
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             received.posts.append((self.path, json.loads(body)))
             self.send_response(204)
