@@ -8,34 +8,15 @@ import datetime as dt
 import json
 import os
 import re
-import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import pytest
-
 from tests.fleet.conftest import PASSWORD, FakeUnit, RunningFleet, start_fleet, wait_until
 from tests.fleet.test_config_reported import answer, config_of
 from tests.support.mosquitto import MosquittoBroker
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-sync_api = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.fail("chromium is not installed: run `make test`, which installs it from the OS packages")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
 
 
 def test_manager_logs_in_sees_units_gets_a_live_alert_and_acknowledges_it(
@@ -81,7 +62,12 @@ def test_manager_logs_in_sees_units_gets_a_live_alert_and_acknowledges_it(
     assert labelled is not None and (labelled["verdict"], labelled["labelled_by"]) == ("acknowledged", "manny")
 
     dialogs: list[str] = []
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.accept()))
+
+    def accept(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", accept)
     page.click("button.cmd[data-cmd=release][data-unit=lift-n1]")
     wait_until(lambda: "release: ok" in (page.text_content("tr[data-unit-id=lift-n1] .cmd-status") or ""),
                timeout=15)
