@@ -44,7 +44,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from contract.errors import ConfigError
-from fleet.alerts import ALERT_TYPES
+from fleet.alerts import ALERT_LABELS, ALERT_TYPES
 from fleet.config import zone_for
 from fleet.store import Row, Store
 
@@ -170,10 +170,6 @@ class NotifierStats:
         self.deliveries = [*self.deliveries[-99:], delivery]
 
 
-_ALERT_WORDS = {"ebike_blocked": "E-bike blocked", "blocking_disabled": "E-bike seen (blocking disabled)",
-                "camera_fault": "Camera fault"}
-
-
 class Notifier:
     """Sends what the rules say for new and overdue alerts; `start()` runs it in a thread."""
 
@@ -284,7 +280,7 @@ class Notifier:
 
     def body(self, row: Row, kind: Kind, now: float | None = None) -> dict[str, Any]:
         """The webhook's JSON (and the e-mail's facts)."""
-        what = _ALERT_WORDS.get(row["type"], row["type"])
+        what = ALERT_LABELS.get(row["type"], row["type"])
         where = " / ".join(x for x in (row.get("site"), row.get("building"), row.get("elevator")) if x)
         waited = "" if now is None else f" — unacknowledged for {int((now - float(row['received_at'])) // 60)} min"
         title = f"{'ESCALATED: ' if kind == 'escalation' else ''}{what}: {where or row['unit_id']}{waited}"

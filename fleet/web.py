@@ -12,52 +12,9 @@ from typing import Any
 
 import jinja2
 
-from fleet.alerts import ALERT_STATUSES, ALERT_TYPES, VERDICT_LABELS
+from fleet.alerts import ALERT_LABELS, ALERT_STATUSES, ALERT_TYPES, VERDICT_LABELS
 from fleet.auth import Principal
 from fleet.config import zone_for
-
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}
-header{background:#1d2330;color:#fff;padding:.6rem 1rem;display:flex;flex-wrap:wrap;gap:.4rem 1rem;align-items:center}
-header a{color:#cfe0ff} header .who{margin-left:auto} header form{display:inline}
-header .counts a{color:#fff;font-weight:600}
-main{padding:1rem;display:grid;grid-template-columns:minmax(0,1fr) minmax(18rem,24rem);gap:1rem;align-items:start}
-main.single{grid-template-columns:minmax(0,1fr)}
-section{background:#fff;border-radius:6px;padding:.8rem;box-shadow:0 1px 2px #0002;min-width:0}
-.table-wrap{overflow-x:auto;max-width:100%}
-table{border-collapse:collapse;width:100%;font-size:.9rem} td,th{padding:.25rem .4rem;text-align:left;
-border-bottom:1px solid #e3e5ea;overflow-wrap:anywhere} h2{margin:.2rem 0 .6rem} h3{margin:.8rem 0 .3rem;font-size:1rem}
-.badge{padding:.05rem .4rem;border-radius:3px;font-size:.8rem;color:#fff;background:#888;white-space:nowrap}
-.online{background:#1a7f37}.offline,.silent,.frozen{background:#c62828}.stopped,.starting{background:#9a6700}
-.badge.stale{background:#aab}
-.life.active{background:#c62828}.life.acknowledged{background:#9a6700}.life.cleared{background:#1a7f37}
-#alerts{position:relative}
-.alert,.alert-done{border:1px solid #e3e5ea;border-radius:6px;padding:.4rem;margin-bottom:.6rem;overflow-wrap:anywhere}
-.alert-done{background:#f4f5f7}
-.alert img{max-width:100%;display:block;margin-bottom:.3rem;background:#eee;min-height:3rem}
-img.thumb{width:96px;height:72px;object-fit:cover;background:#eee;display:block}
-.new-alerts{position:absolute;top:.6rem;right:.8rem;background:#3566c5;color:#fff;border:0;border-radius:1rem;
-padding:.25rem .8rem;font-weight:600;box-shadow:0 1px 3px #0004}
-.new-alerts[hidden]{display:none}
-#toasts{position:fixed;bottom:1rem;left:50%;transform:translateX(-50%);display:flex;flex-direction:column;gap:.4rem;
-z-index:10}
-.toast{background:#1d2330;color:#fff;padding:.5rem .8rem;border-radius:6px;box-shadow:0 2px 6px #0005}
-.toast button{margin-left:.6rem}
-.error{color:#c62828} form.filters{display:flex;gap:.4rem;flex-wrap:wrap;margin-bottom:.5rem}
-.full{grid-column:1/-1} .muted{color:#667} button{cursor:pointer}
-dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem;margin:0}
-dl.facts dt{color:#667} dl.facts dd{margin:0;overflow-wrap:anywhere}
-.legend{list-style:none;display:flex;flex-wrap:wrap;gap:.3rem 1rem;padding:0;margin:.3rem 0 0;font-size:.85rem}
-.swatch{display:inline-block;width:.7rem;height:.7rem;margin-right:.3rem;vertical-align:-.05rem}
-pre{background:#f4f5f7;padding:.5rem;overflow-x:auto}
-.login{max-width:22rem;margin:4rem auto;display:block}
-.login input{display:block;width:100%;margin:.2rem 0 .6rem;padding:.3rem}
-@media (max-width:900px){
- main{grid-template-columns:minmax(0,1fr);padding:.5rem}
- main.dashboard #alerts{order:-1}
- header .who{margin-left:0}
-}
-"""
 
 
 def _ago(ts: float | None, now: float) -> str:
@@ -118,7 +75,8 @@ _env = jinja2.Environment(loader=jinja2.PackageLoader("fleet", "templates"), aut
                           undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 _env.filters.update(local=_local, ago=_ago, config_text=_config_text, camera_text=_camera_text,
                     camera_class=_camera_class, camera_title=_camera_title, fps_text=_fps_text,
-                    blocking_text=_blocking_text, pretty=lambda v: json.dumps(v, indent=2, sort_keys=True))
+                    blocking_text=_blocking_text, alert_label=lambda t: ALERT_LABELS.get(t, t),
+                    pretty=lambda v: json.dumps(v, indent=2, sort_keys=True))
 
 
 def render(template: str, title: str, who: Principal | None, *, zone: str = "UTC", script: bool = True,
@@ -126,8 +84,9 @@ def render(template: str, title: str, who: Principal | None, *, zone: str = "UTC
     # app.js shows live alert times in the site's zone (`zone`), not the browser's.
     # The verdicts (value -> button label) come from fleet.alerts, the one place that defines them.
     return _env.get_template(template).render(
-        title=title, who=who, zone=zone, script=script, counts=counts, page=page, css=_CSS,
-        verdicts_json=json.dumps(VERDICT_LABELS), verdicts=VERDICT_LABELS, **values)
+        title=title, who=who, zone=zone, script=script, counts=counts, page=page,
+        verdicts_json=json.dumps(VERDICT_LABELS), verdicts=VERDICT_LABELS, alert_labels_json=json.dumps(ALERT_LABELS),
+        **values)
 
 
 def login_page(csrf: str, error: str = "") -> str:

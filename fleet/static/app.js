@@ -128,8 +128,8 @@ if (notifyButton) {
   showNotifyState();
 }
 
-const ALERT_WORDS = { ebike_blocked: "E-bike blocked", blocking_disabled: "E-bike seen (blocking disabled)",
-                      camera_fault: "Camera fault" };
+// How each alert type is named, as the server defines it (fleet/alerts.py).
+const ALERT_WORDS = JSON.parse(document.querySelector('meta[name="alert-types"]').content);
 
 function announce(a) {
   // A new alert while this page is open: sound and a system notification, if the person turned them on.
@@ -206,7 +206,7 @@ function makeCard(a) {
   }
   const conf = a.confidence == null ? "" : ` ${(a.confidence * 100).toFixed(0)}%`;
   const place = [a.site, a.building, a.elevator].filter(Boolean).join(" · ");
-  card.append(el("div", {}, el("strong", {}, a.type.replace("_", " ")), " · ",
+  card.append(el("div", {}, el("strong", {}, ALERT_WORDS[a.type] || a.type), " · ",
                  el("a", { href: `/units/${encodeURIComponent(a.unit_id)}` }, a.unit_id)),
               el("div", { class: "muted" }, `${place} · ${when} · ${a.cls || ""}${conf}`));
   const buttons = el("div", {});
