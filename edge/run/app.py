@@ -290,17 +290,18 @@ class Pipeline:
 
 
 class ClipClock:
-    """Clip time for replays: 'now' is the timestamp of the frame being processed."""
+    """Clip time for replays: 'now' is the timestamp of the frame being processed. `start` is the clip's
+    first instant (0, or the wall clock when the events go to a fleet that files them by date)."""
 
-    def __init__(self) -> None:
-        self.now = 0.0
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
 
     def __call__(self) -> float:
         return self.now
 
 
-def clip_frames(reader: Any, fps: float) -> Iterator[Frame]:
-    """Frames of a recording on clip time: frame i at i / fps seconds."""
+def clip_frames(reader: Any, fps: float, start: float = 0.0) -> Iterator[Frame]:
+    """Frames of a recording on clip time: frame i at start + i / fps seconds."""
     index = 0
     while True:
         image = reader.read()
@@ -308,7 +309,7 @@ def clip_frames(reader: Any, fps: float) -> Iterator[Frame]:
             if reader.ended:
                 return
             continue
-        yield Frame(index, index / fps, image)
+        yield Frame(index, start + index / fps, image)
         index += 1
 
 
@@ -317,7 +318,7 @@ def replay(pipeline: Pipeline, frames: Iterator[Frame], fps: float, clock: ClipC
 
     After the last frame, clip time runs on (ticks at 1/fps) until the policy is idle, so a hold
     that is still active at the end of the clip is seen to clear or reach its cap."""
-    last_ts = 0.0
+    last_ts = clock.now
     count = 0
     blank = np.zeros((480, 640, 3), np.uint8)
     for frame in frames:

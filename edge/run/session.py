@@ -82,9 +82,12 @@ def run_demo(opts: DemoOptions) -> int:
         opts.events_out.parent.mkdir(parents=True, exist_ok=True)
         opts.events_out.write_text("")  # one run per file: the log shows exactly this run
         sinks.append(JsonlSink(opts.events_out))
-    clock = ClipClock()
+    # Events sent to a fleet carry wall-clock time (the fleet files them by date and refuses 1970): the clip
+    # starts now. Decisions still run on clip time, frame after frame, whatever the host's load.
+    start = time.time() if opts.mqtt_url else 0.0
+    clock = ClipClock(start)
     fan_out = FanOut(sinks)
-    pipeline = Pipeline(cfg, detector, build_actuators(cfg), fan_out, timeline=print, clock=clock, t0=0.0)
+    pipeline = Pipeline(cfg, detector, build_actuators(cfg), fan_out, timeline=print, clock=clock, t0=start)
     pipeline.policy.step_s = 1.0 / fps  # the clip's frame period, not the live camera's
     link = None
     if opts.mqtt_url:
@@ -96,7 +99,7 @@ def run_demo(opts: DemoOptions) -> int:
           f"unit {cfg.unit.id} (mock pins: relay {cfg.actuators.relay_pin})")
     wall0 = time.perf_counter()
     try:
-        frames = replay(pipeline, clip_frames(reader, fps), fps, clock)
+        frames = replay(pipeline, clip_frames(reader, fps, start), fps, clock)
     finally:
         reader.close()
         pipeline.close()
