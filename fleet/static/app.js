@@ -281,7 +281,7 @@ async function startAlerts() {
     for (const a of data.alerts.reverse()) showAlert(a, false);
   }
   const source = new EventSource("/api/alerts/stream");
-  source.addEventListener("alert", (ev) => { showAlert(JSON.parse(ev.data), true); countsSoon(); });
+  source.addEventListener("alert", (ev) => { showAlert(JSON.parse(ev.data), true); countsSoon(); chartSoon(); });
   setInterval(() => refreshCounts().catch(() => {}), 10000);  // verdicts given elsewhere
 }
 
@@ -499,6 +499,13 @@ async function drawChart() {
     legend.append(el("li", {}, swatch, s.label));
   });
   box.replaceChildren(chart, legend);
+}
+
+let chartTimer = null;
+function chartSoon() {
+  // A new alert: today's bar grows (one redraw per burst).
+  if (chartTimer || !document.getElementById("daily-chart")) return;
+  chartTimer = setTimeout(() => { chartTimer = null; drawChart().catch(() => {}); }, 1000);
 }
 
 startAlerts().catch((e) => console.error(e));

@@ -53,6 +53,7 @@ def test_manager_logs_in_sees_units_gets_a_live_alert_and_acknowledges_it(
     wait_until(lambda: page.evaluate(
         f'document.querySelector(\'.alert[data-event-id="{event.event_id}"] img\').naturalWidth') > 0, timeout=15)
 
+    wait_until(lambda: page.locator("#daily-chart rect").count() == 1, timeout=15)  # today's bar, no reload
     if shot := os.environ.get("LIFTGUARD_SCREENSHOT"):  # docs: `LIFTGUARD_SCREENSHOT=docs/img/dashboard.png`
         page.set_viewport_size({"width": 1280, "height": 860})
         page.screenshot(path=shot, full_page=False)
