@@ -28,6 +28,7 @@ Rules live in a TOML file (`notify_file` setting), e.g.::
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import smtplib
 import ssl
@@ -226,19 +227,26 @@ class Notifier:
         return self.store.execute(f"UPDATE events SET {column} = ? WHERE event_id = ? AND {column} IS NULL {extra}",
                                   (now, event_id)) > 0
 
+    _DETAILS = ("SELECT e.event_id, e.unit_id, e.type, e.ts, e.received_at, e.cls, e.confidence, e.snapshot_id, "
+                "u.site, u.building, u.elevator FROM events e LEFT JOIN units u ON u.unit_id = e.unit_id ")
+
     def _new_alerts(self, now: float) -> list[Delivery]:
         cond, params = self._alert_filter()
-        rows = self.store.query(
-            "SELECT e.event_id, e.unit_id, e.type, e.ts, e.received_at, e.cls, e.confidence, e.snapshot_id, "
-            "u.site, u.building, u.elevator FROM events e LEFT JOIN units u ON u.unit_id = e.unit_id "
-            f"WHERE e.notified_at IS NULL AND {cond} ORDER BY e.received_at LIMIT 200", params)
-        # Events that are not alerts (updates, ends, heartbeat-like types) are marked in one go.
+        # One statement claims a batch: another server's UPDATE waits for these rows and then finds them told.
+        claimed = self.store.query(
+            "UPDATE events SET notified_at = ? WHERE notified_at IS NULL AND event_id IN (SELECT e.event_id FROM "
+            f"events e WHERE e.notified_at IS NULL AND {cond} ORDER BY e.received_at LIMIT 500) RETURNING event_id",
+            [now, *params])
+        # Events that are not alerts (updates, ends) are marked too, so the partial index stays small.
         self.store.execute("UPDATE events SET notified_at = ? WHERE notified_at IS NULL AND NOT (phase = 'start' "
                            f"AND type IN ({','.join('?' * len(ALERT_TYPES))}))", [now, *ALERT_TYPES])
+        if not claimed:
+            return []
+        ids = [r["event_id"] for r in claimed]
+        rows = self.store.query(f"{self._DETAILS} WHERE e.event_id IN ({','.join('?' * len(ids))}) "
+                                "ORDER BY e.received_at", ids)
         out: list[Delivery] = []
         for row in rows:
-            if not self._claim("notified_at", row["event_id"], now):
-                continue  # another server took it
             if now - float(row["received_at"]) > self.config.max_delay_s:
                 self.stats.skipped_stale += 1
                 continue
@@ -253,10 +261,8 @@ class Notifier:
             return []
         cond, params = self._alert_filter()
         rows = self.store.query(
-            "SELECT e.event_id, e.unit_id, e.type, e.ts, e.received_at, e.cls, e.confidence, e.snapshot_id, "
-            "u.site, u.building, u.elevator FROM events e LEFT JOIN units u ON u.unit_id = e.unit_id "
-            f"WHERE e.escalated_at IS NULL AND e.acknowledged_at IS NULL AND e.received_at <= ? AND {cond} "
-            "ORDER BY e.received_at LIMIT 200", [now - shortest * 60, *params])
+            f"{self._DETAILS} WHERE e.escalated_at IS NULL AND e.acknowledged_at IS NULL AND e.received_at <= ? "
+            f"AND {cond} ORDER BY e.received_at LIMIT 200", [now - shortest * 60, *params])
         out: list[Delivery] = []
         for row in rows:
             rules = [r for r in self.config.rules_for(row["site"]) if r.escalate_after_min is not None]
@@ -274,8 +280,6 @@ class Notifier:
 
     # -- messages -----------------------------------------------------------------------------
     def _local(self, ts: float) -> str:
-        import datetime as dt
-
         return dt.datetime.fromtimestamp(ts, zone_for(self.zone)).strftime(f"%Y-%m-%d %H:%M:%S {self.zone}")
 
     def body(self, row: Row, kind: Kind, now: float | None = None) -> dict[str, Any]:

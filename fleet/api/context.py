@@ -140,11 +140,9 @@ def alert_view(row: Row) -> dict[str, Any]:
     """An alert with its lifecycle: `state` active -> acknowledged -> cleared; `cleared_by` is the person
     who cleared it, or "hold ended" when the unit's hold ended (its `end` event)."""
     view = dict(row)
-    hold_ended = row.get("hold_ended_at")
-    view.pop("hold_ended_at", None)
-    if row.get("cleared_at") is None and hold_ended is not None:
-        view.update(cleared_at=hold_ended, cleared_by="hold ended")
-    view["state"] = ("cleared" if view.get("cleared_at") is not None
+    if row.get("cleared_at") is not None and not row.get("cleared_by"):
+        view["cleared_by"] = "hold ended"  # set by the ingest writer from the incident's `end` event
+    view["state"] = ("cleared" if row.get("cleared_at") is not None
                      else "acknowledged" if row.get("acknowledged_at") is not None else "active")
     view["has_snapshot"] = bool(row.get("has_snapshot"))
     view["snapshot_url"] = f"/api/alerts/{row['event_id']}/snapshot" if row.get("snapshot_id") else None

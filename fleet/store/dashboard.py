@@ -52,13 +52,17 @@ class DashboardQueries(Engine):
                e.hold_s, e.snapshot_id, e.detail, u.site, u.building, u.elevator,
                l.verdict, l.username AS labelled_by, l.labelled_at, e.acknowledged_by, e.acknowledged_at,
                e.cleared_by, e.cleared_at, e.escalated_at,
-               (SELECT MIN(x.ts) FROM events x WHERE x.unit_id = e.unit_id AND x.incident_id = e.incident_id
-                    AND x.phase = 'end') AS hold_ended_at,
                (SELECT 1 FROM snapshots s WHERE s.unit_id = e.unit_id AND s.snapshot_id = e.snapshot_id)
                    AS has_snapshot
         FROM events e
         LEFT JOIN units u ON u.unit_id = e.unit_id
         LEFT JOIN labels l ON l.event_id = e.event_id"""
+    # Filters and limit first, then the per-alert subqueries for the rows picked only.
+    _ALERT_PICK = """
+        WITH picked AS (SELECT e.event_id FROM events e LEFT JOIN units u ON u.unit_id = e.unit_id
+                        LEFT JOIN labels l ON l.event_id = e.event_id WHERE {where}
+                        ORDER BY e.received_at DESC, e.event_id LIMIT ?)
+        {select} WHERE e.event_id IN (SELECT event_id FROM picked) ORDER BY e.received_at DESC, e.event_id"""
 
     @staticmethod
     def _alert_filter(status: str) -> tuple[list[str], list[Any]]:
@@ -88,8 +92,7 @@ class DashboardQueries(Engine):
                 where.append(clause)
                 params.append(bound)
         params.append(max(1, min(limit, 1000)))
-        return self.query(f"{self._ALERT_SELECT} WHERE {' AND '.join(where)} "
-                          "ORDER BY e.received_at DESC, e.event_id LIMIT ?", params)
+        return self.query(self._ALERT_PICK.format(where=" AND ".join(where), select=self._ALERT_SELECT), params)
 
     def get_alert(self, event_id: str) -> Row | None:
         rows = self.query(f"{self._ALERT_SELECT} WHERE e.event_id = ?", (event_id,))
@@ -100,17 +103,15 @@ class DashboardQueries(Engine):
         return bytes(rows[0]["data"]) if rows else None
 
     def alert_counts(self) -> dict[str, int]:
-        """Server-side counts for the header: `open` (no verdict yet) and `active` (hold not ended, not
-        cleared by a person) — over every alert, not the cards a page happens to hold."""
-        where, params = self._alert_filter("open")
-        open_ = self.query("SELECT COUNT(*) AS n FROM events e LEFT JOIN labels l ON l.event_id = e.event_id "
-                           f"WHERE {' AND '.join(where)}", params)[0]["n"]
-        where, params = self._alert_filter("all")
-        active = self.query(
-            f"SELECT COUNT(*) AS n FROM events e WHERE {' AND '.join(where)} AND e.cleared_at IS NULL AND NOT EXISTS "
-            "(SELECT 1 FROM events x WHERE x.unit_id = e.unit_id AND x.incident_id = e.incident_id "
-            "AND x.phase = 'end')", params)[0]["n"]
-        return {"open": int(open_), "active": int(active)}
+        """Server-side counts for the header: `open` (no verdict yet, i.e. unacknowledged) and `active` (hold
+        not ended, not cleared by a person) — over every alert, not the cards a page happens to hold."""
+        marks = ",".join("?" * len(ALERT_TYPES))
+        row = self.query(f"""
+            SELECT (SELECT COUNT(*) FROM events WHERE acknowledged_at IS NULL AND phase = 'start'
+                    AND type IN ({marks})) AS open,
+                   (SELECT COUNT(*) FROM events WHERE cleared_at IS NULL AND phase = 'start'
+                    AND type IN ({marks})) AS active""", [*ALERT_TYPES, *ALERT_TYPES])[0]
+        return {"open": int(row["open"]), "active": int(row["active"])}
 
     def set_label(self, event_id: str, verdict: str, username: str, now: float | None = None) -> None:
         """A verdict labels the alert and, the first time, acknowledges it (who and when)."""

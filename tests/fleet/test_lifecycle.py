@@ -120,3 +120,16 @@ def test_the_dashboard_lists_lift_2_before_lift_10(fleet: RunningFleet) -> None:
     assert [u["elevator"] for u in client.get("/api/units").json()["units"]] == ["Lift 1", "Lift 2", "Lift 10"]
     page = client.get("/").text
     assert page.index(">Lift 1<") < page.index(">Lift 2<") < page.index(">Lift 10<")
+
+
+def test_an_end_that_arrives_before_its_start_still_clears_the_alert(fleet: RunningFleet) -> None:
+    # An outbox replaying after an outage may deliver an incident's messages out of order.
+    start = alert("lift-7")
+    end = alert("lift-7", phase="end", incident_id=start.incident_id, ts=start.ts + 30)
+    other_units_end = alert("lift-8", phase="end", incident_id=start.incident_id, ts=start.ts + 1)
+    seed(fleet, end, other_units_end)
+    fleet.store.write_batch(batch_of(start, snapshots=False))
+    client, _ = fleet.login()
+    view = client.get(f"/api/alerts/{start.event_id}").json()
+    assert (view["state"], view["cleared_by"], view["cleared_at"]) == ("cleared", "hold ended", start.ts + 30)
+    assert client.get("/api/alerts/counts").json()["active"] == 0
