@@ -282,3 +282,26 @@ def test_pages_are_rendered_from_templates() -> None:
     source = Path(fleet.web.__file__).read_text()
     assert "<tr" not in source and "<table" not in source and "html.escape" not in source
     assert fleet.web._env.autoescape is True
+
+
+def test_a_stopped_unit_does_not_show_its_last_camera_state_as_a_green_online(
+        browser: Any, fleet: RunningFleet, make_unit: Callable[..., FakeUnit]) -> None:
+    unit = make_unit("lift-1")
+    unit.heartbeat(camera="online")
+    wait_until(lambda: (fleet.store.get_unit("lift-1") or {}).get("camera") == "online")
+    page, errors = log_in(browser, fleet)
+    camera = "tr.unit[data-unit-id=lift-1] td.camera .badge"
+    assert (page.text_content(camera), page.get_attribute(camera, "class")) == ("online", "badge online")
+
+    unit.publish("status", json.dumps({"state": "stopped", "site": unit.site, "building": unit.building}),
+                 retain=True)  # the installer stopped the service
+    wait_until(lambda: page.text_content("tr.unit[data-unit-id=lift-1] td.state") == "stopped", timeout=25)
+    assert (page.text_content(camera), page.get_attribute(camera, "class")) == ("unknown", "badge stale")
+    assert page.get_attribute(camera, "title") == "last reported: online"
+    assert page.text_content("tr.unit[data-unit-id=lift-1] td.camera .fps") == ""
+    page.reload()  # the server's render says the same
+    assert (page.text_content(camera), page.get_attribute(camera, "class")) == ("unknown", "badge stale")
+    page.goto(fleet.url + "/units/lift-1")
+    assert page.text_content("#unit-status dd .badge.stale") == "unknown"
+    assert errors == []
+    page.context.close()

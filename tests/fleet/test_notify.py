@@ -7,6 +7,10 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from contract.errors import ConfigError
@@ -233,3 +238,32 @@ def test_a_stuck_webhook_never_holds_up_ingest(mosquitto: MosquittoBroker, tmp_p
         release.set()
         notifier.stop()
         fleet.stop()
+
+
+def test_serve_sends_the_rules_files_webhooks_for_alerts_from_the_broker(
+        mosquitto: MosquittoBroker, tmp_path: Path, hook: Hook, make_unit: Callable[..., FakeUnit]) -> None:
+    rules_file = tmp_path / "notify.toml"
+    rules_file.write_text(f'[[sites]]\nsite = "Harbour View"\nwebhook = "{hook.url("/desk")}"\n')
+    port = free_port()
+    env = {**os.environ, "LIFTGUARD_FLEET_DB": f"sqlite:///{tmp_path / 'f.db'}",
+           "LIFTGUARD_FLEET_MQTT_URL": mosquitto.url, "LIFTGUARD_FLEET_HTTP_PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "-m", "fleet.cli", "serve", "--notify-file", str(rules_file),
+                             "--public-url", "https://fleet.example"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _healthy(port), timeout=30)
+        event = make_unit("lift-9").alert(with_snapshot=False)
+        wait_until(lambda: hook.posts, timeout=20)
+        ((path, body),) = hook.posts
+        assert (path, body["event_id"], body["url"]) == ("/desk", event.event_id, "https://fleet.example/units/lift-9")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+    assert proc.returncode == 0
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
