@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from fleet.api.context import natural_key
-from fleet.store import IngestBatch
+from fleet.api.context import alert_view, natural_key
+from fleet.store import IngestBatch, Store
 from tests.fleet.conftest import RunningFleet
 from tests.fleet.test_store import alert, batch_of, heartbeat
 
@@ -133,3 +133,22 @@ def test_an_end_that_arrives_before_its_start_still_clears_the_alert(fleet: Runn
     view = client.get(f"/api/alerts/{start.event_id}").json()
     assert (view["state"], view["cleared_by"], view["cleared_at"]) == ("cleared", "hold ended", start.ts + 30)
     assert client.get("/api/alerts/counts").json()["active"] == 0
+
+
+def test_the_lifecycle_queries_agree_on_both_engines(store: Store) -> None:
+    first, second, third = alert("u1"), alert("u1"), alert("u2")
+    end_of_second = alert("u1", phase="end", incident_id=second.incident_id, ts=second.ts + 5)
+    store.write_batch(batch_of(first, end_of_second, snapshots=False))
+    store.write_batch(batch_of(second, third, snapshots=False))  # the end came first
+    store.set_label(first.event_id, "confirmed", "manny")
+    assert store.alert_counts() == {"open": 2, "active": 2}
+    assert {r["event_id"] for r in store.list_alerts("open")} == {second.event_id, third.event_id}
+    assert [r["event_id"] for r in store.list_alerts("confirmed")] == [first.event_id]
+    assert len(store.list_alerts("all", limit=2)) == 2
+    assert store.clear_alert(third.event_id, "manny") and not store.clear_alert(third.event_id, "ana")
+    store.clear_label(first.event_id)
+    views = {r["event_id"]: alert_view(r) for r in store.list_alerts("all")}
+    assert {e: (v["state"], v["cleared_by"]) for e, v in views.items()} == {
+        first.event_id: ("active", None), second.event_id: ("cleared", "hold ended"),
+        third.event_id: ("cleared", "manny")}
+    assert store.alert_counts() == {"open": 3, "active": 1}
