@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -37,7 +38,7 @@ from fleet.ingest import Ingestor
 from fleet.simulate import snapshot_jpeg
 from fleet.store import Store
 from tests.fleet.pgserver import PostgresServer, pg_bin_dir
-from tests.support.mosquitto import MosquittoBroker, free_port
+from tests.support.mosquitto import MosquittoBroker
 
 PASSWORD = "correct horse battery staple"
 
@@ -127,7 +128,12 @@ class RunningFleet:
 def start_fleet(broker: MosquittoBroker, db_url: str, clock: Callable[[], float] = time.time,
                 **overrides: Any) -> RunningFleet:
     """A fleet server as `serve` builds it; `overrides` are settings, `clock` says what time the API thinks it is."""
-    port = free_port()
+    # The HTTP socket is bound here and handed to uvicorn: a port picked, closed and bound again later can be
+    # taken in between by whatever else runs on the machine.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
     settings = load_settings({"db": db_url, "mqtt_url": broker.url, "http_port": port,
                               "client_id": f"fleet-{uuid.uuid4().hex[:8]}", "batch_window_ms": 5, **overrides},
                              environ={})
@@ -142,7 +148,7 @@ def start_fleet(broker: MosquittoBroker, db_url: str, clock: Callable[[], float]
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                             timeout_graceful_shutdown=1, proxy_headers=False)  # as `serve` runs it
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     wait_until(lambda: server.started, 10)
     fleet = RunningFleet(f"http://127.0.0.1:{port}", ctx, ingestor, store, broker, server, thread, app)
