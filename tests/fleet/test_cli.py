@@ -58,7 +58,7 @@ def test_serve_runs_ingest_and_http_until_terminated(mosquitto: MosquittoBroker,
     proc = subprocess.Popen([sys.executable, "-m", "fleet.cli", "serve", "--stats-out", str(tmp_path / "s.json")],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        health = wait_until(lambda: _get(f"http://127.0.0.1:{port}/healthz"), timeout=20)
+        health = wait_until(lambda: _get(f"http://127.0.0.1:{port}/healthz"), timeout=60)  # a loaded machine
         assert (health["status"], health["db"], health["mqtt"]) == ("ok", True, True)
         assert httpx.get(f"http://127.0.0.1:{port}/api/units").status_code == 401
     finally:

@@ -251,7 +251,7 @@ def test_serve_sends_the_rules_files_webhooks_for_alerts_from_the_broker(
                              "--public-url", "https://fleet.example"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        wait_until(lambda: _healthy(port), timeout=30)
+        wait_until(lambda: _healthy(port), timeout=60)  # generous: a loaded machine starts a process slowly
         event = make_unit("lift-9").alert(with_snapshot=False)
         wait_until(lambda: hook.posts, timeout=20)
         ((path, body),) = hook.posts
