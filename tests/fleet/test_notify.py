@@ -247,19 +247,20 @@ def test_serve_sends_the_rules_files_webhooks_for_alerts_from_the_broker(
     port = free_port()
     env = {**os.environ, "LIFTGUARD_FLEET_DB": f"sqlite:///{tmp_path / 'f.db'}",
            "LIFTGUARD_FLEET_MQTT_URL": mosquitto.url, "LIFTGUARD_FLEET_HTTP_PORT": str(port)}
+    log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "fleet.cli", "serve", "--notify-file", str(rules_file),
-                             "--public-url", "https://fleet.example"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                             "--public-url", "https://fleet.example"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: _healthy(port), timeout=60)  # generous: a loaded machine starts a process slowly
         event = make_unit("lift-9").alert(with_snapshot=False)
-        wait_until(lambda: hook.posts, timeout=20)
+        wait_until(lambda: hook.posts, timeout=60)
         ((path, body),) = hook.posts
         assert (path, body["event_id"], body["url"]) == ("/desk", event.event_id, "https://fleet.example/units/lift-9")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
-    assert proc.returncode == 0
+        log.close()
+    assert proc.returncode == 0, (tmp_path / "serve.log").read_text()
 
 
 def _healthy(port: int) -> bool:
