@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from contract.errors import ConfigError
@@ -23,7 +23,12 @@ ENV_PREFIX = "LIFTGUARD_FLEET_"
 class FleetSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    db: str = Field("sqlite:///data/fleet.db", description="sqlite:///path or postgresql://user@host:port/db")
+    data_dir: Path = Field(default_factory=lambda: default_data_dir(os.environ),
+                           description="where the SQLite database and the CA live by default (not the current "
+                                       "directory): $LIFTGUARD_FLEET_DATA_DIR, else /var/lib/liftguard-fleet for "
+                                       "root, else $XDG_DATA_HOME/liftguard-fleet (~/.local/share/liftguard-fleet)")
+    db: str = Field("", description="sqlite:///path or postgresql://user@host:port/db (default: "
+                                    "sqlite:///<data_dir>/fleet.db)")
     mqtt_url: str = Field("mqtt://127.0.0.1:1883", description="mqtt:// or mqtts:// broker URL")
     mqtt_username: str | None = None
     mqtt_password_file: Path | None = Field(None, description="file holding the broker password")
@@ -65,10 +70,24 @@ class FleetSettings(BaseModel):
     trusted_proxies: tuple[str, ...] = Field(
         (), description="addresses or networks (comma-separated) of reverse proxies whose X-Forwarded-For "
                         "names the client; from anyone else the header is ignored")
+    notify_file: Path | None = Field(
+        None, description="TOML file of per-site e-mail / webhook notification and escalation rules (fleet/notify.py)")
+    public_url: str | None = Field(None, pattern=r"^https?://",
+                                   description="the dashboard's address, for links in e-mails and webhooks")
     timezone: str = Field(
         "UTC", title="site time zone",
         description="IANA name (e.g. Asia/Shanghai): whose midnight starts a day in the daily alert counts, "
                     "the alert history's day filter and the times on the dashboard")
+
+    @model_validator(mode="after")
+    def _default_db(self) -> FleetSettings:
+        if not self.db:
+            object.__setattr__(self, "db", f"sqlite:///{self.data_dir / 'fleet.db'}")
+        return self
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.data_dir / "ca"
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -114,6 +133,16 @@ class FleetSettings(BaseModel):
         return urlparse(self.mqtt_url).scheme == "mqtts"
 
 
+def default_data_dir(environ: Mapping[str, str]) -> Path:
+    """The fleet's data directory when no `data_dir` is set: never the current directory, which is wherever
+    the installer happened to be."""
+    if environ.get("XDG_DATA_HOME") and os.geteuid() != 0:
+        return Path(environ["XDG_DATA_HOME"]) / "liftguard-fleet"
+    if os.geteuid() == 0 or not environ.get("HOME"):
+        return Path("/var/lib/liftguard-fleet")
+    return Path(environ["HOME"]) / ".local" / "share" / "liftguard-fleet"
+
+
 def zone_for(name: str) -> dt.tzinfo:
     """The tzinfo of an IANA zone name; ValueError, with a close match if one exists, when unknown."""
     if name == "UTC":
@@ -144,6 +173,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
         if value is not None:
             data[name] = value
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    data.setdefault("data_dir", default_data_dir(env))
     try:
         return FleetSettings.model_validate(data)
     except ValidationError as exc:

@@ -87,8 +87,11 @@ def run_demo(opts: DemoOptions) -> int:
         sinks.append(JsonlSink(opts.events_out))
     clock = ClipClock()
     fan_out = FanOut(sinks)
+    # Decisions run on clip time throughout (the outcome cannot depend on host load). Events carry clip time in
+    # the local log, but wall-clock time when they go to a fleet, which files them by date and refuses 1970.
+    start = time.time() if opts.mqtt_url else 0.0
     pipeline = Pipeline(cfg, detector, build_actuators(cfg, pin_factory=pins), fan_out, timeline=print, clock=clock,
-                        t0=0.0, wall=lambda t: t)  # clip time throughout: the outcome cannot depend on host load
+                        t0=0.0, wall=lambda t: start + t)
     pipeline.policy.step_s = 1.0 / fps  # the clip's frame period, not the live camera's
     link = None
     if opts.mqtt_url:

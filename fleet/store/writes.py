@@ -275,4 +275,10 @@ class IngestWrites(Engine):
         self._xmany(cur, "INSERT INTO units (unit_id, first_seen, last_seen) VALUES (?, ?, ?) "
                          "ON CONFLICT (unit_id) DO UPDATE SET last_seen = excluded.last_seen",
                     [(e.unit_id, at, at) for e, at, _ in batch.events])
+        # Alarm lifecycle: an incident's `end` clears its alert (the hold ended), whichever arrived first.
+        self._xmany(cur, """
+            UPDATE events SET cleared_at = (SELECT MIN(x.ts) FROM events x WHERE x.incident_id = events.incident_id
+                                            AND x.phase = 'end' AND x.unit_id = events.unit_id)
+            WHERE incident_id = ? AND phase = 'start' AND unit_id = ? AND cleared_at IS NULL""",
+                    sorted({(e.incident_id, e.unit_id) for e in new if e.phase in ("start", "end")}))
         return new
