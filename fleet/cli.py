@@ -22,7 +22,8 @@ def _settings(args: argparse.Namespace) -> Any:
 
     overrides = {k: getattr(args, k, None) for k in (
         "db", "mqtt_url", "shared_group", "http_host", "http_port", "client_id", "silence_s", "batch_max",
-        "batch_window_ms", "mqtt_username", "mqtt_password_file", "mqtt_ca", "mqtt_cert", "mqtt_key", "timezone")}
+        "batch_window_ms", "heartbeat_flush_s", "mqtt_username", "mqtt_password_file", "mqtt_ca", "mqtt_cert",
+        "mqtt_key", "timezone")}
     if getattr(args, "cookie_secure", False):
         overrides["cookie_secure"] = True
     return load_settings(overrides)
@@ -152,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--silence-s", type=float, help="heartbeat silence that marks a unit offline")
     serve.add_argument("--batch-max", type=int)
     serve.add_argument("--batch-window-ms", type=float)
+    serve.add_argument("--heartbeat-flush-s", type=float,
+                       help="write coalesced heartbeats this often (default 5; 0 = with every batch)")
     serve.add_argument("--timezone", help="the site's IANA time zone, e.g. Asia/Shanghai: where days begin "
                                           "(default UTC)")
     serve.add_argument("--cookie-secure", action="store_true", help="Secure cookies (serve behind HTTPS)")

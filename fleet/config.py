@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from contract.errors import ConfigError
@@ -38,6 +38,12 @@ class FleetSettings(BaseModel):
     silence_s: float = Field(90.0, ge=5, le=86400, description="no heartbeat this long = offline")
     batch_max: int = Field(2000, ge=1, le=100_000, description="most messages per DB transaction")
     batch_window_ms: float = Field(25.0, ge=0, le=5000, description="wait this long to fill a batch")
+    heartbeat_flush_s: float = Field(
+        5.0, ge=0, le=60,
+        description="QoS 0 heartbeats are coalesced (latest per unit, hourly counts of all) and written this "
+                    "often; 0 writes each with its batch. A crash loses at most this much of them")
+    heartbeat_flush_units: int = Field(50_000, ge=1, le=10_000_000,
+                                       description="write the held heartbeats early once this many units wait")
     max_clock_ahead_s: float = Field(
         86400.0, ge=60, le=366 * 86400,
         description="an event or config report stamped further ahead of the server clock is quarantined")
@@ -61,6 +67,13 @@ class FleetSettings(BaseModel):
         "UTC", title="site time zone",
         description="IANA name (e.g. Asia/Shanghai): whose midnight starts a day in the daily alert counts, "
                     "the alert history's day filter and the times on the dashboard")
+
+    @model_validator(mode="after")
+    def _flush_within_silence(self) -> FleetSettings:
+        if self.heartbeat_flush_s * 2 > self.silence_s:
+            raise ValueError(f"heartbeat_flush_s ({self.heartbeat_flush_s:g}) must be at most half of silence_s "
+                             f"({self.silence_s:g}), or units would look silent while their beats wait")
+        return self
 
     @field_validator("timezone")
     @classmethod

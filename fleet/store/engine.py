@@ -103,6 +103,21 @@ class Engine:
         if rows:
             cur.executemany(self._sql(sql), rows)
 
+    def _insert_rows(self, cur: Cursor, head: str, row: str, tail: str, rows: Sequence[Sequence[Any]]) -> None:
+        """`head VALUES row tail` for every row: one statement run per row here (SQLite runs them in C
+        from one prepared statement); PostgreSQL overrides it with multi-row statements."""
+        if rows:
+            cur.executemany(self._sql(f"{head} VALUES {row} {tail}"), rows)
+
+    def lock_units(self, cur: Cursor, first_seen: dict[str, float]) -> None:
+        """Take the row locks of these units in one order (unit id), creating missing rows, before a
+        transaction that writes them in several statements (the engine hook; SQLite needs none: BEGIN
+        IMMEDIATE already serialises writers)."""
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """A failure that the same transaction, retried at once, gets past (a lost deadlock or race)."""
+        return False
+
     @staticmethod
     def _rows(cur: Cursor) -> list[Row]:
         names = [d[0] for d in cur.description]
@@ -189,6 +204,10 @@ class SqliteEngine(Engine):
         # IMMEDIATE takes the write lock up front, so two writers never deadlock on lock upgrade.
         cur.execute("BEGIN IMMEDIATE")
 
+    def is_transient(self, exc: BaseException) -> bool:
+        # busy_timeout ran out while another process held the write lock.
+        return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
 
 class PostgresEngine(Engine):
     dialect = "postgres"
@@ -216,3 +235,35 @@ class PostgresEngine(Engine):
 
     def _lock_migrations(self, cur: Cursor) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(727100)")
+
+    # Rows per multi-row statement: PostgreSQL takes at most 65,535 parameters in one statement.
+    _MAX_PARAMS = 30_000
+
+    def _insert_rows(self, cur: Cursor, head: str, row: str, tail: str, rows: Sequence[Sequence[Any]]) -> None:
+        """One multi-row `INSERT ... VALUES (...), (...) ...` per chunk: one parse, plan and round trip for
+        hundreds of rows instead of one each. Rows are written in the order given (callers sort them)."""
+        if not rows:
+            return
+        per = max(1, self._MAX_PARAMS // max(1, len(rows[0])))
+        row_sql = self._sql(row)
+        for i in range(0, len(rows), per):
+            chunk = rows[i:i + per]
+            sql = f"{self._sql(head)} VALUES {', '.join([row_sql] * len(chunk))} {self._sql(tail)}"
+            cur.execute(sql, [v for r in chunk for v in r])
+
+    def lock_units(self, cur: Cursor, first_seen: dict[str, float]) -> None:
+        if not first_seen:
+            return
+        ids = sorted(first_seen)
+        # New units first (an insert locks the new row; ON CONFLICT DO NOTHING locks nothing that exists),
+        # then every row in the same order. COLLATE "C" is byte order, which is Python's str order for UTF-8.
+        self._insert_rows(cur, "INSERT INTO units (unit_id, first_seen)", "(?, ?)",
+                          "ON CONFLICT (unit_id) DO NOTHING", [(u, first_seen[u]) for u in ids])
+        cur.execute('SELECT unit_id FROM units WHERE unit_id = ANY(%s) ORDER BY unit_id COLLATE "C" '
+                    "FOR NO KEY UPDATE", [ids])
+
+    def is_transient(self, exc: BaseException) -> bool:
+        import psycopg
+
+        return isinstance(exc, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure
+                          | psycopg.errors.LockNotAvailable)
