@@ -355,7 +355,7 @@ class Ingestor:
         self._done = 0  # messages taken and finished (writer thread)
         self._held = HeartbeatCoalescer(settings.heartbeat_flush_s, settings.heartbeat_flush_units)
         self._flushing: list[Message] = []  # heartbeats being written, a chunk per writer round
-        self._flushing_rollup: _Rollup = {}
+        self._flushing_rollup: dict[str, _Rollup] = {}  # by unit
         self._flush_now = False  # drain(): write held heartbeats now
         self._closing = threading.Event()  # set once the network thread stopped: finish and exit
         self._recent_events: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -577,7 +577,9 @@ class Ingestor:
             self._done += len(raw)
             now = time.monotonic()
             if not self._flushing and (self._held.due(now) or (self._held.latest and (closing or self._flush_now))):
-                self._flushing, self._flushing_rollup, beats = self._held.take()
+                self._flushing, rollup, beats = self._held.take()
+                for key, acc in rollup.items():
+                    self._flushing_rollup.setdefault(key[0], {})[key] = acc
                 self.stats.count("heartbeats_coalesced", beats - len(self._flushing))
             self._flush_now = False
             while self._flushing:
@@ -591,13 +593,12 @@ class Ingestor:
     def _flush_chunk(self) -> bool:
         """Write the next `batch_max` units of the heartbeats being flushed (sorted by unit id)."""
         chunk = self._flushing[:self.settings.batch_max]
-        units = {m.unit_id for m in chunk}
-        rollup = {k: v for k, v in self._flushing_rollup.items() if k[0] in units}
+        rollup = {k: v for m in chunk for k, v in self._flushing_rollup.get(m.unit_id, {}).items()}
         if self._commit(chunk, rollup) is None:
             return False  # stopping with the store down: QoS 0 heartbeats are not redelivered, nor missed
         del self._flushing[:len(chunk)]
-        for key in rollup:
-            del self._flushing_rollup[key]
+        for m in chunk:
+            self._flushing_rollup.pop(m.unit_id, None)
         self.stats.count("heartbeat_rows_written", len(chunk))
         return True
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import re
 import sqlite3
 import threading
 import time
@@ -103,9 +104,11 @@ class Engine:
         if rows:
             cur.executemany(self._sql(sql), rows)
 
-    def _insert_rows(self, cur: Cursor, head: str, row: str, tail: str, rows: Sequence[Sequence[Any]]) -> None:
+    def _insert_rows(self, cur: Cursor, head: str, row: str, tail: str, rows: Sequence[Sequence[Any]],
+                     types: str) -> None:
         """`head VALUES row tail` for every row: one statement run per row here (SQLite runs them in C
-        from one prepared statement); PostgreSQL overrides it with multi-row statements."""
+        from one prepared statement); PostgreSQL overrides it with one multi-row statement, for which
+        `types` names the PostgreSQL type of each `?` of `row` (comma-separated)."""
         if rows:
             cur.executemany(self._sql(f"{head} VALUES {row} {tail}"), rows)
 
@@ -216,6 +219,7 @@ class PostgresEngine(Engine):
         super().__init__(tz)
         self.url = url
         self._sql_cache: dict[str, str] = {}
+        self._unnest_cache: dict[tuple[str, str, str, str], str] = {}
 
     def _connect(self) -> Any:
         import psycopg  # imported lazily: the SQLite default must not need the driver
@@ -236,20 +240,26 @@ class PostgresEngine(Engine):
     def _lock_migrations(self, cur: Cursor) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(727100)")
 
-    # Rows per multi-row statement: PostgreSQL takes at most 65,535 parameters in one statement.
-    _MAX_PARAMS = 30_000
-
-    def _insert_rows(self, cur: Cursor, head: str, row: str, tail: str, rows: Sequence[Sequence[Any]]) -> None:
-        """One multi-row `INSERT ... VALUES (...), (...) ...` per chunk: one parse, plan and round trip for
-        hundreds of rows instead of one each. Rows are written in the order given (callers sort them)."""
+    def _insert_rows(self, cur: Cursor, head: str, row: str, tail: str, rows: Sequence[Sequence[Any]],
+                     types: str) -> None:
+        """All rows in one statement, `head SELECT row FROM unnest(col1[], col2[], ...) tail`: one array
+        parameter per column, so one parse, plan and round trip for thousands of rows (and a short
+        statement text that is prepared once). Rows are written in the order given (callers sort them)."""
         if not rows:
             return
-        per = max(1, self._MAX_PARAMS // max(1, len(rows[0])))
-        row_sql = self._sql(row)
-        for i in range(0, len(rows), per):
-            chunk = rows[i:i + per]
-            sql = f"{self._sql(head)} VALUES {', '.join([row_sql] * len(chunk))} {self._sql(tail)}"
-            cur.execute(sql, [v for r in chunk for v in r])
+        key = (head, row, tail, types)
+        sql = self._unnest_cache.get(key)
+        if sql is None:
+            kinds = [t.strip() for t in types.split(",")]
+            names = iter(f"c{i}" for i in range(len(kinds)))
+            select = re.sub(r"\?", lambda _m: f"t.{next(names)}", row.strip()[1:-1])
+            if row.count("?") != len(kinds):
+                raise ValueError(f"{len(kinds)} types for {row.count('?')} placeholders in {row!r}")
+            arrays = ", ".join(f"%b::{k}[]" for k in kinds)  # binary: no text quoting of each element
+            cols = ", ".join(f"c{i}" for i in range(len(kinds)))
+            sql = f"{head} SELECT {select} FROM unnest({arrays}) AS t({cols}) {tail}"
+            self._unnest_cache[key] = sql
+        cur.execute(sql, [list(col) for col in zip(*rows, strict=True)])
 
     def lock_units(self, cur: Cursor, first_seen: dict[str, float]) -> None:
         if not first_seen:
@@ -258,7 +268,7 @@ class PostgresEngine(Engine):
         # New units first (an insert locks the new row; ON CONFLICT DO NOTHING locks nothing that exists),
         # then every row in the same order. COLLATE "C" is byte order, which is Python's str order for UTF-8.
         self._insert_rows(cur, "INSERT INTO units (unit_id, first_seen)", "(?, ?)",
-                          "ON CONFLICT (unit_id) DO NOTHING", [(u, first_seen[u]) for u in ids])
+                          "ON CONFLICT (unit_id) DO NOTHING", [(u, first_seen[u]) for u in ids], "text, float8")
         cur.execute('SELECT unit_id FROM units WHERE unit_id = ANY(%s) ORDER BY unit_id COLLATE "C" '
                     "FOR NO KEY UPDATE", [ids])
 

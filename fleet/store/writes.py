@@ -240,7 +240,8 @@ class IngestWrites(Engine):
                 site = COALESCE(excluded.site, units.site),
                 building = COALESCE(excluded.building, units.building),
                 elevator = COALESCE(excluded.elevator, units.elevator)
-            WHERE units.state_at IS NULL OR units.state_at <= excluded.state_at""", rows)
+            WHERE units.state_at IS NULL OR units.state_at <= excluded.state_at""", rows,
+                          "text, text, float8, float8, float8, text, text, text, text, text")
 
     def _write_heartbeats(self, cur: Cursor, batch: IngestBatch) -> None:
         # A heartbeat proves the unit runs, so it also says `online` (a lost retained status must
@@ -269,7 +270,9 @@ class IngestWrites(Engine):
                 site = COALESCE(excluded.site, units.site),
                 building = COALESCE(excluded.building, units.building),
                 elevator = COALESCE(excluded.elevator, units.elevator)
-            WHERE units.last_heartbeat IS NULL OR units.last_heartbeat <= excluded.last_heartbeat""", rows)
+            WHERE units.last_heartbeat IS NULL OR units.last_heartbeat <= excluded.last_heartbeat""", rows,
+                          "text, float8, float8, float8, float8, text, text, text, text, int4, float8, float8, int8, "
+                          "text, text, text")
         self._insert_rows(cur, """
             INSERT INTO heartbeat_hours (unit_id, hour, beats, fps_sum, inference_p95_max, camera_bad)""",
                           "(?, ?, ?, ?, ?, ?)", """
@@ -279,7 +282,8 @@ class IngestWrites(Engine):
                 inference_p95_max = CASE WHEN excluded.inference_p95_max > heartbeat_hours.inference_p95_max
                                          THEN excluded.inference_p95_max ELSE heartbeat_hours.inference_p95_max END,
                 camera_bad = heartbeat_hours.camera_bad + excluded.camera_bad""",
-                          sorted((u, h, int(a[0]), a[1], a[2], int(a[3])) for (u, h), a in batch.rollup.items()))
+                          sorted((u, h, int(a[0]), a[1], a[2], int(a[3])) for (u, h), a in batch.rollup.items()),
+                          "text, int8, int4, float8, float8, int4")
 
     def _write_events(self, cur: Cursor, batch: IngestBatch) -> list[EventPayload]:
         if not batch.events:
@@ -309,7 +313,8 @@ class IngestWrites(Engine):
         self._insert_rows(cur, """
             INSERT INTO events (event_id, incident_id, unit_id, type, phase, ts, day, received_at, cls,
                                 confidence, hold_s, snapshot_id, detail, payload)""",
-                          "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", "ON CONFLICT (event_id) DO NOTHING", rows)
+                          "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", "ON CONFLICT (event_id) DO NOTHING", rows,
+                          "text, text, text, text, text, float8, text, float8, text, float8, float8, text, text, text")
         # Units that only ever sent events still belong on the dashboard (one row per unit: a multi-row
         # upsert may not touch a row twice).
         latest: dict[str, float] = {}
@@ -318,5 +323,5 @@ class IngestWrites(Engine):
         self._insert_rows(cur, "INSERT INTO units (unit_id, first_seen, last_seen)", "(?, ?, ?)",
                           "ON CONFLICT (unit_id) DO UPDATE SET last_seen = CASE WHEN units.last_seen > "
                           "excluded.last_seen THEN units.last_seen ELSE excluded.last_seen END",
-                          [(u, latest[u], latest[u]) for u in sorted(latest)])
+                          [(u, latest[u], latest[u]) for u in sorted(latest)], "text, float8, float8")
         return new
