@@ -65,7 +65,8 @@ def test_a_flooding_unit_is_cut_off_before_parsing_and_the_others_events_all_arr
         wait_until(lambda: all(fleet.store.get_alert(e.event_id) for e in good), timeout=20)
         elapsed = time.monotonic() - started
         counters = fleet.ingestor.stats.counters
-        wait_until(lambda: counters["rejected_rate_limited"] + counters["rejected_bad_payload"] >= 1900, timeout=20)
+        # The writer checks messages batch by batch: wait for all of the flood (one may be lost as slack).
+        wait_until(lambda: counters["rejected_rate_limited"] + counters["rejected_bad_payload"] >= 1999, timeout=20)
         parsed = counters["rejected_bad_payload"]
         # Parsed at most: the burst, plus the rate over the run, plus slack for the status message.
         assert parsed <= 50 + 5 * (time.monotonic() - started + elapsed) + 5
