@@ -162,6 +162,9 @@ def decode(model: type[M], raw: bytes) -> M:
     refuses goes through the exact path below, so a refusal reads the same either way."""
     if len(raw) > MAX_PAYLOAD_BYTES:
         raise PayloadError(f"payload too large ({len(raw)} bytes)")
+    if b"\\u0000" in raw:
+        # A NUL character: PostgreSQL cannot store it in text, and no unit has a reason to send one.
+        raise PayloadError(f"{model.__name__}: NUL character (\\u0000) refused")
     try:
         return model.model_validate_json(raw)
     except ValidationError:

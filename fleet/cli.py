@@ -23,7 +23,7 @@ def _settings(args: argparse.Namespace) -> Any:
     overrides = {k: getattr(args, k, None) for k in (
         "db", "mqtt_url", "shared_group", "http_host", "http_port", "client_id", "silence_s", "batch_max",
         "batch_window_ms", "heartbeat_flush_s", "mqtt_username", "mqtt_password_file", "mqtt_ca", "mqtt_cert",
-        "mqtt_key", "timezone")}
+        "mqtt_key", "timezone", "trusted_proxies")}
     if getattr(args, "cookie_secure", False):
         overrides["cookie_secure"] = True
     return load_settings(overrides)
@@ -53,7 +53,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: None)
     try:
         config = uvicorn.Config(create_app(ctx), host=settings.http_host, port=settings.http_port,
-                                log_level="warning", timeout_graceful_shutdown=3)
+                                log_level="warning", timeout_graceful_shutdown=3,
+                                # X-Forwarded-For is read by the app, and only from `trusted_proxies`.
+                                proxy_headers=False)
         FleetServer(config, ctx).run()
     finally:
         ingestor.stop()
@@ -157,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="write coalesced heartbeats this often (default 5; 0 = with every batch)")
     serve.add_argument("--timezone", help="the site's IANA time zone, e.g. Asia/Shanghai: where days begin "
                                           "(default UTC)")
+    serve.add_argument("--trusted-proxies", help="comma-separated reverse proxy addresses/networks whose "
+                                                 "X-Forwarded-For is believed (default: none)")
     serve.add_argument("--cookie-secure", action="store_true", help="Secure cookies (serve behind HTTPS)")
     serve.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations at start")
     serve.add_argument("--stats-out", help="write ingest statistics as JSON here on shutdown")

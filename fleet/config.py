@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import ipaddress
 import os
 import zoneinfo
 from collections.abc import Mapping
@@ -61,8 +62,15 @@ class FleetSettings(BaseModel):
     snapshot_max_age_days: float = Field(180.0, gt=0, le=36_600, description="snapshots older than this go")
     session_ttl_s: float = Field(12 * 3600, ge=60, le=30 * 86400)
     cookie_secure: bool = Field(False, description="set the Secure cookie flag (behind HTTPS)")
-    login_max_failures: int = Field(5, ge=1, le=1000, description="per user and per client address")
-    login_window_s: float = Field(300.0, ge=1, le=86400)
+    login_max_failures: int = Field(3, ge=1, le=1000,
+                                    description="wrong passwords per (address, user) before each next one doubles "
+                                                "the wait (1 s, 2 s, 4 s, ...); never a lockout")
+    login_max_delay_s: float = Field(60.0, ge=1, le=3600, description="the longest wait between login tries")
+    login_window_s: float = Field(900.0, ge=1, le=86400,
+                                  description="wrong passwords are forgotten this long after the last one")
+    trusted_proxies: tuple[str, ...] = Field(
+        (), description="addresses or networks (comma-separated) of reverse proxies whose X-Forwarded-For "
+                        "names the client; from anyone else the header is ignored")
     timezone: str = Field(
         "UTC", title="site time zone",
         description="IANA name (e.g. Asia/Shanghai): whose midnight starts a day in the daily alert counts, "
@@ -74,6 +82,23 @@ class FleetSettings(BaseModel):
             raise ValueError(f"heartbeat_flush_s ({self.heartbeat_flush_s:g}) must be at most half of silence_s "
                              f"({self.silence_s:g}), or units would look silent while their beats wait")
         return self
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for item in value or ():
+            try:
+                ipaddress.ip_network(str(item), strict=False)
+            except ValueError:
+                raise PydanticCustomError("bad_proxy", "{reason}",
+                                          {"reason": f"{item!r} is not an IP address or network"}) from None
+        return value
+
+    @property
+    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies)
 
     @field_validator("timezone")
     @classmethod

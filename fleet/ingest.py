@@ -672,7 +672,12 @@ class Ingestor:
                 self.store.quarantine(rows)
             except Exception as exc:
                 self._raise_if_down(exc)
-                raise StoreDown(f"quarantine write failed: {exc}") from exc
+                # The database answers yet refuses even the quarantine row: log it and go on, never loop.
+                self.stats.count("quarantine_failed", len(rows))
+                for m, reason in set_aside:
+                    log.error("dropped a %s from %s that could be neither stored (%s) nor quarantined (%s)",
+                              m.kind, m.unit_id, reason, exc)
+                return new_events, whole
             self.stats.count("quarantined", len(rows))
             for m, reason in set_aside:
                 log.warning("quarantined a %s from %s: %s", m.kind, m.unit_id, reason)

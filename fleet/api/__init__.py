@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fleet.api import alerts, pages, reports, session, units
 from fleet.api.context import AlertNotifier, FleetContext, alert_view, config_report_view, unit_view
 from fleet.api.reports import write_dataset_zip
-from fleet.auth import Authenticator, LoginLimiter, Throttled
+from fleet.auth import Authenticator, LoginThrottle, Throttled
 from fleet.config import FleetSettings
 from fleet.errors import AuthError, Forbidden
 from fleet.store import Store
@@ -79,7 +79,8 @@ class FleetServer(uvicorn.Server):
 
 
 def build_context(settings: FleetSettings, store: Store, clock: Callable[[], float] = time.time) -> FleetContext:
-    limiter = LoginLimiter(settings.login_max_failures, settings.login_window_s)
+    limiter = LoginThrottle(free_failures=settings.login_max_failures, max_delay_s=settings.login_max_delay_s,
+                            forget_after_s=settings.login_window_s)
     return FleetContext(settings=settings, store=store,
                         auth=Authenticator(store, settings.session_ttl_s, limiter), notifier=AlertNotifier(),
                         clock=clock)

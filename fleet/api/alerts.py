@@ -14,7 +14,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
 from fleet.alerts import AlertStatus, Verdict
-from fleet.api.context import Changer, Ctx, User, alert_view
+from fleet.api.context import Changer, Ctx, Filter, User, alert_view
 
 router = APIRouter()
 
@@ -25,8 +25,8 @@ class VerdictIn(BaseModel):
 
 
 @router.get("/api/alerts")
-def list_alerts(ctx: Ctx, who: User, status: AlertStatus = "open", q: str = "", unit: str = "",
-                building: str = "", type: str = "",
+def list_alerts(ctx: Ctx, who: User, status: AlertStatus = "open", q: Filter = "", unit: Filter = "",
+                building: Filter = "", type: Filter = "",
                 since: float | None = None, until: float | None = None,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
     rows = ctx.store.list_alerts(status, q, unit, building, type, since, until, limit=limit)

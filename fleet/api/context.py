@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Request, Response
+from fastapi import Depends, HTTPException, Query, Request, Response
 
 from contract.mqtt import EventPayload
 from fleet.alerts import ALERT_TYPES
@@ -81,6 +81,10 @@ def _csrf_principal(request: Request, who: Annotated[Principal, Depends(_princip
         raise HTTPException(403, "missing or wrong CSRF token")
     return who
 
+
+# A search box or filter: long enough for any name, short enough that no engine chokes on the pattern.
+MAX_FILTER_CHARS = 200
+Filter = Annotated[str, Query(max_length=MAX_FILTER_CHARS)]
 
 # Module level: FastAPI resolves these (string) annotations in the routers' module globals.
 Ctx = Annotated[FleetContext, Depends(_context)]

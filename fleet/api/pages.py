@@ -10,15 +10,15 @@ from fastapi.responses import HTMLResponse, Response
 
 from fleet import web
 from fleet.alerts import ALERT_STATUSES
-from fleet.api.context import Ctx, User, alert_view, units_matching
+from fleet.api.context import Ctx, Filter, User, alert_view, units_matching
 from fleet.store import day_bounds
 
 router = APIRouter(include_in_schema=False)
 
 
 @router.get("/", response_class=HTMLResponse)
-def dashboard(ctx: Ctx, who: User, q: str = "", site: str = "", building: str = "",
-              status: str = "") -> HTMLResponse:
+def dashboard(ctx: Ctx, who: User, q: Filter = "", site: Filter = "", building: Filter = "",
+              status: Filter = "") -> HTMLResponse:
     matches = units_matching(ctx, q, site, building, status)
     return HTMLResponse(web.dashboard_page(who, matches, ctx.store.sites_and_buildings(),
                                            {"q": q, "site": site, "building": building, "status": status},
@@ -26,8 +26,8 @@ def dashboard(ctx: Ctx, who: User, q: str = "", site: str = "", building: str = 
 
 
 @router.get("/alerts", response_class=HTMLResponse)
-def alerts_page(ctx: Ctx, who: User, status: str = "all", q: str = "", building: str = "", type: str = "",
-                day: str = "") -> HTMLResponse:
+def alerts_page(ctx: Ctx, who: User, status: Filter = "all", q: Filter = "", building: Filter = "",
+                type: Filter = "", day: Filter = "") -> HTMLResponse:
     since = until = None
     if day:  # a day of the site's time zone, like the daily counts
         try:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import secrets
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -13,7 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from pydantic import BaseModel, Field
 
 from fleet import web
-from fleet.api.context import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Ctx, User, set_session_cookie
+from fleet.api.context import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Ctx, FleetContext, User, set_session_cookie
 from fleet.auth import Throttled
 from fleet.errors import AuthError
 
@@ -26,7 +28,32 @@ class LoginIn(BaseModel):
 
 
 def _client(request: Request) -> str:
-    return request.client.host if request.client else "?"
+    ctx: FleetContext = request.app.state.ctx
+    return client_address(request, ctx.settings.proxy_networks)
+
+
+def client_address(request: Request, proxies: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    """The caller's address: the TCP peer, unless that is a configured proxy, in which case the last
+    X-Forwarded-For hop that is not one of our proxies (the ones before it can be forged by the client)."""
+    peer = request.client.host if request.client else "?"
+
+    def trusted(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in proxies)
+
+    if not proxies or not trusted(peer):
+        return peer
+    hops = [h.strip() for value in request.headers.getlist("x-forwarded-for") for h in value.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not trusted(hop):
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return peer  # garbage in the header: the proxy itself is what we know
+    return peer
 
 
 @router.get("/healthz", tags=["public"])

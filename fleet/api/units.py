@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, ConfigDict
 
-from fleet.api.context import Changer, Ctx, User, unit_view, units_matching
+from fleet.api.context import Changer, Ctx, Filter, User, unit_view, units_matching
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -22,7 +22,7 @@ class CommandIn(BaseModel):
 
 
 @router.get("/api/units")
-def list_units(ctx: Ctx, who: User, q: str = "", site: str = "", building: str = "",
+def list_units(ctx: Ctx, who: User, q: Filter = "", site: Filter = "", building: Filter = "",
                status: Annotated[str, Query(pattern="^(|online|offline|silent|stopped|unknown)$")] = "",
                limit: Annotated[int, Query(ge=1, le=50_000)] = 1000,
                offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:

@@ -1,3 +1,4 @@
+-- depends: 0002_config_reported
 -- Messages the store could not write (or that arrived with a device clock outside the accepted window):
 -- kept with their reason instead of blocking ingest or being lost. Keyed by a hash of (unit, kind, payload),
 -- so a message the broker re-delivers after a restart is counted again, not stored twice.

@@ -1,7 +1,7 @@
 """Persistence plumbing: one schema, two engines (SQLite embedded, PostgreSQL at scale).
 
 Every query is written once with `?` placeholders in SQL both engines accept; the only
-engine-specific code is connecting, the placeholder style and the migration lock. Connections are
+engine-specific code is connecting and the placeholder style. Migrations: yoyo-migrations. Connections are
 per thread (the ingest writer has its own; API worker threads share nothing), which is what both
 sqlite3 and psycopg expect.
 """
@@ -14,7 +14,6 @@ import logging
 import re
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
@@ -59,9 +58,6 @@ class Engine:
 
     def _sql(self, sql: str) -> str:
         return sql
-
-    def _lock_migrations(self, cur: Cursor) -> None:
-        """Serialise concurrent migrators (several fleet servers starting at once)."""
 
     def _begin(self, cur: Cursor) -> None:
         cur.execute("BEGIN")
@@ -135,56 +131,57 @@ class Engine:
             return self._x(cur, sql, params).rowcount
 
     # -- migrations ---------------------------------------------------------------------------
-    @staticmethod
-    def migration_files() -> list[tuple[int, str, str]]:
-        """(version, name, sql) of fleet/migrations/NNNN_name.sql, in order."""
-        out = []
-        for entry in resources.files("fleet.migrations").iterdir():
-            if entry.name.endswith(".sql") and entry.name[:4].isdigit():
-                out.append((int(entry.name[:4]), entry.name, entry.read_text()))
-        return sorted(out)
+    def migration_url(self) -> str:
+        """This database as yoyo-migrations names it."""
+        raise NotImplementedError
+
+    def migrate(self, migrations_dir: Path | None = None) -> list[str]:
+        """Apply pending migrations (yoyo-migrations: sqlparse splits the statements, a lock table serialises
+        several servers starting at once); returns the ids applied. `migrations_dir` defaults to
+        fleet/migrations."""
+        from yoyo import get_backend, read_migrations
+
+        with contextlib.ExitStack() as stack:
+            folder = migrations_dir or stack.enter_context(resources.as_file(resources.files("fleet.migrations")))
+            found = read_migrations(str(folder))
+            # Only NNNN_name.sql: the folder is also a Python package (its __init__.py is no migration).
+            migrations = found.__class__([m for m in found if m.id[:4].isdigit()], found.post_apply)
+            backend = get_backend(self.migration_url())
+            try:
+                with backend.lock(timeout=60):
+                    self._adopt_legacy_versions(backend, migrations)
+                    pending = backend.to_apply(migrations)
+                    backend.apply_migrations(pending)
+            finally:
+                backend.connection.close()
+        for migration in pending:
+            log.info("applied migration %s", migration.id)
+        return [m.id for m in pending]
+
+    def _adopt_legacy_versions(self, backend: Any, migrations: Any) -> None:
+        """Databases migrated before yoyo recorded their versions in `schema_version`: mark those as applied."""
+        tables = set(backend.list_tables())
+        if "schema_version" not in tables or backend.get_applied_migration_hashes():
+            return
+        done = {int(r[0]) for r in backend.execute("SELECT version FROM schema_version").fetchall()}
+        adopted = [m for m in migrations if m.id[:4].isdigit() and int(m.id[:4]) in done]
+        backend.mark_migrations(migrations.__class__(adopted))
+        log.info("adopted %d migrations applied before yoyo", len(adopted))
+
+    def applied_migrations(self) -> list[str]:
+        from yoyo import get_backend
+
+        backend = get_backend(self.migration_url())
+        try:
+            rows = backend.execute("SELECT migration_id FROM _yoyo_migration ORDER BY applied_at_utc").fetchall() \
+                if "_yoyo_migration" in set(backend.list_tables()) else []
+        finally:
+            backend.connection.close()
+        return [str(r[0]) for r in rows]
 
     def schema_version(self) -> int:
-        with self.transaction() as cur:
-            self._x(cur, "CREATE TABLE IF NOT EXISTS schema_version "
-                         "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)")
-            row = self._x(cur, "SELECT MAX(version) FROM schema_version").fetchone()
-        return int(row[0] or 0)
-
-    def migrate(self) -> list[str]:
-        """Apply pending migrations, each in its own transaction; returns the names applied."""
-        self.schema_version()  # creates the bookkeeping table
-        applied: list[str] = []
-        for version, name, sql in self.migration_files():
-            with self.transaction() as cur:
-                self._lock_migrations(cur)
-                done = self._x(cur, "SELECT 1 FROM schema_version WHERE version = ?", (version,)).fetchone()
-                if done:
-                    continue
-                for statement in _split_sql(sql):
-                    cur.execute(statement)
-                self._x(cur, "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)",
-                        (version, name, time.time()))
-                applied.append(name)
-                log.info("applied migration %s", name)
-        return applied
-
-
-def _split_sql(script: str) -> list[str]:
-    """Statements of a migration file: `;` at a line end separates them; `--` comments dropped."""
-    lines = [ln.split("--", 1)[0].rstrip() for ln in script.splitlines()]
-    statements, current = [], []
-    for line in lines:
-        if not line.strip():
-            continue
-        current.append(line)
-        if line.endswith(";"):
-            statements.append("\n".join(current).rstrip(";"))
-            current = []
-    if "".join(current).strip():
-        statements.append("\n".join(current))
-    return statements
-
+        """The number of the newest migration applied (NNNN of NNNN_name); 0 for an empty database."""
+        return max((int(m[:4]) for m in self.applied_migrations() if m[:4].isdigit()), default=0)
 
 
 class SqliteEngine(Engine):
@@ -194,6 +191,9 @@ class SqliteEngine(Engine):
         super().__init__(tz)
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+
+    def migration_url(self) -> str:
+        return f"sqlite:///{self.path}"
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, the same way as on PostgreSQL.
@@ -237,8 +237,9 @@ class PostgresEngine(Engine):
             self._sql_cache[sql] = converted
         return converted
 
-    def _lock_migrations(self, cur: Cursor) -> None:
-        cur.execute("SELECT pg_advisory_xact_lock(727100)")
+    def migration_url(self) -> str:
+        # yoyo's psycopg 3 backend
+        return "postgresql+psycopg://" + self.url.split("://", 1)[1]
 
     def _insert_rows(self, cur: Cursor, head: str, row: str, tail: str, rows: Sequence[Sequence[Any]],
                      types: str) -> None:

@@ -15,6 +15,9 @@ class UsersAndSessions(Engine):
                      "ON CONFLICT (username) DO UPDATE SET role = excluded.role, "
                      "password_hash = excluded.password_hash", (username, role, password_hash, time.time()))
 
+    def set_password_hash(self, username: str, password_hash: str) -> None:
+        self.execute("UPDATE users SET password_hash = ? WHERE username = ?", (password_hash, username))
+
     def get_user(self, username: str) -> Row | None:
         rows = self.query("SELECT * FROM users WHERE username = ?", (username,))
         return rows[0] if rows else None

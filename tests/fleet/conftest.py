@@ -121,7 +121,7 @@ def start_fleet(broker: MosquittoBroker, db_url: str, clock: Callable[[], float]
     assert ingestor.wait_connected(10), "fleet ingest did not connect to the broker"
     app = create_app(ctx)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            timeout_graceful_shutdown=1)
+                            timeout_graceful_shutdown=1, proxy_headers=False)  # as `serve` runs it
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

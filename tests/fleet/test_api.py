@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import io
 import json
 import time
@@ -16,7 +18,7 @@ from fastapi.routing import APIRoute
 from starlette.routing import BaseRoute
 
 from fleet import web
-from fleet.auth import LoginLimiter, hash_password, verify_password
+from fleet.auth import hash_password, needs_rehash, verify_password
 from fleet.store import IngestBatch
 from tests.fleet.conftest import PASSWORD, FakeUnit, RunningFleet, start_fleet, wait_until
 from tests.support.mosquitto import MosquittoBroker
@@ -68,30 +70,32 @@ def test_openapi_schema_is_served_to_logged_in_users(fleet: RunningFleet) -> Non
     assert expected <= set(paths)
 
 
-def test_passwords_are_scrypt_hashed_with_their_parameters() -> None:
-    encoded = hash_password("s3cret-passphrase", n=2**10)
-    assert encoded.startswith("scrypt$1024$8$1$") and "s3cret" not in encoded
+def test_passwords_are_argon2id_hashed_with_their_parameters() -> None:
+    encoded = hash_password("s3cret-passphrase")
+    assert encoded.startswith("$argon2id$v=19$m=65536,t=3,p=4$") and "s3cret" not in encoded
     assert verify_password("s3cret-passphrase", encoded)
     assert not verify_password("s3cret-passphrasE", encoded)
     assert not verify_password("anything", "md5$garbage")
+    assert not needs_rehash(encoded)
 
 
-def test_login_is_rate_limited_per_user_and_address(fleet: RunningFleet) -> None:
-    client = httpx.Client(base_url=fleet.url)
-    for _ in range(fleet.ctx.settings.login_max_failures):
-        assert client.post("/api/login", json={"username": "admin", "password": "wrong"}).status_code == 401
-    blocked = client.post("/api/login", json={"username": "admin", "password": PASSWORD})
-    assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) > 0
+def _legacy_scrypt(password: str) -> str:
+    """A hash as the fleet wrote them before argon2 (hashlib.scrypt, n=2**14, r=8, p=1)."""
+    salt = b"0123456789abcdef"
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+    return f"scrypt$16384$8$1${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
-def test_login_limiter_window_slides() -> None:
-    now = [0.0]
-    limiter = LoginLimiter(max_failures=2, window_s=10, clock=lambda: now[0])
-    limiter.failed("user:a")
-    limiter.failed("user:a")
-    assert limiter.retry_after("user:a") == 10
-    now[0] = 10.5
-    assert limiter.retry_after("user:a") == 0
+def test_an_old_scrypt_hash_logs_in_and_is_replaced_by_argon2id(fleet: RunningFleet) -> None:
+    fleet.store.add_user("old-timer", "manager", _legacy_scrypt(PASSWORD))
+    assert verify_password(PASSWORD, _legacy_scrypt(PASSWORD)) and needs_rehash(_legacy_scrypt(PASSWORD))
+    wrong = httpx.post(f"{fleet.url}/api/login", json={"username": "old-timer", "password": "nope-nope-nope"})
+    assert wrong.status_code == 401
+    assert fleet.store.get_user("old-timer")["password_hash"].startswith("scrypt$")  # type: ignore[index]
+    fleet.login("old-timer")
+    stored = fleet.store.get_user("old-timer")["password_hash"]  # type: ignore[index]
+    assert stored.startswith("$argon2id$") and verify_password(PASSWORD, stored)
+    fleet.login("old-timer")  # and the new hash works
 
 
 def test_state_changes_need_the_sessions_csrf_token(fleet: RunningFleet,

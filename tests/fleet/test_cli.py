@@ -20,8 +20,8 @@ from tests.support.mosquitto import MosquittoBroker, free_port
 def test_migrate_reports_the_schema_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = f"sqlite:///{tmp_path / 'f.db'}"
     assert main(["migrate", "--db", db]) == 0
-    assert ("schema version 3; applied: 0001_initial.sql, 0002_config_reported.sql, "
-            "0003_quarantine_and_snapshot_sizes.sql") in capsys.readouterr().out
+    assert ("schema version 3; applied: 0001_initial, 0002_config_reported, "
+            "0003_quarantine_and_snapshot_sizes") in capsys.readouterr().out
     assert main(["migrate", "--db", db]) == 0
     assert "applied: nothing" in capsys.readouterr().out
 
@@ -31,7 +31,7 @@ def test_user_add_stores_a_hashed_password(tmp_path: Path, monkeypatch: pytest.M
     (tmp_path / "pw").write_text(PASSWORD + "\n")
     assert main(["user", "add", "alice", "--role", "admin", "--db", db, "--password-file", str(tmp_path / "pw")]) == 0
     user = Store.open(db).get_user("alice")
-    assert user is not None and user["role"] == "admin" and user["password_hash"].startswith("scrypt$")
+    assert user is not None and user["role"] == "admin" and user["password_hash"].startswith("$argon2id$")
     monkeypatch.setenv("LIFTGUARD_FLEET_PASSWORD", "short")
     assert main(["user", "add", "bob", "--db", db]) == 2  # too short: refused with a message
 

@@ -69,6 +69,9 @@ def _raw(fields: dict[str, Any], **literal: str) -> bytes:
      "ConfigReportedPayload.config: Value error, integer 1.15e+18 is beyond ±2**53"),
     ("cmd_result", _raw({"command_id": "c1", "command": "release", "ok": True, "ts": "@"}, ts="1e300"),
      "CommandResultPayload.ts"),
+    ("events", json.dumps(_event(detail="a\x00b")).encode(), "NUL character (\\u0000) refused"),
+    ("events", json.dumps(_event(detail="@")).replace('"@"', '"\\ud800"').encode(),
+     "EventPayload.detail: Input should be a valid string"),  # a lone surrogate: no database can store it
 ])
 def test_every_number_is_bounded_and_refused_with_a_reason(suffix: str, payload: bytes, reason: str | None) -> None:
     if reason is None:
@@ -200,3 +203,4 @@ def test_serve_logs_a_lost_broker_connection(mosquitto: MosquittoBroker, tmp_pat
         finally:
             proc.terminate()
             proc.wait(15)
+

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import sqlite3
 import time
 import uuid
 import zipfile
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
+import fleet.migrations
 from contract.mqtt import CommandResultPayload, EventPayload, HeartbeatPayload, StatusPayload
 from fleet.api import write_dataset_zip
 from fleet.store import IngestBatch, Store, day_bounds, local_day
@@ -49,10 +52,43 @@ def batch_of(*events: EventPayload, snapshots: bool = True) -> IngestBatch:
 
 
 def test_migrate_applies_each_file_once_and_records_the_version(store: Store) -> None:
-    latest = max(v for v, _, _ in Store.migration_files())
-    assert store.schema_version() == latest
+    files = sorted(p.stem for p in Path(fleet.migrations.__file__).parent.glob("[0-9][0-9][0-9][0-9]_*.sql"))
+    assert store.applied_migrations() == files
+    assert store.schema_version() == int(files[-1][:4])
     assert store.migrate() == []  # idempotent: a second server starting changes nothing
-    assert store.schema_version() == latest
+    assert store.schema_version() == int(files[-1][:4])
+
+
+def test_a_migration_with_double_dashes_and_semicolons_inside_literals_applies_whole(
+        store: Store, tmp_path: Path) -> None:
+    """The hand-written splitter cut statements at `--` and at a `;` ending a line, even inside a string."""
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for f in Path(fleet.migrations.__file__).parent.glob("*.sql"):
+        (folder / f.name).write_text(f.read_text())
+    (folder / "9001_note.sql").write_text(
+        "-- depends: 0003_quarantine_and_snapshot_sizes\n"
+        "CREATE TABLE notes (body TEXT NOT NULL);\n"
+        "INSERT INTO notes (body) VALUES ('press -- then release;\n"
+        "-- not a comment;');  -- a real comment\n")
+    assert store.migrate(folder) == ["9001_note"]
+    assert store.query("SELECT body FROM notes") == [{"body": "press -- then release;\n-- not a comment;"}]
+
+
+def test_a_database_migrated_by_the_old_migrator_is_adopted_not_migrated_again(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:  # what the hand-written migrator left: 0001 + 0002 and its bookkeeping
+        for name in ("0001_initial", "0002_config_reported"):
+            sql = (Path(fleet.migrations.__file__).parent / f"{name}.sql").read_text()
+            conn.executescript(sql)
+        conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                     "applied_at DOUBLE PRECISION NOT NULL)")
+        conn.executemany("INSERT INTO schema_version VALUES (?, ?, 0)", [(1, "0001_initial.sql"),
+                                                                         (2, "0002_config_reported.sql")])
+    store = Store.open(f"sqlite:///{db}")
+    assert store.migrate() == ["0003_quarantine_and_snapshot_sizes"]
+    assert store.schema_version() == 3
+    store.close()
 
 
 def test_events_are_deduplicated_by_event_id_within_and_across_batches(store: Store) -> None:
