@@ -226,6 +226,12 @@ def rung(setup: str, n_servers: int, units_equiv: int, work: Path, pg: PostgresS
         "latency_p99_ms": max((x.get("p99_ms", 0.0) for x in lat), default=None),
         "latency_max_ms": max((x.get("max_ms", 0.0) for x in lat), default=None),
         "latency_per_server": lat,
+        # received by a server -> committed: the server's own part (the rest is simulator + broker under load)
+        "server_latency_p99_ms": max((st.get("event_latency_server", {}).get("p99_ms", 0.0) for st in stats),
+                                     default=None),
+        # The fleet servers' CPU time per message offered: a capacity figure that load on the machine barely moves.
+        "server_cpu_us_per_msg": round((sum(cpu.values()) - cpu["broker"]) * wall * 1e6
+                                       / max(1, sent_beats + 2 * len(published)), 1),
         "cpu_core_share": {**{k: round(v, 3) for k, v in cpu.items()}, "postgres": round(pg_cpu, 3),
                            "simulator": round(sim_cpu, 3)},
         "machine_busy_cores": round(machine, 2), "other_processes_cores": round(max(0.0, machine - ours), 2),
