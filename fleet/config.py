@@ -34,6 +34,10 @@ class FleetSettings(BaseModel):
     shared_group: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_-]{1,32}$",
         description="subscribe as $share/<group>/... so several servers split the load")
+    ingest_processes: int = Field(
+        1, ge=1, le=64,
+        description="MQTT ingest processes `serve` runs (itself and N-1 `liftguard-fleet ingest` children, client "
+                    "ids <client_id>-1 ...), all on the shared subscription: ingest scales out over cores")
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
     silence_s: float = Field(90.0, ge=5, le=86400, description="no heartbeat this long = offline")
@@ -75,6 +79,13 @@ class FleetSettings(BaseModel):
         "UTC", title="site time zone",
         description="IANA name (e.g. Asia/Shanghai): whose midnight starts a day in the daily alert counts, "
                     "the alert history's day filter and the times on the dashboard")
+
+    @model_validator(mode="after")
+    def _processes_share(self) -> FleetSettings:
+        if self.ingest_processes > 1 and not self.shared_group:
+            raise ValueError("ingest_processes > 1 needs shared_group (e.g. fleet): without a shared subscription "
+                             "every process would get, and store, every message")
+        return self
 
     @model_validator(mode="after")
     def _flush_within_silence(self) -> FleetSettings:
@@ -125,6 +136,22 @@ class FleetSettings(BaseModel):
     @property
     def mqtt_tls(self) -> bool:
         return urlparse(self.mqtt_url).scheme == "mqtts"
+
+
+def settings_env(settings: FleetSettings) -> dict[str, str]:
+    """The settings as LIFTGUARD_FLEET_* variables (what a child process reads back with load_settings)."""
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, list | tuple):
+            text = ",".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        else:
+            text = str(value)
+        env[ENV_PREFIX + name.upper()] = text
+    return env
 
 
 def zone_for(name: str) -> dt.tzinfo:

@@ -74,3 +74,51 @@ def _get(url: str) -> object:
     except httpx.HTTPError:
         return None
     return response.json() if response.status_code == 200 and response.json()["mqtt"] else None
+
+
+def test_serve_with_ingest_processes_splits_the_units_messages_over_them(
+        mosquitto: MosquittoBroker, tmp_path: Path) -> None:
+    """Issue 18.1: the number of ingest processes is a setting; they share one subscription, so every
+    message is stored once, by one of them."""
+    import json
+    import time
+    import uuid
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from contract.mqtt import EventPayload, encode, unit_topic
+
+    port, db = free_port(), f"sqlite:///{tmp_path / 'f.db'}"
+    env = {**os.environ, "LIFTGUARD_FLEET_DB": db, "LIFTGUARD_FLEET_MQTT_URL": mosquitto.url,
+           "LIFTGUARD_FLEET_HTTP_PORT": str(port), "LIFTGUARD_FLEET_CLIENT_ID": "fleet-t"}
+    assert main(["serve", "--db", db, "--ingest-processes", "2"]) == 2  # no shared subscription: refused
+    proc = subprocess.Popen([sys.executable, "-m", "fleet.cli", "serve", "--ingest-processes", "3",
+                             "--shared-group", "fleet", "--stats-out", str(tmp_path / "s.json")],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    unit = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="lift-1")
+    events = [EventPayload(incident_id=str(uuid.uuid4()), unit_id="lift-1", type="ebike_blocked", phase="start",
+                           ts=time.time()) for _ in range(60)]
+    try:
+        wait_until(lambda: _get(f"http://127.0.0.1:{port}/healthz"), timeout=30)
+        log = mosquitto.log_path
+        # All three ingest clients subscribed (serve's own and its two children).
+        wait_until(lambda: all(f"Received SUBSCRIBE from fleet-t{s}\n" in log.read_text()
+                               for s in ("", "-1", "-2")), timeout=30)
+        unit.connect("127.0.0.1", mosquitto.port)
+        unit.loop_start()
+        for ev in events:
+            unit.publish(unit_topic("lift-1", "events"), encode(ev), qos=1).wait_for_publish(5)
+        store = Store.open(db)
+        wait_until(lambda: len(store.query("SELECT event_id FROM events")) == len(events), timeout=30)
+        store.close()
+    finally:
+        unit.loop_stop()
+        unit.disconnect()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert proc.returncode == 0
+    stats = [json.loads(p.read_text()) for p in (tmp_path / "s.json", tmp_path / "s.json.1", tmp_path / "s.json.2")]
+    accepted = [s["counters"].get("accepted_event", 0) for s in stats]
+    assert sum(accepted) == len(events), accepted  # each stored once
+    assert sum(1 for n in accepted if n) >= 2, accepted  # and the work was shared
