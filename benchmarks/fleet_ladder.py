@@ -167,12 +167,24 @@ def rung(setup: str, n_servers: int, units_equiv: int, work: Path, pg: PostgresS
             time.sleep(0.5)
         connect_s = time.monotonic() - t_connect
         pg_pid = int((pg.datadir / "postmaster.pid").read_text().split()[0]) if pg else None
+        pg_log = pg.workdir / "postgres.log" if pg else None
+        log_from = pg_log.stat().st_size if pg_log and pg_log.exists() else 0
+        spy = []
+        if os.environ.get("LADDER_PYSPY_DIR"):  # profile the servers over the measured window (py-spy, raw stacks)
+            for srv in servers:
+                out = Path(os.environ["LADDER_PYSPY_DIR"]) / f"pyspy-{srv.name}.txt"
+                spy.append(subprocess.Popen(["py-spy", "record", "--pid", str(srv.proc.pid), "--rate", "100",
+                                             "--duration", str(int(duration_s - 4)), "--format", "raw",
+                                             "--threads", "-o", str(out)],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         load0 = os.getloadavg()
         cpu0 = {k: proc_cpu_s(p) for k, p in pids.items()}
         pg0 = tree_cpu_s(pg_pid) if pg_pid else 0.0
         busy0, all0 = machine_busy()
         w0 = time.monotonic()
         _, err = sim.communicate(timeout=duration_s + 240)
+        for p in spy:
+            p.wait(60)
         wall = time.monotonic() - w0
         cpu = {k: (proc_cpu_s(p) - cpu0[k]) / wall for k, p in pids.items() if k != "simulator"}
         busy1, all1 = machine_busy()
@@ -198,6 +210,15 @@ def rung(setup: str, n_servers: int, units_equiv: int, work: Path, pg: PostgresS
         stats = [s.stop() for s in servers]  # stopping flushes the held heartbeats
         servers = []
         beats = int(store.query("SELECT COALESCE(SUM(beats), 0) AS n FROM heartbeat_hours")[0]["n"])
+        lock_waits = deadlocks = 0
+        if pg_log and pg_log.exists():
+            with pg_log.open("rb") as f:
+                f.seek(log_from)
+                text = f.read().decode(errors="replace")
+            lock_waits = text.count("still waiting for")
+            if os.environ.get("LADDER_PGLOG_DIR"):
+                (Path(os.environ["LADDER_PGLOG_DIR"]) / f"pglog-{name}.txt").write_text(text)
+            deadlocks = text.count("deadlock detected")
     finally:
         if sim and sim.poll() is None:
             sim.kill()
@@ -235,6 +256,7 @@ def rung(setup: str, n_servers: int, units_equiv: int, work: Path, pg: PostgresS
         "cpu_core_share": {**{k: round(v, 3) for k, v in cpu.items()}, "postgres": round(pg_cpu, 3),
                            "simulator": round(sim_cpu, 3)},
         "machine_busy_cores": round(machine, 2), "other_processes_cores": round(max(0.0, machine - ours), 2),
+        "pg_lock_waits_over_50ms": lock_waits, "pg_deadlocks": deadlocks,
         "peak_rss_mb": rss, "loadavg_start": [round(x, 2) for x in load0], "loadavg_end": [round(x, 2) for x in load1],
         "ingest_counters": {k: v for k, v in counters.items()
                             if k.startswith(("write_retries", "store_errors", "heartbeat", "rejected", "quarantined",
@@ -254,6 +276,13 @@ def ladder(setups: list[tuple[str, int]], rungs: list[int], duration_s: float) -
         work = Path(tmp)
         for setup, n in setups:
             pg = PostgresServer(work / f"pg-{setup}{n}").start() if setup == "postgres" else None
+            if pg:  # log every row-lock wait over 50 ms: the ladder counts them per rung
+                import psycopg
+
+                with psycopg.connect(pg.url(), autocommit=True) as conn:
+                    conn.execute("ALTER SYSTEM SET log_lock_waits = on")
+                    conn.execute("ALTER SYSTEM SET deadlock_timeout = '50ms'")
+                    conn.execute("SELECT pg_reload_conf()")
             try:
                 for units in rungs:
                     try:

@@ -20,8 +20,8 @@ from tests.support.mosquitto import MosquittoBroker, free_port
 def test_migrate_reports_the_schema_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = f"sqlite:///{tmp_path / 'f.db'}"
     assert main(["migrate", "--db", db]) == 0
-    assert ("schema version 3; applied: 0001_initial, 0002_config_reported, "
-            "0003_quarantine_and_snapshot_sizes") in capsys.readouterr().out
+    assert ("schema version 4; applied: 0001_initial, 0002_config_reported, "
+            "0003_quarantine_and_snapshot_sizes, 0004_ingest_at_scale") in capsys.readouterr().out
     assert main(["migrate", "--db", db]) == 0
     assert "applied: nothing" in capsys.readouterr().out
 

@@ -86,8 +86,8 @@ def test_a_database_migrated_by_the_old_migrator_is_adopted_not_migrated_again(t
         conn.executemany("INSERT INTO schema_version VALUES (?, ?, 0)", [(1, "0001_initial.sql"),
                                                                          (2, "0002_config_reported.sql")])
     store = Store.open(f"sqlite:///{db}")
-    assert store.migrate() == ["0003_quarantine_and_snapshot_sizes"]
-    assert store.schema_version() == 3
+    assert store.migrate() == ["0003_quarantine_and_snapshot_sizes", "0004_ingest_at_scale"]
+    assert store.schema_version() == 4
     store.close()
 
 
