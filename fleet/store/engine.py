@@ -265,13 +265,12 @@ class PostgresEngine(Engine):
     def lock_units(self, cur: Cursor, first_seen: dict[str, float]) -> None:
         if not first_seen:
             return
-        ids = sorted(first_seen)
-        # New units first (an insert locks the new row; ON CONFLICT DO NOTHING locks nothing that exists),
-        # then every row in the same order. COLLATE "C" is byte order, which is Python's str order for UTF-8.
+        # One statement, rows in unit-id order: a missing row is inserted (and so locked), an existing one is
+        # locked by DO UPDATE and left unchanged by its `WHERE false` (PostgreSQL locks every conflicting row
+        # of an ON CONFLICT DO UPDATE, updated or not).
         self._insert_rows(cur, "INSERT INTO units (unit_id, first_seen)", "(?, ?)",
-                          "ON CONFLICT (unit_id) DO NOTHING", [(u, first_seen[u]) for u in ids], "text, float8")
-        cur.execute('SELECT unit_id FROM units WHERE unit_id = ANY(%s) ORDER BY unit_id COLLATE "C" '
-                    "FOR NO KEY UPDATE", [ids])
+                          "ON CONFLICT (unit_id) DO UPDATE SET first_seen = units.first_seen WHERE false",
+                          [(u, first_seen[u]) for u in sorted(first_seen)], "text, float8")
 
     def is_transient(self, exc: BaseException) -> bool:
         import psycopg

@@ -65,16 +65,13 @@ class IngestBatch:
         acc[2] = max(acc[2], hb.inference_p95_ms)
         acc[3] += 0 if hb.camera == "online" else 1
 
-    def units(self) -> dict[str, float]:
-        """Every unit this batch writes about, with the earliest time it names (a new row's first_seen)."""
+    def units_updated(self) -> dict[str, float]:
+        """The units whose `units` row this batch updates (statuses, heartbeats, config reports), with the
+        earliest time it names (a new row's first_seen). Events only add a missing unit's row."""
         seen: dict[str, float] = {}
         stamped = [(u, at) for u, (_, at) in self.statuses.items()]
         stamped += [(u, at) for u, (_, at) in self.heartbeats.items()]
-        stamped += [(e.unit_id, at) for e, at, _ in self.events]
-        stamped += [(u, at) for u, _, _, at in self.snapshots]
-        stamped += [(u, at) for u, _, at in self.cmd_results]
         stamped += [(u, at) for u, (_, at) in self.config_reports.items()]
-        stamped += [(u, h * 3600.0) for u, h in self.rollup]
         for unit, at in stamped:
             if unit not in seen or at < seen[unit]:
                 seen[unit] = at
@@ -108,9 +105,10 @@ class IngestWrites(Engine):
             # Scale-out: several writers (fleet servers on one shared subscription) touch the same units.
             # Every row lock is taken in unit-id order (here up front when several statements write
             # `units`; each statement's rows are sorted too), so two batches wait, never deadlock.
-            only_heartbeats = len(batch) == len(batch.heartbeats)
-            if not only_heartbeats:
-                self.lock_units(cur, batch.units())
+            # Only rows the batch updates are locked: an event batch does not wait for a heartbeat flush of
+            # the same units on another server (events only insert a missing unit, which locks no other row).
+            if len(batch) != len(batch.heartbeats):
+                self.lock_units(cur, batch.units_updated())
             # Heartbeats first, then only statuses newer than the unit's heartbeat in this batch:
             # an LWT `offline` after the last beat must win, an old `offline` must not. Across batches
             # (and servers) the same rule is in the SQL: a state is only replaced by a later one.
@@ -324,13 +322,13 @@ class IngestWrites(Engine):
                                 confidence, hold_s, snapshot_id, detail, payload)""",
                           "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", "ON CONFLICT (event_id) DO NOTHING", rows,
                           "text, text, text, text, text, float8, text, float8, text, float8, float8, text, text, text")
-        # Units that only ever sent events still belong on the dashboard (one row per unit: a multi-row
-        # upsert may not touch a row twice).
-        latest: dict[str, float] = {}
+        # Units that only ever sent events still belong on the dashboard. An existing row is left alone (no
+        # lock taken, so an alert never waits behind another server's heartbeat flush): `last_seen` is the
+        # heartbeats' and statuses' to move, and silence means no heartbeat.
+        first: dict[str, float] = {}
         for e, at, _ in batch.events:
-            latest[e.unit_id] = max(at, latest.get(e.unit_id, at))
+            first[e.unit_id] = min(at, first.get(e.unit_id, at))
         self._insert_rows(cur, "INSERT INTO units (unit_id, first_seen, last_seen)", "(?, ?, ?)",
-                          "ON CONFLICT (unit_id) DO UPDATE SET last_seen = CASE WHEN units.last_seen > "
-                          "excluded.last_seen THEN units.last_seen ELSE excluded.last_seen END",
-                          [(u, latest[u], latest[u]) for u in sorted(latest)], "text, float8, float8")
+                          "ON CONFLICT (unit_id) DO NOTHING",
+                          [(u, first[u], first[u]) for u in sorted(first)], "text, float8, float8")
         return new
