@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from fleet.store import Store  # noqa: E402
 from tests.fleet.pgserver import PostgresServer, pg_bin_dir  # noqa: E402
-from tests.support.mosquitto import MosquittoBroker, free_port  # noqa: E402
+from tests.support.mosquitto import MosquittoBroker, free_port, ratelimit_config  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PASSWORD = "benchmark-password-1"
@@ -141,8 +141,8 @@ def wait_for_connected(store: Store, units: int, timeout: float = 120) -> float:
     return float("nan")
 
 
-def start_broker(workdir: Path) -> MosquittoBroker:
-    broker = MosquittoBroker(workdir, extra_config="max_connections -1\nmax_inflight_messages 1000\n")
+def start_broker(workdir: Path, extra: str = "") -> MosquittoBroker:
+    broker = MosquittoBroker(workdir, extra_config="max_connections -1\nmax_inflight_messages 1000\n" + extra)
     conf = broker.write_config()
     # The test fixture's broker logs every packet; at 12k clients that log would be the bottleneck.
     conf.write_text(conf.read_text().replace("log_type all", "log_type error\nlog_type warning")
@@ -272,6 +272,8 @@ def main() -> int:
     parser.add_argument("--burst-s", type=float, default=60.0)
     parser.add_argument("--abuse", action="store_true",
                         help="only the one-unit flood and poison runs (and a baseline): bench_fleet_abuse.json")
+    parser.add_argument("--no-broker-limit", action="store_true",
+                        help="with --abuse: a broker without the rate-limit plugin (ingest's own limit only)")
     parser.add_argument("--ladder", action="store_true",
                         help="the city-scale ladder (issue 18): 12,370 -> 123,700 unit-equivalents, one server on "
                              "SQLite and N on PostgreSQL: bench_fleet_ladder.json and .png")
@@ -282,7 +284,7 @@ def main() -> int:
     parser.add_argument("--out-suffix", default="", help="ladder: write bench_fleet_ladder<suffix>.json/.png")
     args = parser.parse_args()
     if args.abuse:
-        return abuse_main()
+        return abuse_main(args.no_broker_limit)
     if args.ladder:
         return ladder_main(args)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -347,18 +349,26 @@ def ladder_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def abuse_main() -> int:
+def abuse_main(no_broker_limit: bool = False) -> int:
     from benchmarks.fleet_abuse import RUNS, abuse_run
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-fleet-abuse-") as tmp:
         work = Path(tmp)
-        runs = [abuse_run(kind, work, CLI, start_broker, Server, simulate) for kind in RUNS]
-    out = {"benchmark": "fleet_abuse", "total_s": round(time.monotonic() - started, 1), "cpu_count": os.cpu_count(),
+        # The broker as shipped: the per-client rate limit (config/mosquitto/mosquitto.conf), unless --no-broker-limit.
+        limit = "" if no_broker_limit else ratelimit_config(20, 200)
+
+        def limited_broker(path: Path) -> MosquittoBroker:
+            return start_broker(path, limit)
+
+        runs = [abuse_run(kind, work, CLI, limited_broker, Server, simulate) for kind in RUNS]
+    out = {"benchmark": "fleet_abuse", "broker_rate_limit": None if no_broker_limit else "20/s, burst 200",
+           "total_s": round(time.monotonic() - started, 1), "cpu_count": os.cpu_count(),
            "loadavg_at_end": os.getloadavg(), "runs": runs}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench_fleet_abuse.json").write_text(json.dumps(out, indent=1))
-    print(f"\nwrote {RESULTS / 'bench_fleet_abuse.json'}")
+    name = "bench_fleet_abuse_no_broker_limit.json" if no_broker_limit else "bench_fleet_abuse.json"
+    (RESULTS / name).write_text(json.dumps(out, indent=1))
+    print(f"\nwrote {RESULTS / name}")
     return 0 if all(r["good_events_lost"] == 0 for r in runs) else 1
 
 
