@@ -46,7 +46,8 @@ class FleetSettings(BaseModel):
     heartbeat_flush_s: float = Field(
         5.0, ge=0, le=60,
         description="QoS 0 heartbeats are coalesced (latest per unit, hourly counts of all) and written this "
-                    "often; 0 writes each with its batch. A crash loses at most this much of them")
+                    "often (at most silence_s / 4); 0 writes each with its batch. A crash loses at most this much "
+                    "of them")
     heartbeat_flush_units: int = Field(50_000, ge=1, le=10_000_000,
                                        description="write the held heartbeats early once this many units wait")
     max_clock_ahead_s: float = Field(
@@ -87,12 +88,11 @@ class FleetSettings(BaseModel):
                              "every process would get, and store, every message")
         return self
 
-    @model_validator(mode="after")
-    def _flush_within_silence(self) -> FleetSettings:
-        if self.heartbeat_flush_s * 2 > self.silence_s:
-            raise ValueError(f"heartbeat_flush_s ({self.heartbeat_flush_s:g}) must be at most half of silence_s "
-                             f"({self.silence_s:g}), or units would look silent while their beats wait")
-        return self
+    @property
+    def heartbeat_flush_every_s(self) -> float:
+        """The coalescing period used: `heartbeat_flush_s`, but at most a quarter of `silence_s`, so a unit
+        never looks silent while its beats wait to be written."""
+        return min(self.heartbeat_flush_s, self.silence_s / 4)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -189,4 +189,6 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
+        if not where:  # a rule between settings
+            raise ConfigError(f"fleet settings: {first['msg'].removeprefix('Value error, ')}") from None
         raise ConfigError(f"fleet setting {where} ({ENV_PREFIX}{where.upper()}): {first['msg']}") from None

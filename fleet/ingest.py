@@ -353,7 +353,7 @@ class Ingestor:
         self._wake = threading.Event()
         self._received = 0  # messages appended (network thread)
         self._done = 0  # messages taken and finished (writer thread)
-        self._held = HeartbeatCoalescer(settings.heartbeat_flush_s, settings.heartbeat_flush_units)
+        self._held = HeartbeatCoalescer(settings.heartbeat_flush_every_s, settings.heartbeat_flush_units)
         self._flushing: list[Message] = []  # heartbeats being written, a chunk per writer round
         self._flushing_rollup: dict[str, _Rollup] = {}  # by unit
         self._flush_now = False  # drain(): write held heartbeats now
@@ -548,7 +548,7 @@ class Ingestor:
         items: list[_Item] = []
         counts: collections.Counter[str] = collections.Counter()
         now = time.monotonic()
-        coalesce = self.settings.heartbeat_flush_s > 0
+        coalesce = self._held.flush_s > 0
         for topic, payload, mid, qos, received_at in raw:
             message = self._admit(topic, payload, received_at)
             if message is None or (message.kind == "event" and self._seen_before(message.body.event_id)):

@@ -93,6 +93,11 @@ def test_coalesced_heartbeats_leave_in_unit_id_order_with_the_latest_of_each() -
     assert held.take() == ([], {}, 0)
 
 
+def test_the_flush_period_never_lets_a_unit_look_silent() -> None:
+    assert load_settings({"heartbeat_flush_s": 5}, environ={}).heartbeat_flush_every_s == 5.0
+    assert load_settings({"heartbeat_flush_s": 5, "silence_s": 8}, environ={}).heartbeat_flush_every_s == 2.0
+
+
 # -- two writers on one PostgreSQL ----------------------------------------------------------------------
 def test_two_writers_fed_interleaved_batches_of_the_same_units_never_deadlock(postgres: PostgresServer) -> None:
     url = postgres.create_database()
@@ -157,7 +162,7 @@ def test_a_lost_deadlock_is_retried_at_once_and_nothing_is_quarantined(tmp_path:
 # -- coalescing, through the broker ---------------------------------------------------------------------
 def test_heartbeats_of_a_unit_are_written_once_per_flush_with_the_latest_values_and_every_beat_counted(
         mosquitto: MosquittoBroker, tmp_path: Path, make_unit: Callable[..., FakeUnit]) -> None:
-    fleet = start_fleet(mosquitto, f"sqlite:///{tmp_path / 'fleet.db'}", heartbeat_flush_s=30)
+    fleet = start_fleet(mosquitto, f"sqlite:///{tmp_path / 'fleet.db'}", heartbeat_flush_s=60, silence_s=600)
     try:
         busy, quiet = make_unit("lift-busy"), make_unit("lift-quiet")
         wait_until(lambda: len(fleet.store.query("SELECT unit_id FROM units")) == 2)
