@@ -13,7 +13,8 @@ from tests.support.mosquitto import MosquittoBroker
 
 def test_simulated_units_report_in_alert_answer_commands_and_fire_their_lwt(
         mosquitto: MosquittoBroker, db_url: str, tmp_path: Path) -> None:
-    fleet = start_fleet(mosquitto, db_url)
+    # Heartbeats are written every heartbeat_flush_s (coalesced): short here, the simulated run lasts 2.5 s.
+    fleet = start_fleet(mosquitto, db_url, heartbeat_flush_s=0.3)
     sim = Simulator(SimConfig(port=mosquitto.port, units=6, heartbeat_s=0.5, alert_rate=4, duration_s=2.5,
                               prefix="simt"))
     runner = threading.Thread(target=sim.run)
