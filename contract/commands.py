@@ -1,7 +1,7 @@
 """Argument and config payload shapes of the fleet's commands (docs/ARCHITECTURE.md §3).
 
 `cmd/{name}` args, `config/desired` (fleet → unit, retained) and `config/reported` (unit → fleet,
-retained). Dispatch lives in edge/run/commands.py; the fleet validates the same shapes.
+retained). Dispatch lives in edge/report/commands.py; the fleet validates the same shapes.
 """
 
 from __future__ import annotations

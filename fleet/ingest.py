@@ -20,7 +20,6 @@ import collections
 import dataclasses
 import logging
 import re
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -28,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -48,6 +46,8 @@ from contract.mqtt import (
     parse_topic,
     unit_topic,
 )
+from contract.mqtt_client import new_client, tls_context
+from contract.stats import percentile
 from fleet.config import FleetSettings
 from fleet.store import IngestBatch, Quarantined, Store
 
@@ -176,7 +176,7 @@ class LatencyWindow:
             return {"n": 0}
 
         def pct(p: float) -> float:
-            return round(data[min(len(data) - 1, int(p * len(data)))] * 1000, 2)
+            return round(percentile(data, p * 100) * 1000, 2)
 
         return {"n": len(data), "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
                 "max_ms": round(data[-1] * 1000, 2)}
@@ -383,19 +383,12 @@ class Ingestor:
         return f"$share/{group}/{SUBSCRIPTION}" if group else SUBSCRIPTION
 
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.settings.client_id,
-                             protocol=mqtt.MQTTv5, manual_ack=True)
-        if self.settings.mqtt_username:
-            password = (self.settings.mqtt_password_file.read_text().strip()
-                        if self.settings.mqtt_password_file else None)
-            client.username_pw_set(self.settings.mqtt_username, password)
-        if self.settings.mqtt_tls:
-            client.tls_set(ca_certs=str(self.settings.mqtt_ca) if self.settings.mqtt_ca else None,
-                           certfile=str(self.settings.mqtt_cert) if self.settings.mqtt_cert else None,
-                           keyfile=str(self.settings.mqtt_key) if self.settings.mqtt_key else None,
-                           tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        client.reconnect_delay_set(min_delay=1, max_delay=30)
-        client.max_inflight_messages_set(1000)
+        s = self.settings
+        password = s.mqtt_password_file.read_text().strip() if s.mqtt_username and s.mqtt_password_file else None
+        tls = tls_context(str(s.mqtt_ca) if s.mqtt_ca else None, str(s.mqtt_cert) if s.mqtt_cert else None,
+                          str(s.mqtt_key) if s.mqtt_key else None) if s.mqtt_tls else None
+        client = new_client(s.client_id, username=s.mqtt_username, password=password, ssl_context=tls,
+                            reconnect_max_s=30, max_inflight=1000, manual_ack=True)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail

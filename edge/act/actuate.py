@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from gpiozero import DigitalInputDevice, OutputDevice
+from gpiozero import DigitalInputDevice, Factory, OutputDevice
 
 from edge.config import ActuatorConfig, VoiceConfig
 
@@ -103,24 +103,30 @@ class AlsaVoice:
 class GpioActuators:
     """Relay, optional voice-module trigger, beacon and fire-service input on gpiozero pins.
 
-    Uses gpiozero's current pin factory: real pins on the device, MockFactory in tests/demo."""
+    `pin_factory`: gpiozero's pin factory for every pin here (gpiozero's `pin_factory=` argument), e.g. a
+    MockFactory for the demo; None uses gpiozero's default (real pins on the device). Never set globally."""
 
-    def __init__(self, cfg: ActuatorConfig, on_fire: FireCallback | None = None) -> None:
+    def __init__(self, cfg: ActuatorConfig, on_fire: FireCallback | None = None,
+                 pin_factory: Factory | None = None) -> None:
         self.cfg = cfg
+        pins = pin_factory
         self.held = False
         self.on_fire = on_fire
         self._lock = threading.Lock()
-        self.relay = OutputDevice(cfg.relay_pin, active_high=cfg.relay_active_high, initial_value=False)
-        self.voice_pin = (OutputDevice(cfg.voice.pin, active_high=cfg.voice.active_high, initial_value=False)
+        self.relay = OutputDevice(cfg.relay_pin, active_high=cfg.relay_active_high, initial_value=False,
+                                  pin_factory=pins)
+        self.voice_pin = (OutputDevice(cfg.voice.pin, active_high=cfg.voice.active_high, initial_value=False,
+                                       pin_factory=pins)
                           if cfg.voice.mode == "gpio" and cfg.voice.pin else None)
         self.voice = AlsaVoice(cfg.voice) if cfg.voice.mode == "alsa" else None
-        self.beacon = OutputDevice(cfg.beacon_pin, initial_value=False) if cfg.beacon_pin else None
+        self.beacon = OutputDevice(cfg.beacon_pin, initial_value=False, pin_factory=pins) if cfg.beacon_pin else None
         self.fire: DigitalInputDevice | None = None
         if cfg.fire_pin:
-            self.fire = DigitalInputDevice(cfg.fire_pin, pull_up=None, active_state=cfg.fire_active_high)
+            self.fire = DigitalInputDevice(cfg.fire_pin, pull_up=None, active_state=cfg.fire_active_high,
+                                           pin_factory=pins)
             self.fire.when_activated = lambda: self._fire_changed(True)
             self.fire.when_deactivated = lambda: self._fire_changed(False)
-        self.door = DigitalInputDevice(cfg.door_pin, pull_up=True) if cfg.door_pin else None
+        self.door = DigitalInputDevice(cfg.door_pin, pull_up=True, pin_factory=pins) if cfg.door_pin else None
 
     def _fire_changed(self, active: bool) -> None:
         if active:

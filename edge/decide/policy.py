@@ -19,9 +19,13 @@ from enum import StrEnum
 
 from contract.mqtt import EventPayload, EventTimes, EventType
 from edge.config import PolicyConfig
+from edge.decide.detect import Detection
 from edge.decide.track import Track
 
 DEFAULT_THRESHOLD = 0.5
+# Detections down to this fraction of their class threshold are tracked (a weak frame keeps a track
+# alive); only the full threshold counts as evidence.
+TRACK_FLOOR = 0.5
 
 
 class State(StrEnum):
@@ -101,6 +105,18 @@ class Policy:
 
     def threshold(self, cls: str) -> float:
         return self.cfg.thresholds.get(cls, self.model_thresholds.get(cls, DEFAULT_THRESHOLD))
+
+    def admit(self, detections: Sequence[Detection], frame_size: tuple[int, int]) -> list[Detection]:
+        """The detections worth tracking: at least TRACK_FLOOR of their class threshold and at least
+        `min_box_area` of the frame (w, h)."""
+        w, h = frame_size
+        min_area = self.cfg.min_box_area * w * h
+        return [d for d in detections if d.score >= self.threshold(d.cls) * TRACK_FLOOR and d.area >= min_area]
+
+    def reconfigure(self, cfg: PolicyConfig, blocking_enabled: bool) -> None:
+        """New settings from a live config change; the state machine (a hold, a cool-down) carries on."""
+        self.cfg = cfg
+        self.blocking_enabled = blocking_enabled
 
     def block_score(self, scores: dict[str, float]) -> float:
         return max((scores.get(c, 0.0) for c in self.cfg.block_classes), default=0.0)

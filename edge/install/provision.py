@@ -22,27 +22,29 @@ The lead wires it into the CLI with one line: `add_provision_parser(subparsers)`
 from __future__ import annotations
 
 import argparse
-import difflib
 import getpass
 import logging
-import os
-import re
 import shlex
 import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, TextIO
 
 import cv2
 import numpy as np
 import yaml
+from pydantic import ValidationError
 
 from contract.errors import ConfigError, LiftGuardError
-from contract.mqtt import UNIT_ID_PATTERN
-from edge.config import parse_config, parse_yaml
+from edge.config import CameraConfig, parse_config, parse_yaml
+from edge.install.files import FileChange, atomic_write
+from edge.install.questions import QUESTION_BY_KEY, QUESTIONS, Question, State, fmt_answer, get_path, set_path, yes_no
+from edge.install.unit import render_unit
+from edge.see.capture import grab_one
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +56,8 @@ ROI_PREVIEW_NAME = "roi.png"
 CREDENTIALS_DIRNAME = "credentials"
 PASSWORD_NAME = "mqtt-password"
 CA_NAME, CERT_NAME, KEY_NAME = "ca.crt", "unit.crt", "unit.key"
-DEFAULT_TEMPLATE = Path(__file__).resolve().parents[2] / "config" / UNIT_NAME
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+# Packaged with edge.install (package data), so an installed unit finds it outside a checkout too.
+DEFAULT_TEMPLATE = Path(str(resources.files("edge.install").joinpath(UNIT_NAME)))
 HEADER = ("# LiftGuard unit config, written by `liftguard provision` (re-run it to change the answers).\n"
           "# Fields not listed here have their defaults; `liftguard config schema` documents every field.\n")
 
@@ -78,28 +80,12 @@ def grab_frame(source: str, timeout_s: float = 5.0, warmup_frames: int = 5) -> F
     V4L2 index / device and stream URLs skip `warmup_frames` (auto-exposure settles); video files
     give their first frame; a folder gives its first image.
     """
-    path = Path(source)
-    if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        frame = cv2.imread(str(images[0])) if images else None
-        return frame if frame is not None and frame.size else None
-    live = source.isdigit() or source.startswith(("/dev/", "rtsp://", "rtsps://", "http://", "https://"))
-    target: int | str = int(source) if source.isdigit() else source
-    ms = int(timeout_s * 1000)
-    cap = cv2.VideoCapture(target, cv2.CAP_ANY,
-                           [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+    timeout_s = min(max(timeout_s, 0.5), 30.0)  # within CameraConfig's bounds
     try:
-        if not cap.isOpened():
-            return None
-        frame = None
-        for _ in range(warmup_frames + 1 if live else 1):
-            ok, candidate = cap.read()
-            if not ok:
-                break
-            frame = candidate
-        return frame if frame is not None and frame.size else None
-    finally:
-        cap.release()
+        cfg = CameraConfig(source=source, open_timeout_s=timeout_s, read_timeout_s=timeout_s)
+    except ValidationError:
+        return None
+    return grab_one(cfg, warmup_frames)  # the one way a camera is opened (edge/see/capture.py)
 
 
 def encode_png(frame: Frame) -> bytes:
@@ -126,307 +112,6 @@ def draw_roi(frame: Frame, roi: Sequence[Sequence[float]] | None) -> Frame:
         cv2.circle(out, (int(px), int(py)), 4, (0, 0, 255), -1)
         cv2.putText(out, str(i + 1), (int(px) + 6, int(py) - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 255), 1)
     return out
-
-
-# --- answers ---------------------------------------------------------------------------------------
-
-_PIN_RE = re.compile(r"^[A-Za-z0-9:_-]{1,32}$")
-_URL_RE = re.compile(r"^mqtts?://[A-Za-z0-9.\-\[\]:]+(:\d{1,5})?/?$")
-_NONE_WORDS = ("", "none", "no", "-")
-
-
-def _text(max_len: int) -> Callable[[object], str]:
-    def parse(value: object) -> str:
-        text = str(value).strip()
-        if len(text) > max_len:
-            raise ValueError(f"at most {max_len} characters")
-        return text
-    return parse
-
-
-def _unit_id(value: object) -> str:
-    text = str(value).strip()
-    if not re.match(UNIT_ID_PATTERN, text):
-        raise ValueError("1-64 characters: letters, digits, '.', '_' or '-', starting with a letter or digit")
-    return text
-
-
-def _level(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("high", "h", "1", "true"):
-        return True
-    if text in ("low", "l", "0", "false"):
-        return False
-    raise ValueError("answer high or low")
-
-
-def _pin(value: object) -> str:
-    text = str(value).strip()
-    if not _PIN_RE.match(text):
-        raise ValueError("a pin name such as GPIO17, BOARD11 or 17")
-    return text
-
-
-def _optional_pin(value: object) -> str | None:
-    if value is None or str(value).strip().lower() in _NONE_WORDS:
-        return None
-    return _pin(value)
-
-
-def _choice(*options: str) -> Callable[[object], str]:
-    def parse(value: object) -> str:
-        text = str(value).strip().lower()
-        if text not in options:
-            raise ValueError(f"one of {', '.join(options)}")
-        return text
-    return parse
-
-
-def _yes_no(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("y", "yes", "true", "1"):
-        return True
-    if text in ("n", "no", "false", "0", ""):
-        return False
-    raise ValueError("answer y or n")
-
-
-def _url(value: object) -> str:
-    text = str(value).strip()
-    if text.lower() in _NONE_WORDS:
-        return ""
-    if not _URL_RE.match(text):
-        raise ValueError("mqtt://host:1883 or mqtts://host:8883, or none")
-    return text.rstrip("/")
-
-
-def parse_roi(value: object) -> list[tuple[float, float]] | None:
-    """`"x,y x,y x,y ..."` (0..1 of the frame) or a list of pairs; none/empty = whole frame."""
-    if value is None:
-        return None
-    if isinstance(value, list | tuple):
-        pairs = [tuple(p) for p in value]
-    else:
-        text = str(value).strip()
-        if text.lower() in _NONE_WORDS:
-            return None
-        try:
-            pairs = [tuple(float(v) for v in chunk.split(",")) for chunk in text.replace(";", " ").split()]
-        except ValueError:
-            raise ValueError("points as x,y pairs separated by spaces, e.g. 0.2,0.1 0.8,0.1 0.8,0.95 0.2,0.95"
-                             ) from None
-    if any(len(p) != 2 for p in pairs):
-        raise ValueError("each point is x,y")
-    roi = [(float(x), float(y)) for x, y in pairs]
-    if len(roi) < 3:
-        raise ValueError("at least 3 points")
-    if any(not (0 <= x <= 1 and 0 <= y <= 1) for x, y in roi):
-        raise ValueError("x and y are fractions of the frame, 0..1")
-    return roi
-
-
-def format_roi(roi: object) -> str:
-    if not roi:
-        return "none"
-    return " ".join(f"{x:g},{y:g}" for x, y in roi)  # type: ignore[attr-defined]
-
-
-def _fmt_level(value: object) -> str:
-    return "high" if value else "low"
-
-
-def _fmt(value: object) -> str:
-    return "none" if value is None else str(value)
-
-
-State = dict[str, Any]  # the answers so far
-
-
-@dataclass(frozen=True)
-class Question:
-    key: str  # answers-file key; the flag is --key-with-dashes
-    prompt: str
-    parse: Callable[[object], Any]
-    path: tuple[str, ...] | None = None  # where the answer lands in the config (None: handled apart)
-    fmt: Callable[[object], str] = _fmt
-    when: Callable[[State], bool] = lambda s: True
-    secret: bool = False
-    default: str | None = None  # for answers not in the config
-
-
-def _gpio(s: State) -> bool:
-    return bool(s.get("backend") == "gpio")
-
-
-def _broker(s: State) -> bool:
-    return bool(s.get("broker_url"))
-
-
-def _tls(s: State) -> bool:
-    return str(s.get("broker_url", "")).startswith("mqtts://")
-
-
-QUESTIONS: tuple[Question, ...] = (
-    Question("unit_id", "Unit id (also the MQTT user / certificate name)", _unit_id, ("unit", "id"), str),
-    Question("site", "Site (estate or complex)", _text(128), ("unit", "site"), str),
-    Question("building", "Building", _text(128), ("unit", "building"), str),
-    Question("elevator", "Elevator (car name)", _text(128), ("unit", "elevator"), str),
-    Question("camera_source", "Camera (0, /dev/video0, rtsp://..., a video file or a folder)",
-             _text(1024), ("camera", "source"), str),
-    Question("roi", "Door region as x,y points in 0..1 (e.g. 0.2,0.1 0.8,0.1 0.8,0.95 0.2,0.95), or none",
-             parse_roi, ("policy", "roi"), format_roi),
-    Question("backend", "Relay driven by: gpio (pins on this board), bridge (I/O board on USB), none",
-             _choice("gpio", "bridge", "none"), ("actuators", "backend"), str),
-    Question("bridge_port", "I/O board serial port", _text(256), ("actuators", "bridge_port"), str,
-             when=lambda s: s.get("backend") == "bridge"),
-    Question("relay_pin", "Door-hold relay pin", _pin, ("actuators", "relay_pin"), str, when=_gpio),
-    Question("relay_active", "Relay board triggers on high or low", _level, ("actuators", "relay_active_high"),
-             _fmt_level, when=_gpio),
-    Question("fire_pin", "Fire-service / inspection input pin, or none", _optional_pin,
-             ("actuators", "fire_pin"), when=_gpio),
-    Question("fire_active", "Fire-service input is active high or low", _level,
-             ("actuators", "fire_active_high"), _fmt_level, when=lambda s: _gpio(s) and bool(s.get("fire_pin"))),
-    Question("door_pin", "Door-open input pin (for the self-test loopback), or none", _optional_pin,
-             ("actuators", "door_pin"), when=_gpio),
-    Question("voice", "Voice warning: alsa (speaker), gpio (voice module), none", _choice("alsa", "gpio", "none"),
-             ("actuators", "voice", "mode"), str),
-    Question("voice_pin", "Voice module trigger pin", _pin, ("actuators", "voice", "pin"),
-             when=lambda s: s.get("voice") == "gpio"),
-    Question("broker_url", "Broker URL (mqtts://host:8883), or none", _url, ("mqtt", "url"),
-             lambda v: str(v) or "none"),
-    Question("mqtt_username", "Broker user name (empty = the unit id)", _text(128), ("mqtt", "username"),
-             lambda v: "" if v is None else str(v), when=_broker),
-    Question("mqtt_password", "Broker password (empty = none / keep the current one)", _text(256),
-             when=_broker, secret=True, default=""),
-    Question("tls", "Client certificate: issue (liftguard-fleet ca issue), files (copy given files), "
-             "keep (the installed ones), none", _choice("issue", "files", "keep", "none"), when=_tls, default="none"),
-    Question("ca_file", "CA certificate file to copy", _text(1024), when=lambda s: s.get("tls") == "files"),
-    Question("cert_file", "Unit certificate file to copy", _text(1024), when=lambda s: s.get("tls") == "files"),
-    Question("key_file", "Unit key file to copy", _text(1024), when=lambda s: s.get("tls") == "files"),
-)
-QUESTION_BY_KEY = {q.key: q for q in QUESTIONS}
-
-
-def _get(data: dict[str, Any], path: tuple[str, ...]) -> Any:
-    node: Any = data
-    for part in path:
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
-def _set(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    node = data
-    for part in path[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = node[part] = {}
-        node = child
-    if isinstance(value, tuple | list) and path == ("policy", "roi"):
-        value = [list(p) for p in value]
-    node[path[-1]] = value
-
-
-# --- file changes ----------------------------------------------------------------------------------
-
-
-@dataclass
-class FileChange:
-    path: Path  # on this machine (with --root applied)
-    content: bytes
-    mode: int
-    secret: bool = False
-    binary: bool = False
-
-    def current(self) -> bytes | None:
-        try:
-            return self.path.read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def differs(self) -> bool:
-        if self.current() != self.content:
-            return True
-        return (self.path.stat().st_mode & 0o777) != self.mode
-
-    def diff(self) -> str:
-        old = self.current()
-        if self.secret or self.binary:
-            what = "secret" if self.secret else "binary"
-            if old is None:
-                return f"+++ {self.path} ({what}, {len(self.content)} bytes, new)\n"
-            if old == self.content:
-                return f"*** {self.path}: mode {oct(self.mode)}\n"
-            return f"*** {self.path} ({what}, {len(old)} -> {len(self.content)} bytes)\n"
-        old_lines = (old or b"").decode(errors="replace").splitlines(keepends=True)
-        new_lines = self.content.decode().splitlines(keepends=True)
-        text = "".join(difflib.unified_diff(old_lines, new_lines, "/dev/null" if old is None else str(self.path),
-                                            str(self.path)))
-        return text or f"*** {self.path}: mode {oct(self.mode)}\n"
-
-
-def atomic_write(path: Path, content: bytes, mode: int) -> None:
-    """Write via a temporary file in the same folder + fsync + rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-# --- the systemd unit ------------------------------------------------------------------------------
-
-
-def render_unit(template: str, config_path: str, credentials: Sequence[str], credentials_dir: str,
-                exec_path: str | None = None) -> str:
-    """The unit with ExecStart pointing at `config_path` and one LoadCredential= per credential file."""
-    out: list[str] = []
-    credentials_written = False
-    for line in template.splitlines():
-        if line.startswith("ExecStart="):
-            argv = shlex.split(line.removeprefix("ExecStart="))
-            binary = exec_path or argv[0]
-            line = f"ExecStart={binary} run --config {config_path}"
-        elif line.startswith("LoadCredential="):
-            if not credentials_written:
-                out.extend(f"LoadCredential={name}:{credentials_dir}/{name}" for name in credentials)
-                credentials_written = True
-            continue
-        out.append(line)
-    return "\n".join(out) + "\n"
-
-
-def unit_directives(text: str) -> list[tuple[str, str, str]]:
-    """(section, key, value) for every directive in a unit file, in order (keys may repeat)."""
-    section = ""
-    found = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            section = line[1:-1]
-            continue
-        key, _, value = line.partition("=")
-        found.append((section, key.strip(), value.strip()))
-    return found
 
 
 # --- provisioning ----------------------------------------------------------------------------------
@@ -508,8 +193,8 @@ class Provisioner:
     def _default_text(self, q: Question, data: dict[str, Any], state: State) -> str | None:
         if q.path is not None:
             if q.key == "mqtt_username":
-                return _fmt(_get(data, q.path) or "")
-            return q.fmt(_get(parse_config(data).model_dump(mode="json"), q.path))
+                return fmt_answer(get_path(data, q.path) or "")
+            return q.fmt(get_path(parse_config(data).model_dump(mode="json"), q.path))
         if q.key == "tls" and (self.local(self.credentials_target) / CERT_NAME).exists():
             return "keep"
         return q.default
@@ -519,7 +204,7 @@ class Provisioner:
         value = q.parse(raw)
         if q.path is not None:
             trial = yaml.safe_load(yaml.safe_dump(data))  # deep copy of plain data
-            _set(trial, q.path, value if q.key != "mqtt_username" else (value or None))
+            set_path(trial, q.path, value if q.key != "mqtt_username" else (value or None))
             try:
                 parse_config(trial)
             except ConfigError as exc:
@@ -543,7 +228,7 @@ class Provisioner:
             if not q.when(state):
                 continue
             default = self._default_text(q, data, state)
-            if q.key == "unit_id" and not _get(data, ("unit", "id")):
+            if q.key == "unit_id" and not get_path(data, ("unit", "id")):
                 default = None  # never default a fleet to "liftguard-dev"
             given = self.opt.answers.get(q.key)
             while True:
@@ -582,7 +267,7 @@ class Provisioner:
         if not self.opt.interactive:
             raise ProvisionError(f"camera {source!r} delivered no frame; check cable / URL, or pass --no-probe")
         self.say(f"  camera {source!r} delivered no frame")
-        return _yes_no(self.ask("Keep this camera source anyway? [y/N]: ") or "n")
+        return yes_no(self.ask("Keep this camera source anyway? [y/N]: ") or "n")
 
     # the plan ------------------------------------------------------------------------------------
 
@@ -601,7 +286,7 @@ class Provisioner:
         password = state.get("mqtt_password") or ""
         if password:
             files[PASSWORD_NAME] = password.encode()
-        elif _get(data, ("mqtt", "password_file")) == PASSWORD_NAME:
+        elif get_path(data, ("mqtt", "password_file")) == PASSWORD_NAME:
             keep(PASSWORD_NAME)
         tls = state.get("tls", "none")
         if tls == "keep" or (tls == "issue" and (cred_dir / CERT_NAME).exists() and not self.opt.reissue_cert):
@@ -693,7 +378,7 @@ class Provisioner:
         self.say("Changes:")
         for change in changes:
             self.say(f"  {'update' if change.path.exists() else 'create'} {change.path}")
-        if self.opt.interactive and not _yes_no(self.ask("Write these changes? [Y/n]: ") or "y"):
+        if self.opt.interactive and not yes_no(self.ask("Write these changes? [Y/n]: ") or "y"):
             self.say("nothing written")
             return 1
         for change in changes:

@@ -3,7 +3,7 @@
 The watchdog is tied to real work, not to a timer that is alive: `WATCHDOG=1` is sent only while
 frames keep going through the whole pipeline (`Health.frame_processed`). A hung camera read, a
 stuck inference or a deadlocked policy stops the pings, and systemd restarts the service
-(`WatchdogSec=` in config/liftguard.service); the restart releases the relay on the way down and
+(`WatchdogSec=` in edge/install/liftguard.service); the restart releases the relay on the way down and
 the I/O board releases it on its own if the host goes silent.
 
 sd_notify is plain datagram socket code (no libsystemd): `$NOTIFY_SOCKET` is a filesystem path or,
@@ -14,7 +14,6 @@ so the same code runs under systemd, in a terminal and in tests.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import threading
@@ -22,6 +21,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from contract.stats import percentile
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +103,6 @@ def watchdog_interval_s(environ: dict[str, str] | None = None) -> float | None:
 
 
 # --- metrics -------------------------------------------------------------------------------------
-
-
-def percentile(values: Iterable[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of `values`; 0.0 for none."""
-    ordered = sorted(values)
-    if not ordered:
-        return 0.0
-    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
-    return ordered[rank - 1]
 
 
 class Metrics:

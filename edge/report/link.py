@@ -1,6 +1,6 @@
 """The MQTT link: an EventSink that gets every alert to the fleet, whatever the network does.
 
-`emit()` commits the event (and its face-blurred snapshot) to the durable outbox and wakes the
+`emit()` commits the event (and its snapshot, already anonymised by the pipeline) to the durable outbox and wakes the
 publisher; it never waits for the network. One worker thread owns everything else: it hands
 outbox rows to paho at QoS 1 in commit order with at most `window` awaiting PUBACK, deletes a
 row only after its PUBACK, sends heartbeats, and answers fleet commands. paho's own thread does
@@ -19,21 +19,21 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from contract.mqtt import MAX_SNAPSHOT_BYTES, EventPayload, HeartbeatPayload, StatusPayload, encode, unit_topic
+from contract.mqtt_client import Will, new_client
 from edge.config import Config
 from edge.report import ha
+from edge.report.commands import CommandHandler, DeviceControl
 from edge.report.link_settings import LinkSettings
 from edge.report.outbox import Message, Outbox
-from edge.run.commands import CommandHandler, DeviceControl
-from edge.see.privacy import PixelBox, blur_faces
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +101,10 @@ class MqttLink:
 
     def _make_client(self) -> mqtt.Client:
         s = self.settings
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.unit_id, protocol=mqtt.MQTTv5)
-        if s.username:
-            client.username_pw_set(s.username, s.password)
-        if s.tls:
-            client.tls_set_context(s.ssl_context())
-        client.will_set(self.topic("status"), self._status("offline"), qos=1, retain=True)
-        client.reconnect_delay_set(1, max(1, round(s.reconnect_max_s)))
-        client.max_inflight_messages_set(s.window)
+        client = new_client(s.unit_id, username=s.username, password=s.password,
+                            ssl_context=s.ssl_context() if s.tls else None,
+                            will=Will(self.topic("status"), self._status("offline")),
+                            reconnect_max_s=s.reconnect_max_s, max_inflight=s.window)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -151,17 +147,16 @@ class MqttLink:
 
     # --- the EventSink side -----------------------------------------------------------------
 
-    def emit(self, event: EventPayload, snapshot_jpeg: bytes | None = None,
-             person_boxes: Sequence[PixelBox] | None = None) -> None:
-        """Commit the event (and its blurred snapshot) durably; publishing happens on the worker.
+    def emit(self, event: EventPayload, snapshot_jpeg: bytes | None = None) -> None:
+        """Commit the event (and its snapshot) durably; publishing happens on the worker.
 
-        `person_boxes` (frame pixels) let the privacy filter blur just the heads when this OpenCV
-        build has no face detector; without them the whole snapshot is pixelated.
+        The link carries pictures as they are: the pipeline anonymised them where it drew them
+        (Pipeline._picture), the one owner of blurring, so the JPEG is never decoded again here.
         """
         if self._closed:
             log.error("event %s emitted after the link was closed; not queued", event.event_id)
             return
-        snapshot, ref = self._prepare_snapshot(event, snapshot_jpeg, person_boxes)
+        snapshot, ref = self._prepare_snapshot(event, snapshot_jpeg)
         if snapshot is not None and event.snapshot != ref:
             event = event.model_copy(update={"snapshot": ref})
         messages = [Message(self.topic("events"), encode(event))]
@@ -170,28 +165,21 @@ class MqttLink:
         self.outbox.put(messages)
         self._wake.set()
 
-    def _prepare_snapshot(self, event: EventPayload, jpeg: bytes | None,
-                          person_boxes: Sequence[PixelBox] | None) -> tuple[bytes | None, str]:
+    def _prepare_snapshot(self, event: EventPayload, jpeg: bytes | None) -> tuple[bytes | None, str]:
         wanted = event.snapshot or ""
         ref = wanted if wanted.startswith("snapshots/") and _SAFE_REF.match(wanted[10:]) \
             else f"snapshots/{_safe_ref(event.event_id)}"
         if not jpeg:
             return None, ref
-        try:
-            out = blur_faces(jpeg, person_boxes) if self.settings.blur_faces else jpeg
-        except ValueError as exc:
-            log.warning("snapshot of event %s dropped: %s", event.event_id, exc)
+        if len(jpeg) > MAX_SNAPSHOT_BYTES:
+            log.warning("snapshot of event %s is %s bytes, over the limit; dropped", event.event_id, len(jpeg))
             return None, ref
-        if len(out) > MAX_SNAPSHOT_BYTES:
-            log.warning("snapshot of event %s is %s bytes, over the limit; dropped", event.event_id, len(out))
-            return None, ref
-        return out, ref
+        return jpeg, ref
 
     def _store_snapshot(self, ref: str, jpeg: bytes) -> str:
-        """SnapshotSink for the `snapshot` command: blurred, queued durably like an event snapshot."""
+        """SnapshotSink for the `snapshot` command (Pipeline.snapshot_jpeg, anonymised there): queued durably."""
         suffix = f"snapshots/{_safe_ref(ref)}"
-        out = blur_faces(jpeg) if self.settings.blur_faces else jpeg
-        self.outbox.put([Message(self.topic(suffix), out, "snapshot")])
+        self.outbox.put([Message(self.topic(suffix), jpeg, "snapshot")])
         return suffix
 
     def set_relay_state(self, held: bool) -> None:

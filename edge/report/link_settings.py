@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from contract.errors import ConfigError
+from contract.mqtt_client import tls_context
 from edge.config import Config
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
@@ -33,7 +34,6 @@ class LinkSettings:
     heartbeat_s: float = 30.0
     reconnect_max_s: float = 60.0
     home_assistant: bool = False
-    blur_faces: bool = True
     window: int = 32  # outbox rows in flight (published, PUBACK pending)
     site: str | None = None
     building: str | None = None
@@ -52,17 +52,14 @@ class LinkSettings:
             ca_file=resolve_credential(m.ca_file), cert_file=resolve_credential(m.cert_file),
             key_file=resolve_credential(m.key_file), keepalive_s=m.keepalive_s, heartbeat_s=m.heartbeat_s,
             reconnect_max_s=m.reconnect_max_s, home_assistant=m.home_assistant,
-            blur_faces=cfg.events.blur_faces, site=cfg.unit.site or None,
+            site=cfg.unit.site or None,
             building=cfg.unit.building or None, elevator=cfg.unit.elevator or None,
         )
 
     def ssl_context(self) -> ssl.SSLContext:
         """Verifies the broker against ca_file (system CAs without one); presents the unit certificate."""
         try:
-            ctx = ssl.create_default_context(cafile=self.ca_file)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            if self.cert_file:
-                ctx.load_cert_chain(self.cert_file, self.key_file)
+            ctx = tls_context(self.ca_file, self.cert_file, self.key_file)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"mqtt TLS files: {exc}") from None
         return ctx

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from contract.mqtt import EventPayload, HeartbeatPayload
+from contract.stats import percentile
 from edge import __version__
 from edge.act.actuate import Actuators
 from edge.config import Config, merge_fragment
@@ -77,10 +78,8 @@ class Stats:
     started: float = field(default_factory=time.time)
 
     def percentile(self, values: deque[float], q: float) -> float:
-        if not values:
-            return 0.0
-        ordered = sorted(values)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+        """q in 0..1, the house's one nearest-rank percentile (contract.stats)."""
+        return percentile(values, q * 100)
 
 
 class Pipeline:
@@ -126,9 +125,7 @@ class Pipeline:
         detections = self.detector.detect(frame.image)
         inference_ms = (time.perf_counter() - started) * 1000.0
         h, w = frame.image.shape[:2]
-        min_area = self.cfg.policy.min_box_area * w * h
-        detections = [d for d in detections
-                      if d.score >= self.policy.threshold(d.cls) * 0.5 and d.area >= min_area]
+        detections = self.policy.admit(detections, (w, h))
         with self._lock:
             self.camera_ok = camera_ok
             self.stats.inference_ms.append(inference_ms)
@@ -210,7 +207,7 @@ class Pipeline:
         log.info("event %s %s %s", event.type, event.phase, event.event_id)
         self.sink.emit(event, jpeg)
 
-    # --- fleet commands (edge.run.commands.DeviceControl) ---------------------------------------------
+    # --- fleet commands (edge.report.commands.DeviceControl) ---------------------------------------------
 
     def release_hold(self, reason: str) -> bool:
         with self._lock:
@@ -247,8 +244,7 @@ class Pipeline:
         new = merge_fragment(self.cfg, fragment)
         with self._lock:
             self.cfg = new
-            self.policy.cfg = new.policy
-            self.policy.blocking_enabled = new.blocking_enabled
+            self.policy.reconfigure(new.policy, new.blocking_enabled)
         return {"policy": new.policy.model_dump(mode="json"), "blocking_enabled": new.blocking_enabled}
 
     def heartbeat(self, camera_state: str, outbox_depth: int = 0, outbox_evicted: int = 0) -> HeartbeatPayload:

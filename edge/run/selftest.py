@@ -42,9 +42,9 @@ import numpy as np
 
 from contract.errors import ConfigError, LiftGuardError
 from contract.mqtt import unit_topic
+from contract.stats import percentile
 from edge.config import Config, load_config
 from edge.install.provision import DEFAULT_CONFIG_PATH, REFERENCE_NAME, Frame, grab_frame
-from edge.report.health import percentile
 
 Status = Literal["PASS", "FAIL", "SKIP"]
 CHECK_NAMES = ("clock", "ntp", "camera", "view", "model", "relay", "fire", "speaker", "broker")
@@ -427,9 +427,7 @@ class SelfTest:
     def check_broker(self) -> CheckResult:
         if not self.config.mqtt.url:
             return CheckResult("broker", "SKIP", "mqtt.url is empty (no fleet link)")
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
+        from contract.mqtt_client import new_client
         from edge.report.link_settings import LinkSettings
 
         with _credentials_env(self.config_path):
@@ -443,12 +441,8 @@ class SelfTest:
         connected = threading.Event()
         received = threading.Event()
         outcome: dict[str, Any] = {}
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{self.config.unit.id}-selftest-"
-                             f"{uuid.uuid4().hex[:6]}", clean_session=True)
-        if settings.username:
-            client.username_pw_set(settings.username, settings.password)
-        if ssl_context is not None:
-            client.tls_set_context(ssl_context)
+        client = new_client(f"{self.config.unit.id}-selftest-{uuid.uuid4().hex[:6]}", v5=False,
+                            username=settings.username, password=settings.password, ssl_context=ssl_context)
 
         def on_connect(c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
             outcome["connect"] = str(reason)

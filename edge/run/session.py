@@ -14,14 +14,14 @@ from typing import Any
 
 import cv2
 import numpy as np
-from gpiozero import Device
+from gpiozero import Factory
 
 from contract.errors import CameraError
 from edge.act.actuate import Actuators, FireCallback, GpioActuators, LogActuators
 from edge.config import Config, load_config, parse_config
 from edge.decide.detect import Detector, OnnxDetector
 from edge.report.events import EventSink, FanOut, JsonlSink, MemorySink
-from edge.report.health import Health
+from edge.report.health import Health, Metrics
 from edge.run.app import ClipClock, Pipeline, clip_frames, install_exit_guards, replay
 from edge.see.capture import Camera, CvReader, FolderReader, RawReader, source_fps
 
@@ -71,7 +71,7 @@ def run_demo(opts: DemoOptions) -> int:
     """Demo and replay: a recording through the whole device on clip time, with gpiozero mock pins."""
     from gpiozero.pins.mock import MockFactory
 
-    Device.pin_factory = MockFactory()
+    pins = MockFactory()  # handed to the actuators only: gpiozero's global default is left as it was
     cfg = load_config(opts.config_path) if opts.config_path else parse_config(DEMO_CONFIG)
     reader, native_fps = open_recording(opts.clip)
     detector = build_detector(cfg, opts.model)
@@ -84,7 +84,8 @@ def run_demo(opts: DemoOptions) -> int:
         sinks.append(JsonlSink(opts.events_out))
     clock = ClipClock()
     fan_out = FanOut(sinks)
-    pipeline = Pipeline(cfg, detector, build_actuators(cfg), fan_out, timeline=print, clock=clock, t0=0.0)
+    pipeline = Pipeline(cfg, detector, build_actuators(cfg, pin_factory=pins), fan_out, timeline=print, clock=clock,
+                        t0=0.0)
     pipeline.policy.step_s = 1.0 / fps  # the clip's frame period, not the live camera's
     link = None
     if opts.mqtt_url:
@@ -123,10 +124,11 @@ def run_demo(opts: DemoOptions) -> int:
     return 0
 
 
-def build_actuators(cfg: Config, on_fire: FireCallback | None = None) -> Actuators:
+def build_actuators(cfg: Config, on_fire: FireCallback | None = None, pin_factory: Factory | None = None) -> Actuators:
+    """The configured backend; `pin_factory` (gpiozero) for the gpio backend, None = gpiozero's default."""
     a = cfg.actuators
     if a.backend == "gpio":
-        return GpioActuators(a, on_fire=on_fire)
+        return GpioActuators(a, on_fire=on_fire, pin_factory=pin_factory)
     if a.backend == "bridge":
         from firmware_bridge.host import BridgeActuators
 
@@ -135,14 +137,15 @@ def build_actuators(cfg: Config, on_fire: FireCallback | None = None) -> Actuato
     return LogActuators()
 
 
-def _start_link(cfg: Config, pipeline: Pipeline, fan_out: FanOut, camera_state: Callable[[], str]) -> Any:
-    """The MQTT link as one more event sink, answering fleet commands through the pipeline."""
+def _start_link(cfg: Config, pipeline: Pipeline, fan_out: FanOut, camera_state: Callable[[], str],
+                counters: Metrics | None = None) -> Any:
+    """The MQTT link as one more event sink, answering fleet commands through the pipeline; rejected
+    commands and configs are counted in `counters` (the service's health metrics)."""
     from edge.report.link import MqttLink
 
-    # Snapshots are anonymised by the pipeline with its person boxes; the link must not pixelate again.
-    link_cfg = cfg.model_copy(update={"events": cfg.events.model_copy(update={"blur_faces": False})})
-    link = MqttLink.from_config(link_cfg, pipeline, lambda: pipeline.heartbeat(
-        camera_state(), outbox_depth=link.outbox.depth(), outbox_evicted=link.outbox.evicted()))
+    # Snapshots are anonymised by the pipeline, where they are drawn; the link carries them as they are.
+    link = MqttLink.from_config(cfg, pipeline, lambda: pipeline.heartbeat(
+        camera_state(), outbox_depth=link.outbox.depth(), outbox_evicted=link.outbox.evicted()), counters)
     fan_out.sinks.append(link)
     pipeline.on_relay_change = link.set_relay_state
     link.start()
@@ -169,7 +172,7 @@ def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = 
     fan_out = FanOut(sinks)
     pipeline = Pipeline(cfg, detector, actuators, fan_out, timeline=lambda line: log.info("%s", line.strip()))
     install_exit_guards(pipeline, stop)
-    link = _start_link(cfg, pipeline, fan_out, lambda: camera.state.value) if cfg.mqtt.url else None
+    link = _start_link(cfg, pipeline, fan_out, lambda: camera.state.value, health.metrics) if cfg.mqtt.url else None
     min_interval = 1.0 / cfg.camera.fps
     last = 0.0
     try:

@@ -132,6 +132,27 @@ def open_source(cfg: CameraConfig) -> RawReader:
     return CvReader(cap, finite)
 
 
+def grab_one(cfg: CameraConfig, warmup_frames: int = 5) -> ImageBGR | None:
+    """One frame from `cfg.source`, opened as the service opens it (open_source), or None.
+
+    Live sources skip `warmup_frames` (auto-exposure settles); files and folders give their first frame."""
+    try:
+        reader = open_source(cfg)
+    except CameraError as exc:
+        log.info("no frame from %s: %s", cfg.source, exc)
+        return None
+    try:
+        frame = None
+        for _ in range(warmup_frames + 1 if reader.live else 1):
+            candidate = reader.read()
+            if candidate is None:
+                break
+            frame = candidate
+        return frame if frame is not None and frame.size else None
+    finally:
+        reader.close()
+
+
 def source_fps(reader: RawReader, default: float) -> float:
     fps = reader.fps if isinstance(reader, CvReader) else 0.0
     return fps if 1.0 <= fps <= 120.0 else default

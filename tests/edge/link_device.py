@@ -34,7 +34,7 @@ def main() -> None:
     opts = ap.parse_args()
 
     settings = LinkSettings(unit_id=opts.unit, host="127.0.0.1", port=opts.port, keepalive_s=opts.keepalive,
-                            reconnect_max_s=1.0, blur_faces=False, window=opts.window)
+                            reconnect_max_s=1.0, window=opts.window)
     link = MqttLink(settings, Outbox(opts.outbox), heartbeat=heartbeat_of(opts.unit))
     if not opts.before_start:
         link.start()

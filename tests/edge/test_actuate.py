@@ -38,6 +38,21 @@ def levels(factory: MockFactory, pin: str, idle: bool = False) -> list[bool]:
     return out
 
 
+def test_an_explicit_pin_factory_drives_the_pins_and_leaves_gpiozeros_default_alone() -> None:
+    from gpiozero import Device
+
+    default_before = Device.pin_factory
+    own = MockFactory()
+    a = GpioActuators(ActuatorConfig(voice={"mode": "none"}, fire_pin="GPIO27", fire_active_high=True),
+                      pin_factory=own)
+    a.set_hold(True)
+    own.pin("GPIO27").drive_high()  # the fire-service input, on the same explicit factory
+    assert not a.held
+    a.close()
+    assert levels(own, "GPIO17") == [False, True, False]
+    assert Device.pin_factory is default_before
+
+
 @pytest.mark.parametrize(("active_high", "idle", "held"), [(True, False, True), (False, True, False)])
 def test_relay_levels_follow_the_configured_active_level(mock_pins: MockFactory, active_high: bool, idle: bool,
                                                          held: bool) -> None:

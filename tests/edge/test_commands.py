@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.run.commands import COMMAND_NAMES, CommandHandler
+from edge.report.commands import COMMAND_NAMES, CommandHandler
 from tests.edge.link_support import REPO, FakeControl
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.report.health import Health, Metrics, Notifier, percentile, watchdog_interval_s
+from contract.stats import percentile
+from edge.report.health import Health, Metrics, Notifier, watchdog_interval_s
 
 
 class FakeSystemd:

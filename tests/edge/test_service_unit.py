@@ -1,4 +1,4 @@
-"""config/liftguard.service: the directives the safety case relies on, and `systemd-analyze verify`."""
+"""edge/install/liftguard.service (packaged): the directives the safety case relies on, and `systemd-analyze verify`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.install.provision import DEFAULT_TEMPLATE, render_unit, unit_directives
+from edge.install.provision import DEFAULT_TEMPLATE
+from edge.install.unit import render_unit, unit_directives
 
 UNIT = DEFAULT_TEMPLATE
 SHIPPED_EXEC = "/opt/liftguard/.venv/bin/liftguard"
@@ -82,3 +83,11 @@ def test_verify_would_catch_a_typo(tmp_path: Path) -> None:
     """The check above is meaningful: a misspelt directive does show up on stderr."""
     result = _verify(UNIT.read_text().replace("WatchdogSec=", "WatchDogSec="), tmp_path)
     assert "Unknown key" in result.stderr
+
+
+def test_the_unit_template_is_package_data_not_a_checkout_path() -> None:
+    from importlib import resources
+
+    packaged = resources.files("edge.install").joinpath("liftguard.service")
+    assert packaged.is_file() and DEFAULT_TEMPLATE.read_text() == packaged.read_text()
+    assert "ExecStart=" in DEFAULT_TEMPLATE.read_text()

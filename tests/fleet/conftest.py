@@ -20,6 +20,7 @@ import uvicorn
 from fastapi import FastAPI
 from paho.mqtt.enums import CallbackAPIVersion
 
+from contract import samples
 from contract.mqtt import (
     CommandPayload,
     CommandResultPayload,
@@ -174,22 +175,17 @@ class FakeUnit:
         self.client.publish(unit_topic(self.unit_id, suffix), payload, qos=qos, retain=retain).wait_for_publish(5)
 
     def heartbeat(self, **changes: Any) -> HeartbeatPayload:
-        fields: dict[str, Any] = dict(unit_id=self.unit_id, ts=time.time(), uptime_s=12.0, fps=9.5,
-                                      inference_p50_ms=20.0, inference_p95_ms=31.0, camera="online",
-                                      relay="released", outbox_depth=0, model_id="ebike-v3", software="1.4.2",
-                                      site=self.site, building=self.building, elevator="Lift 1")
-        fields.update(changes)
-        hb = HeartbeatPayload(**fields)
+        fields: dict[str, Any] = dict(uptime_s=12.0, fps=9.5, inference_p95_ms=31.0, model_id="ebike-v3",
+                                      software="1.4.2", site=self.site, building=self.building, elevator="Lift 1")
+        hb = samples.heartbeat(self.unit_id, **{**fields, **changes})
         self.publish("heartbeat", encode(hb), qos=1)
         return hb
 
     def alert(self, with_snapshot: bool = True, **changes: Any) -> EventPayload:
         event_id = str(uuid.uuid4())
-        fields: dict[str, Any] = dict(event_id=event_id, incident_id=str(uuid.uuid4()), unit_id=self.unit_id,
-                                      type="ebike_blocked", phase="start", ts=time.time(), cls="ebike",
-                                      confidence=0.93, snapshot=f"snapshots/{event_id}" if with_snapshot else None)
-        fields.update(changes)
-        event = EventPayload(**fields)
+        fields: dict[str, Any] = dict(event_id=event_id, confidence=0.93,
+                                      snapshot=f"snapshots/{event_id}" if with_snapshot else None)
+        event = samples.alert(self.unit_id, **{**fields, **changes})
         self.publish("events", encode(event))
         if with_snapshot:
             self.publish(f"snapshots/{event_id}", snapshot_jpeg(f"{self.unit_id} test"))

@@ -10,7 +10,7 @@ from typing import Any
 from contract.commands import ConfigReportedPayload
 from contract.errors import ConfigError
 from contract.mqtt import encode
-from edge.run.commands import CommandHandler
+from edge.report.commands import CommandHandler
 from fleet.api import unit_view
 from fleet.store import IngestBatch, Store
 from tests.fleet.conftest import FakeUnit, RunningFleet, wait_until

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,8 @@ from contract.mqtt import MAX_PAYLOAD_BYTES, EventPayload
 from fleet.ingest import Rejected, UnitBuckets, prefilter
 from fleet.simulate import snapshot_jpeg
 from fleet.store import IngestBatch, Store
-from tests.fleet.conftest import FakeUnit, RunningFleet, wait_until
+from tests.fleet.conftest import FakeUnit, RunningFleet, start_fleet, wait_until
+from tests.support.mosquitto import MosquittoBroker
 
 
 class FakeClock:
@@ -46,12 +48,7 @@ def test_size_and_topic_are_checked_before_anything_is_parsed() -> None:
 
 
 def test_a_flooding_unit_is_cut_off_before_parsing_and_the_others_events_all_arrive(
-        mosquitto: object, tmp_path: object, make_unit: Callable[..., FakeUnit]) -> None:
-    from pathlib import Path
-
-    from tests.fleet.conftest import start_fleet
-    from tests.support.mosquitto import MosquittoBroker
-    assert isinstance(mosquitto, MosquittoBroker) and isinstance(tmp_path, Path)
+        mosquitto: MosquittoBroker, tmp_path: Path, make_unit: Callable[..., FakeUnit]) -> None:
     fleet: RunningFleet = start_fleet(mosquitto, f"sqlite:///{tmp_path / 'fleet.db'}", unit_rate_per_s=5,
                                       unit_burst=50)
     try:

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 import fleet.migrations
+from contract import samples
 from contract.mqtt import CommandResultPayload, EventPayload, HeartbeatPayload, StatusPayload
 from fleet.api import write_dataset_zip
 from fleet.store import IngestBatch, Store, day_bounds, local_day
@@ -25,20 +26,15 @@ EVENING_UTC = dt.datetime(2026, 11, 29, 20, 30, tzinfo=dt.UTC).timestamp()
 
 
 def heartbeat(unit: str, **kw: object) -> HeartbeatPayload:
-    fields: dict[str, object] = dict(unit_id=unit, ts=time.time(), uptime_s=1, fps=10, inference_p50_ms=10,
-                                     inference_p95_ms=20, camera="online", relay="released", outbox_depth=0,
-                                     model_id="m1", software="1.0", site="S", building="B1")
-    fields.update(kw)
-    return HeartbeatPayload.model_validate(fields)
+    fields: dict[str, object] = dict(inference_p50_ms=10, inference_p95_ms=20, model_id="m1", software="1.0",
+                                     site="S", building="B1")
+    return samples.heartbeat(unit, **{**fields, **kw})
 
 
 def alert(unit: str, ts: float | None = None, **kw: object) -> EventPayload:
     event_id = str(uuid.uuid4())
-    fields: dict[str, object] = dict(event_id=event_id, incident_id=str(uuid.uuid4()), unit_id=unit,
-                                     type="ebike_blocked", phase="start", ts=ts or time.time(), cls="ebike",
-                                     confidence=0.9, snapshot=f"snapshots/{event_id}")
-    fields.update(kw)
-    return EventPayload.model_validate(fields)
+    fields: dict[str, object] = dict(event_id=event_id, ts=ts or time.time(), snapshot=f"snapshots/{event_id}")
+    return samples.alert(unit, **{**fields, **kw})
 
 
 def batch_of(*events: EventPayload, snapshots: bool = True) -> IngestBatch:
