@@ -111,20 +111,38 @@ class LadderServer:
 
 
 class Sampler:
-    """Peak RSS of some processes, every 0.5 s."""
+    """Every 0.5 s: RSS and CPU seconds of some processes (and of PostgreSQL's process tree), and the
+    machine's busy jiffies, so CPU shares can be taken over exactly the window the load ran."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int], pg_pid: int | None) -> None:
         self.pids = pids
+        self.pg_pid = pg_pid
         self.peak: dict[str, float] = dict.fromkeys(pids, 0.0)
+        self.samples: list[tuple[float, dict[str, float], float, float]] = []  # (time, cpu s, busy, total)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(0.5):
+            cpu: dict[str, float] = {}
             for name, pid in self.pids.items():
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, IndexError):
                     self.peak[name] = max(self.peak[name], proc_rss_mb(pid))
+                    cpu[name] = proc_cpu_s(pid)
+            if self.pg_pid:
+                cpu["postgres"] = tree_cpu_s(self.pg_pid)
+            busy, total = machine_busy()
+            self.samples.append((time.time(), cpu, busy, total))
+
+    def shares(self, start: float, end: float) -> tuple[dict[str, float], float]:
+        """CPU share of one core per process between two wall-clock times, and the machine's busy cores."""
+        inside = [s for s in self.samples if start <= s[0] <= end]
+        if len(inside) < 2:
+            return {}, float("nan")
+        (t0, c0, b0, a0), (t1, c1, b1, a1) = inside[0], inside[-1]
+        out = {k: (c1[k] - c0[k]) / (t1 - t0) for k in c1 if k in c0}
+        return out, (b1 - b0) / (a1 - a0) * (os.cpu_count() or 1)
 
     def stop(self) -> dict[str, float]:
         self._stop.set()
@@ -159,14 +177,14 @@ def rung(setup: str, n_servers: int, units_equiv: int, work: Path, pg: PostgresS
              "--stop", "drop", "--connect-rate", "3000"],
             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         pids = {"broker": broker.proc.pid, "simulator": sim.pid, **{s.name: s.proc.pid for s in servers}}
-        sampler = Sampler(pids)
+        pg_pid = int((pg.datadir / "postmaster.pid").read_text().split()[0]) if pg else None
+        sampler = Sampler(pids, pg_pid)
         t_connect = time.monotonic()
         while time.monotonic() - t_connect < 180:  # every unit's status stored = connected and known
             if int(store.query("SELECT COUNT(*) AS n FROM units")[0]["n"]) >= CONNECTIONS:
                 break
             time.sleep(0.5)
         connect_s = time.monotonic() - t_connect
-        pg_pid = int((pg.datadir / "postmaster.pid").read_text().split()[0]) if pg else None
         pg_log = pg.workdir / "postgres.log" if pg else None
         log_from = pg_log.stat().st_size if pg_log and pg_log.exists() else 0
         spy = []
@@ -178,25 +196,19 @@ def rung(setup: str, n_servers: int, units_equiv: int, work: Path, pg: PostgresS
                                              "--threads", "-o", str(out)],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         load0 = os.getloadavg()
-        cpu0 = {k: proc_cpu_s(p) for k, p in pids.items()}
-        pg0 = tree_cpu_s(pg_pid) if pg_pid else 0.0
-        busy0, all0 = machine_busy()
-        w0 = time.monotonic()
         _, err = sim.communicate(timeout=duration_s + 240)
         for p in spy:
             p.wait(60)
-        wall = time.monotonic() - w0
-        cpu = {k: (proc_cpu_s(p) - cpu0[k]) / wall for k, p in pids.items() if k != "simulator"}
-        busy1, all1 = machine_busy()
-        cores = os.cpu_count() or 1
-        machine = (busy1 - busy0) / (all1 - all0) * cores
-        pg_cpu = (tree_cpu_s(pg_pid) - pg0) / wall if pg_pid else 0.0
         load1 = os.getloadavg()
         if sim.returncode != 0:
             raise RuntimeError(f"simulator failed: {err.decode()[-2000:]}")
-        # The simulator has exited: its CPU is in its rusage, not /proc (read from the report's wall instead).
         sim_report = json.loads(report.read_text())
-        sim_cpu = sim_report.get("cpu_s", float("nan")) / wall
+        # Everything over the window the simulator offered its load (all units connected -> its loop ended).
+        wall = sim_report["run_to"] - sim_report["run_from"]
+        shares, machine = sampler.shares(sim_report["run_from"], sim_report["run_to"])
+        cpu = {k: v for k, v in shares.items() if k not in ("simulator", "postgres")}
+        pg_cpu = shares.get("postgres", 0.0)
+        sim_cpu = shares.get("simulator", float("nan"))
         published = set(sim_report["event_ids"])
         t_drain = time.monotonic()
         stored: set[str] = set()
@@ -251,7 +263,7 @@ def rung(setup: str, n_servers: int, units_equiv: int, work: Path, pg: PostgresS
         "server_latency_p99_ms": max((st.get("event_latency_server", {}).get("p99_ms", 0.0) for st in stats),
                                      default=None),
         # The fleet servers' CPU time per message offered: a capacity figure that load on the machine barely moves.
-        "server_cpu_us_per_msg": round((sum(cpu.values()) - cpu["broker"]) * wall * 1e6
+        "server_cpu_us_per_msg": round((sum(cpu.values()) - cpu.get("broker", 0.0)) * wall * 1e6
                                        / max(1, sent_beats + 2 * len(published)), 1),
         "cpu_core_share": {**{k: round(v, 3) for k, v in cpu.items()}, "postgres": round(pg_cpu, 3),
                            "simulator": round(sim_cpu, 3)},
