@@ -325,7 +325,7 @@ def main() -> int:
 
 
 def ladder_main(args: argparse.Namespace) -> int:
-    from benchmarks.fleet_ladder import RUNGS, ladder, plot
+    from benchmarks.fleet_ladder import RUNGS, ladder, markdown_table, plot
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 12k unit sockets; children inherit it
@@ -345,7 +345,7 @@ def ladder_main(args: argparse.Namespace) -> int:
     ok = [r for r in results if "error" not in r]
     if ok:
         plot(ok, path.with_suffix(".png"))
-    print(f"\nwrote {path} and .png")
+    print(f"\nwrote {path} and .png\n\n{markdown_table(results)}")
     return 0
 
 

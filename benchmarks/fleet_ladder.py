@@ -351,3 +351,30 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     ax3.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    """The ladder as the README quotes it."""
+    lines = ["| setup | unit-equiv. (beat every) | offered msg/s | events lost / sent | heartbeats stored / sent "
+             "| p50 / p99 (server part p99) | CPU: servers · PostgreSQL · broker · simulator (cores) | others' "
+             "cores · load | server µs/msg | peak RSS per server |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        label = f"{r['servers']} × {'PostgreSQL' if r['setup'] == 'postgres' else 'SQLite'}"
+        if "error" in r:
+            lines.append(f"| {label} | {r['units_equivalent']:,} | failed: {r['error'][:80]} |||||||")
+            continue
+        cpu = r["cpu_core_share"]
+        servers = sum(v for k, v in cpu.items() if k not in ("broker", "simulator", "postgres"))
+        rss = max(v for k, v in r["peak_rss_mb"].items() if k not in ("broker", "simulator"))
+        ok = r["events_lost"] == 0 and (r["latency_p99_ms"] or 1e9) <= 250
+        p99 = f"**{r['latency_p99_ms']:,.0f}**" if ok else f"{r['latency_p99_ms']:,.0f}"
+        lines.append(
+            f"| {label} | {r['units_equivalent']:,} ({r['heartbeat_s']:g} s) | {r['offered_msgs_per_s']:,.0f} "
+            f"| {r['events_lost']} / {r['events_published']:,} | {r['heartbeats_stored']:,} / {r['heartbeats_sent']:,} "
+            f"| {r['latency_p50_ms']:,.0f} / {p99} ms ({r['server_latency_p99_ms']:,.0f}) "
+            f"| {servers:.2f} · {cpu.get('postgres', 0):.2f} · {cpu.get('broker', 0):.2f} "
+            f"· {cpu.get('simulator', 0):.2f} "
+            f"| {r['other_processes_cores']:.2f} · {r['loadavg_end'][0]:.1f} | {r['server_cpu_us_per_msg']:.0f} "
+            f"| {rss:.0f} MB |")
+    return "\n".join(lines)
