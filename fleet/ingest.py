@@ -281,6 +281,9 @@ _Item = tuple[Message, int, int]
 # the other transaction has committed or is about to, so the retry finds the rows free).
 _TRANSIENT_RETRIES = 8
 _Rollup = dict[tuple[str, int], list[float]]
+# Units per heartbeat-flush transaction: small enough that an alert arriving meanwhile waits for one short
+# transaction (the writer takes new messages between chunks), large enough to amortise the commit.
+_FLUSH_CHUNK = 500
 
 
 class HeartbeatCoalescer:
@@ -584,8 +587,8 @@ class Ingestor:
                 return
 
     def _flush_chunk(self) -> bool:
-        """Write the next `batch_max` units of the heartbeats being flushed (sorted by unit id)."""
-        chunk = self._flushing[:self.settings.batch_max]
+        """Write the next chunk of the heartbeats being flushed (sorted by unit id)."""
+        chunk = self._flushing[:min(self.settings.batch_max, _FLUSH_CHUNK)]
         rollup = {k: v for m in chunk for k, v in self._flushing_rollup.get(m.unit_id, {}).items()}
         if self._commit(chunk, rollup) is None:
             return False  # stopping with the store down: QoS 0 heartbeats are not redelivered, nor missed
