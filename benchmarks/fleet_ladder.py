@@ -100,6 +100,14 @@ class LadderServer:
         else:
             raise RuntimeError(f"server {name} did not come up")
 
+    def queued(self) -> int:
+        """Messages received and not yet taken by the writer (from /healthz)."""
+        try:
+            body = httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=10).json()
+        except (httpx.HTTPError, ValueError):
+            return 1
+        return int(body.get("ingest", {}).get("queued", 0))
+
     def stop(self) -> dict[str, Any]:
         self.proc.terminate()
         try:
@@ -108,6 +116,20 @@ class LadderServer:
             self.proc.kill()
         self.log.close()
         return dict(json.loads(self.stats_path.read_text())) if self.stats_path.exists() else {}
+
+
+def start_server(db: str, broker: MosquittoBroker, workdir: Path, name: str, shared: bool,
+                 flush_s: float) -> LadderServer:
+    """A server, tried again on another port when its free port was taken before it bound it (other
+    processes on this shared machine pick free ports too)."""
+    for attempt in range(3):
+        try:
+            return LadderServer(db, broker, workdir, name, shared, flush_s)
+        except RuntimeError as exc:
+            if "address already in use" not in (workdir / f"server-{name}.log").read_text() or attempt == 2:
+                raise
+            print(f"   {name}: its HTTP port was taken meanwhile ({exc}); again on another port", flush=True)
+    raise AssertionError("unreachable")
 
 
 class Sampler:
@@ -168,7 +190,7 @@ def rung(setup: str, n_servers: int, units_equiv: int, work: Path, pg: PostgresS
     sim: subprocess.Popen[bytes] | None = None
     stats: list[dict[str, Any]] = []
     try:
-        servers = [LadderServer(db, broker, rdir, f"{name}-{i}", n_servers > 1, flush_s) for i in range(n_servers)]
+        servers = [start_server(db, broker, rdir, f"{name}-{i}", n_servers > 1, flush_s) for i in range(n_servers)]
         report = rdir / "sim.json"
         sim = subprocess.Popen(
             [*CLI, "simulate", "--mqtt", broker.url, "--units", str(CONNECTIONS), "--heartbeat-s", f"{heartbeat_s:g}",
@@ -216,6 +238,9 @@ def rung(setup: str, n_servers: int, units_equiv: int, work: Path, pg: PostgresS
             stored = {r["event_id"] for r in store.query("SELECT event_id FROM events")}
             if published <= stored:
                 break
+            time.sleep(0.5)
+        # ... and every server's inbox empty, so heartbeats still queued are not cut off by the shutdown.
+        while time.monotonic() - t_drain < 180 and any(s.queued() for s in servers):
             time.sleep(0.5)
         drain_s = time.monotonic() - t_drain
         rss = sampler.stop()
