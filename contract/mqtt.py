@@ -105,7 +105,8 @@ class HeartbeatPayload(_Strict):
     relay: RelayState
     blocking_enabled: bool = True
     outbox_depth: Counter
-    outbox_evicted: Counter = 0
+    outbox_evicted: Counter = Field(default=0, description="events lost: outbox full, or the disk was")
+    outbox_snapshots_dropped: Counter = Field(default=0, description="snapshots dropped to keep the events")
     model_id: str = Field(max_length=128)
     software: str = Field(max_length=64)
     site: str | None = Field(default=None, max_length=128)

@@ -15,13 +15,16 @@ import struct
 import subprocess
 import tempfile
 import threading
+import warnings
 import wave
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from gpiozero import DigitalInputDevice, Factory, OutputDevice
+from gpiozero.exc import BadPinFactory, GPIOZeroError, PinFactoryFallback
 
+from contract.errors import ActuatorError
 from edge.config import ActuatorConfig, VoiceConfig
 
 log = logging.getLogger(__name__)
@@ -100,11 +103,43 @@ class AlsaVoice:
         self._stop.set()
 
 
+def make_pin_factory(name: str) -> Any:
+    """gpiozero pin factory by name. `auto`: None, i.e. gpiozero's own choice ($GPIOZERO_PIN_FACTORY,
+    else lgpio, rpigpio, pigpio, native in that order); `lgpio` is the one for the Raspberry Pi 5
+    (`pip install 'liftguard[pi]'`). Raises ActuatorError with one clear line when it cannot be had."""
+    if name == "auto":
+        return None
+    try:
+        if name == "lgpio":
+            from gpiozero.pins.lgpio import LGPIOFactory
+
+            return LGPIOFactory()
+        if name == "rpigpio":
+            from gpiozero.pins.rpigpio import RPiGPIOFactory
+
+            return RPiGPIOFactory()
+        if name == "native":
+            from gpiozero.pins.native import NativeFactory
+
+            return NativeFactory()
+        if name == "mock":
+            from gpiozero.pins.mock import MockFactory
+
+            return MockFactory()
+    except ImportError as exc:
+        raise ActuatorError(f"pin factory {name!r} is not installed ({exc.name or exc}); for lgpio: "
+                            "pip install 'liftguard[pi]'") from None
+    except (GPIOZeroError, OSError, RuntimeError) as exc:
+        raise ActuatorError(f"pin factory {name!r} cannot drive this machine's GPIO: {exc}") from None
+    raise ActuatorError(f"unknown pin factory {name!r}")
+
+
 class GpioActuators:
     """Relay, optional voice-module trigger, beacon and fire-service input on gpiozero pins.
 
     `pin_factory`: gpiozero's pin factory for every pin here (gpiozero's `pin_factory=` argument), e.g. a
-    MockFactory for the demo; None uses gpiozero's default (real pins on the device). Never set globally."""
+    MockFactory for the demo; None uses gpiozero's default (real pins on the device). Never set globally.
+    No usable GPIO raises ActuatorError with one line that says what to do."""
 
     def __init__(self, cfg: ActuatorConfig, on_fire: FireCallback | None = None,
                  pin_factory: Factory | None = None) -> None:
@@ -113,8 +148,17 @@ class GpioActuators:
         self.held = False
         self.on_fire = on_fire
         self._lock = threading.Lock()
-        self.relay = OutputDevice(cfg.relay_pin, active_high=cfg.relay_active_high, initial_value=False,
-                                  pin_factory=pins)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", PinFactoryFallback)  # the error below says it in one line
+                self.relay = OutputDevice(cfg.relay_pin, active_high=cfg.relay_active_high, initial_value=False,
+                                          pin_factory=pins)
+        except BadPinFactory:
+            raise ActuatorError("no GPIO on this machine (gpiozero found no pin factory): on a Raspberry Pi 5 "
+                                "install lgpio (pip install 'liftguard[pi]'); elsewhere set actuators.backend to "
+                                "'bridge' (I/O board) or 'none' (log only)") from None
+        except (GPIOZeroError, OSError) as exc:
+            raise ActuatorError(f"relay pin {cfg.relay_pin}: {exc}") from None
         self.voice_pin = (OutputDevice(cfg.voice.pin, active_high=cfg.voice.active_high, initial_value=False,
                                        pin_factory=pins)
                           if cfg.voice.mode == "gpio" and cfg.voice.pin else None)
