@@ -1,4 +1,4 @@
-"""`liftguard-fleet serve | simulate | ca | migrate | user`."""
+"""`liftguard-fleet serve | ingest | simulate | ca | migrate | user`."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
-from contract.errors import LiftGuardError
+from contract.errors import ConfigError, LiftGuardError
 
 log = logging.getLogger("fleet")
 
@@ -22,8 +24,8 @@ def _settings(args: argparse.Namespace) -> Any:
 
     overrides = {k: getattr(args, k, None) for k in (
         "db", "mqtt_url", "shared_group", "http_host", "http_port", "client_id", "silence_s", "batch_max",
-        "batch_window_ms", "mqtt_username", "mqtt_password_file", "mqtt_ca", "mqtt_cert", "mqtt_key", "timezone",
-        "data_dir", "notify_file", "public_url", "trusted_proxies")}
+        "batch_window_ms", "heartbeat_flush_s", "mqtt_username", "mqtt_password_file", "mqtt_ca", "mqtt_cert",
+        "mqtt_key", "timezone", "data_dir", "notify_file", "public_url", "trusted_proxies", "ingest_processes")}
     if getattr(args, "cookie_secure", False):
         overrides["cookie_secure"] = True
     return load_settings(overrides)
@@ -42,6 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     store = Store.open(settings.db, settings.tz)
     if not args.no_migrate:
         store.migrate()
+    workers = IngestWorkers(settings, args.stats_out) if settings.ingest_processes > 1 else None
     ctx = build_context(settings, store)
     ctx.outbound = Notifier(store, rules, timezone=settings.timezone, public_url=settings.public_url)
     ctx.notifier.listeners.append(ctx.outbound.wake)
@@ -63,8 +66,81 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                 proxy_headers=False)
         FleetServer(config, ctx).run()
     finally:
+        if workers:
+            workers.stop()
         ingestor.stop()
         ctx.outbound.stop()
+        if args.stats_out:
+            Path(args.stats_out).write_text(json.dumps(ingestor.stats.snapshot(), indent=1))
+        store.close()
+    return 0
+
+
+class IngestWorkers:
+    """The `ingest_processes - 1` ingest-only children of `serve`, each its own MQTT client on the shared
+    subscription (client id <client_id>-<n>); one that dies is started again."""
+
+    def __init__(self, settings: Any, stats_out: str | None) -> None:
+        from fleet.config import settings_env
+
+        self.env = {**os.environ, **settings_env(settings)}
+        self.client_id = settings.client_id
+        self.stats_out = stats_out
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._stop = threading.Event()
+        for n in range(1, settings.ingest_processes):
+            self._start(n)
+        self._watch = threading.Thread(target=self._supervise, name="ingest-workers", daemon=True)
+        self._watch.start()
+
+    def _start(self, n: int) -> None:
+        cmd = [sys.executable, "-m", "fleet.cli", "ingest", "--no-migrate", "--client-id", f"{self.client_id}-{n}"]
+        if self.stats_out:
+            cmd += ["--stats-out", f"{self.stats_out}.{n}"]
+        self.procs[n] = subprocess.Popen(cmd, env=self.env)
+        log.info("ingest process %d started (pid %d)", n, self.procs[n].pid)
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(2.0):
+            for n, proc in list(self.procs.items()):
+                if proc.poll() is not None and not self._stop.is_set():
+                    log.error("ingest process %d exited with %s; starting it again", n, proc.returncode)
+                    self._start(n)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """MQTT ingest only (no HTTP): one more process on the shared subscription, on this host or another."""
+    from fleet.ingest import Ingestor
+    from fleet.store import Store
+
+    settings = _settings(args)
+    if not settings.shared_group:
+        raise ConfigError("`ingest` runs beside a fleet server: set shared_group (--shared-group), or every "
+                          "message would be stored by both")
+    store = Store.open(settings.db, settings.tz)
+    if not args.no_migrate:
+        store.migrate()
+    ingestor = Ingestor(settings, store)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ingestor.start()
+    log.info("fleet ingest: db=%s mqtt=%s subscription=%s client=%s", settings.db.split("@")[-1],
+             settings.mqtt_url, ingestor.topic_filter, settings.client_id)
+    try:
+        stop.wait()
+    finally:
+        ingestor.stop()
         if args.stats_out:
             Path(args.stats_out).write_text(json.dumps(ingestor.stats.snapshot(), indent=1))
         store.close()
@@ -191,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--silence-s", type=float, help="heartbeat silence that marks a unit offline")
     serve.add_argument("--batch-max", type=int)
     serve.add_argument("--batch-window-ms", type=float)
+    serve.add_argument("--heartbeat-flush-s", type=float,
+                       help="write coalesced heartbeats this often (default 5; 0 = with every batch)")
     serve.add_argument("--timezone", help="the site's IANA time zone, e.g. Asia/Shanghai: where days begin "
                                           "(default UTC)")
     serve.add_argument("--notify-file", help="TOML rules for e-mail / webhook notifications and escalation")
@@ -199,8 +277,28 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "X-Forwarded-For is believed (default: none)")
     serve.add_argument("--cookie-secure", action="store_true", help="Secure cookies (serve behind HTTPS)")
     serve.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations at start")
-    serve.add_argument("--stats-out", help="write ingest statistics as JSON here on shutdown")
+    serve.add_argument("--stats-out", help="write ingest statistics as JSON here on shutdown (children: .1, .2 ...)")
+    serve.add_argument("--ingest-processes", type=int,
+                       help="MQTT ingest processes (default 1; more need --shared-group): scale ingest over cores")
     serve.set_defaults(func=cmd_serve)
+
+    ingest = sub.add_parser("ingest", help="MQTT ingest only, one more process on the shared subscription")
+    _server_flags(ingest)
+    ingest.add_argument("--mqtt", dest="mqtt_url", help="broker URL, mqtt://host:port or mqtts://")
+    ingest.add_argument("--mqtt-username")
+    ingest.add_argument("--mqtt-password-file")
+    ingest.add_argument("--mqtt-ca")
+    ingest.add_argument("--mqtt-cert")
+    ingest.add_argument("--mqtt-key")
+    ingest.add_argument("--shared-group", help="MQTT v5 shared subscription group (required)")
+    ingest.add_argument("--client-id", help="stable MQTT client id, unique per process")
+    ingest.add_argument("--batch-max", type=int)
+    ingest.add_argument("--batch-window-ms", type=float)
+    ingest.add_argument("--heartbeat-flush-s", type=float)
+    ingest.add_argument("--timezone")
+    ingest.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations at start")
+    ingest.add_argument("--stats-out", help="write ingest statistics as JSON here on shutdown")
+    ingest.set_defaults(func=cmd_ingest)
 
     migrate = sub.add_parser("migrate", help="apply pending schema migrations")
     _server_flags(migrate)

@@ -39,11 +39,22 @@ class FleetSettings(BaseModel):
     shared_group: str | None = Field(
         None, pattern=r"^[A-Za-z0-9_-]{1,32}$",
         description="subscribe as $share/<group>/... so several servers split the load")
+    ingest_processes: int = Field(
+        1, ge=1, le=64,
+        description="MQTT ingest processes `serve` runs (itself and N-1 `liftguard-fleet ingest` children, client "
+                    "ids <client_id>-1 ...), all on the shared subscription: ingest scales out over cores")
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
     silence_s: float = Field(90.0, ge=5, le=86400, description="no heartbeat this long = offline")
     batch_max: int = Field(2000, ge=1, le=100_000, description="most messages per DB transaction")
     batch_window_ms: float = Field(25.0, ge=0, le=5000, description="wait this long to fill a batch")
+    heartbeat_flush_s: float = Field(
+        5.0, ge=0, le=60,
+        description="QoS 0 heartbeats are coalesced (latest per unit, hourly counts of all) and written this "
+                    "often (at most silence_s / 4); 0 writes each with its batch. A crash loses at most this much "
+                    "of them")
+    heartbeat_flush_units: int = Field(50_000, ge=1, le=10_000_000,
+                                       description="write the held heartbeats early once this many units wait")
     max_clock_ahead_s: float = Field(
         86400.0, ge=60, le=366 * 86400,
         description="an event or config report stamped further ahead of the server clock is quarantined")
@@ -88,6 +99,19 @@ class FleetSettings(BaseModel):
     @property
     def ca_dir(self) -> Path:
         return self.data_dir / "ca"
+
+    @model_validator(mode="after")
+    def _processes_share(self) -> FleetSettings:
+        if self.ingest_processes > 1 and not self.shared_group:
+            raise ValueError("ingest_processes > 1 needs shared_group (e.g. fleet): without a shared subscription "
+                             "every process would get, and store, every message")
+        return self
+
+    @property
+    def heartbeat_flush_every_s(self) -> float:
+        """The coalescing period used: `heartbeat_flush_s`, but at most a quarter of `silence_s`, so a unit
+        never looks silent while its beats wait to be written."""
+        return min(self.heartbeat_flush_s, self.silence_s / 4)
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -143,6 +167,22 @@ def default_data_dir(environ: Mapping[str, str]) -> Path:
     return Path(environ["HOME"]) / ".local" / "share" / "liftguard-fleet"
 
 
+def settings_env(settings: FleetSettings) -> dict[str, str]:
+    """The settings as LIFTGUARD_FLEET_* variables (what a child process reads back with load_settings)."""
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, list | tuple):
+            text = ",".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            text = "true" if value else "false"
+        else:
+            text = str(value)
+        env[ENV_PREFIX + name.upper()] = text
+    return env
+
+
 def zone_for(name: str) -> dt.tzinfo:
     """The tzinfo of an IANA zone name; ValueError, with a close match if one exists, when unknown."""
     if name == "UTC":
@@ -179,4 +219,6 @@ def load_settings(overrides: Mapping[str, Any] | None = None,
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
+        if not where:  # a rule between settings
+            raise ConfigError(f"fleet settings: {first['msg'].removeprefix('Value error, ')}") from None
         raise ConfigError(f"fleet setting {where} ({ENV_PREFIX}{where.upper()}): {first['msg']}") from None
