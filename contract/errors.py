@@ -19,3 +19,7 @@ class CameraError(LiftGuardError, OSError):
 
 class PayloadError(LiftGuardError, ValueError):
     """An MQTT payload failed validation (rejected and counted, never applied)."""
+
+
+class ActuatorError(LiftGuardError, OSError):
+    """The door relay / pins could not be set up (no GPIO on this machine, a missing pin library)."""

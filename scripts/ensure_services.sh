@@ -11,6 +11,8 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 [ -f /usr/include/mosquitto_plugin.h ] || need+=(mosquitto-dev)
 [ -f /usr/include/mosquitto.h ] || need+=(libmosquitto-dev)
 command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+# libfaketime: tests/edge/test_run_faketime.py steps the wall clock under `liftguard run` (issue 15).
+command -v faketime >/dev/null 2>&1 || need+=(faketime)
 if [ ${#need[@]} -eq 0 ]; then
   echo "services: all present"
   exit 0

@@ -6,6 +6,7 @@ change. A corrupt or mismatched model is refused at start-up with a message that
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import logging
 import time
@@ -233,6 +234,53 @@ class OnnxDetector:
             )
             for i in keep
         ]
+
+
+REFERENCE_CLIP = Path(str(importlib.resources.files("edge").joinpath("assets", "demo_clip.mp4")))
+REFERENCE_FRAMES = (0, 40)  # an empty car, and the bundled e-bike fully in view
+
+
+def reference_frames(clip: Path = REFERENCE_CLIP, indices: tuple[int, ...] = REFERENCE_FRAMES) -> list[ImageBGR]:
+    """The bundled reference frames (procedural, from the demo clip) for the start-up self-check."""
+    cap = cv2.VideoCapture(str(clip))
+    frames: dict[int, ImageBGR] = {}
+    try:
+        for i in range(max(indices) + 1):
+            ok, image = cap.read()
+            if not ok:
+                break
+            if i in indices:
+                frames[i] = np.asarray(image, np.uint8)
+    finally:
+        cap.release()
+    if len(frames) != len(indices):
+        raise ModelError(f"reference clip {clip} is unreadable: cannot self-check the model")
+    return [frames[i] for i in indices]
+
+
+def self_check(detector: Detector, frames: list[ImageBGR] | None = None) -> None:
+    """Refuse a model that loads but cannot be trusted: raw scores outside [0, 1] (or not finite), or
+    the same output for different reference frames (a constant model sees nothing). Start-up only."""
+    session = getattr(detector, "session", None)
+    if session is None or not isinstance(detector, OnnxDetector):
+        return  # not an ONNX model (a test double): nothing to run the raw check on
+    outputs = []
+    for image in frames if frames is not None else reference_frames():
+        tensor, _ = detector.preprocess(image)
+        (raw,) = session.run([OUTPUT_NAME], {INPUT_NAME: tensor})
+        outputs.append(np.asarray(raw, np.float32)[0])
+    source = str(detector.path)
+    for rows in outputs:
+        if not np.all(np.isfinite(rows)):
+            raise ModelError(f"{source}: self-check failed: the model outputs NaN or infinite values")
+        scores = rows[:, 4]
+        if scores.size and (scores.min() < -1e-6 or scores.max() > 1 + 1e-6):
+            raise ModelError(f"{source}: self-check failed: scores outside [0, 1] "
+                             f"({float(scores.min()):.3g}..{float(scores.max()):.3g}); wrong output layout?")
+    if all(o.shape == outputs[0].shape and np.allclose(o, outputs[0], atol=1e-6) for o in outputs[1:]):
+        raise ModelError(f"{source}: self-check failed: identical output for different reference frames "
+                         "(a constant model detects nothing)")
+    log.info("model self-check passed on %d reference frames", len(outputs))
 
 
 def iou(a: Box, b: Box) -> float:

@@ -8,12 +8,16 @@
 Each call returns a `Decision`: whether the relay must be held, whether the voice warning is on,
 and the events to deliver. Event timestamps `relay`/`voice` are filled in by the app when the
 actuators actually switch.
+
+Time: `now` is the *decision clock*: monotonic when live (an NTP step of the wall clock can neither
+stretch a hold past `hold_max_s` nor make `hold_s` negative), clip time in replay. Events carry wall
+time separately: `wall(now)` converts a decision-clock instant for the payload's `ts` and `times`.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -23,6 +27,14 @@ from edge.decide.detect import Detection
 from edge.decide.track import Track
 
 DEFAULT_THRESHOLD = 0.5
+WallClock = Callable[[float], float]
+
+
+def same_time(t: float) -> float:
+    """Clip time (replay, tests): the decision clock is also the time the events carry."""
+    return t
+
+
 # Detections down to this fraction of their class threshold are tracked (a weak frame keeps a track
 # alive); only the full threshold counts as evidence.
 TRACK_FLOOR = 0.5
@@ -87,10 +99,12 @@ def point_in_polygon(x: float, y: float, poly: Sequence[tuple[float, float]]) ->
 
 class Policy:
     def __init__(self, cfg: PolicyConfig, unit_id: str, blocking_enabled: bool = True, step_s: float = 0.1,
-                 model_thresholds: Mapping[str, float] | None = None) -> None:
+                 model_thresholds: Mapping[str, float] | None = None, wall: WallClock = same_time) -> None:
         """`step_s`: the longest gap between two calls (one frame period); the hold cap allows for it.
-        `model_thresholds`: the model's suggested operating points; `cfg.thresholds` overrides them."""
+        `model_thresholds`: the model's suggested operating points; `cfg.thresholds` overrides them.
+        `wall`: decision-clock instant -> the wall-clock seconds events carry."""
         self.cfg = cfg
+        self.wall = wall
         self.step_s = step_s
         self.model_thresholds = dict(model_thresholds or {})
         self.unit_id = unit_id
@@ -146,10 +160,14 @@ class Policy:
     # --- events -----------------------------------------------------------------------------
 
     def _event(self, type_: EventType, phase: str, now: float, incident_id: str, **kw: object) -> EventPayload:
+        """An event; every instant in `times` is on the decision clock and converted to wall time here."""
         times = kw.pop("times", None) or EventTimes(decision=now)
+        assert isinstance(times, EventTimes)
+        wall_times = EventTimes(**{k: (None if v is None else max(0.0, self.wall(v)))
+                                   for k, v in times.model_dump().items()})
         return EventPayload.model_validate(
-            {"incident_id": incident_id, "unit_id": self.unit_id, "type": type_, "phase": phase, "ts": now,
-             "times": times, **{k: v for k, v in kw.items() if v is not None}}
+            {"incident_id": incident_id, "unit_id": self.unit_id, "type": type_, "phase": phase,
+             "ts": max(0.0, self.wall(now)), "times": wall_times, **{k: v for k, v in kw.items() if v is not None}}
         )
 
     def _release(self, now: float, type_: EventType, detail: str, cooldown: bool) -> EventPayload | None:
@@ -158,8 +176,11 @@ class Policy:
             self._cooldown_until = now + self.cfg.cooldown_s
         if hold is None:
             return None
+        # Measured on the decision clock, so it is the time the door was really held (never negative,
+        # never stretched or negative whatever the wall clock did meanwhile).
+        held_s = min(max(0.0, now - hold.started), 3600.0)
         return self._event(type_, "end", now, hold.incident_id, track_id=hold.track_id,
-                           hold_s=round(now - hold.started, 3), detail=detail,
+                           hold_s=round(held_s, 3), detail=detail,
                            times=EventTimes(decision=now, end=now))
 
     def _faults_update(self, now: float, cond: Conditions, events: list[EventPayload]) -> None:
@@ -278,6 +299,13 @@ class Policy:
     def remote_release(self, now: float) -> Decision:
         """Fleet `release` command: release now, and no new hold for cooldown_s."""
         ev = self._release(now, "remote_released", "released by the management centre", cooldown=True)
+        self.state = State.COOLDOWN
+        return Decision(False, False, self.state, [ev] if ev else [])
+
+    def stall_release(self, now: float, detail: str) -> Decision:
+        """The hold supervisor released the relay while the loop was stuck: end the hold, then cool down
+        (a loop that just recovered must not re-hold at once)."""
+        ev = self._release(now, "ebike_blocked", detail, cooldown=True)
         self.state = State.COOLDOWN
         return Decision(False, False, self.state, [ev] if ev else [])
 

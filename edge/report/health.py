@@ -159,6 +159,7 @@ class _State:
     ready_sent: bool = False
     stopping: bool = False
     last_frame: float | None = None
+    last_tick: float | None = None
     door: str = "released"
     camera: str = "starting"
     note: str = ""
@@ -194,6 +195,7 @@ class Health:
         self._frame_times: deque[float] = deque(maxlen=fps_window)
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._ready_out = threading.Event()
         self._thread: threading.Thread | None = None
 
     # -- called by the app ------------------------------------------------------------------------
@@ -208,6 +210,7 @@ class Health:
         if send:
             log.info("all components up: notifying systemd READY")
             self.notifier.ready(self.status_line())
+            self._ready_out.set()  # only now may the pinger speak: READY=1 is always the first message
 
     def frame_processed(self, ts: float | None = None, inference_ms: float | None = None) -> None:
         """One frame went camera → detector → tracker → policy → actuators."""
@@ -218,6 +221,12 @@ class Health:
         self.metrics.inc("frames_processed")
         if inference_ms is not None:
             self.metrics.observe_inference(inference_ms)
+
+    def loop_ticked(self, ts: float | None = None) -> None:
+        """The main loop went round without a frame (camera offline: time-only policy step)."""
+        now = self.clock() if ts is None else ts
+        with self._lock:
+            self._state.last_tick = now
 
     def set_door(self, held: bool) -> None:
         with self._lock:
@@ -236,8 +245,7 @@ class Health:
 
     @property
     def ready(self) -> bool:
-        with self._lock:
-            return self._state.ready_sent
+        return self._ready_out.is_set()
 
     def fps(self) -> float:
         with self._lock:
@@ -252,8 +260,14 @@ class Health:
         return None if last is None else max(0.0, self.clock() - last)
 
     def pipeline_alive(self) -> bool:
+        """Frames keep going through; or, while the camera is not online, the loop keeps stepping (the
+        unit is degraded, not hung: restarting it would not bring the camera back)."""
         age = self.seconds_since_frame()
-        return age is not None and age <= self.stale_after_s
+        if age is not None and age <= self.stale_after_s:
+            return True
+        with self._lock:
+            camera, tick = self._state.camera, self._state.last_tick
+        return camera != "online" and tick is not None and self.clock() - tick <= self.stale_after_s
 
     def status_line(self) -> str:
         """What `systemctl status liftguard` shows, e.g. "watching: 10.0 fps, inference 14 ms, door released"."""
@@ -266,6 +280,8 @@ class Health:
             missing = sorted(self._required - state.components)
             return f"starting: waiting for {', '.join(missing)}"
         age = self.seconds_since_frame()
+        if state.camera in ("offline", "frozen") and (age is None or age > self.stale_after_s):
+            return f"degraded: camera {state.camera}, holds suppressed; door {state.door}"
         if age is None:
             return f"started, no frame processed yet; camera {state.camera}, door {state.door}"
         if age > self.stale_after_s:

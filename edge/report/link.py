@@ -20,6 +20,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
@@ -31,7 +32,7 @@ from contract.mqtt import MAX_SNAPSHOT_BYTES, EventPayload, HeartbeatPayload, St
 from contract.mqtt_client import Will, new_client
 from edge.config import Config
 from edge.report import ha
-from edge.report.commands import CommandHandler, DeviceControl
+from edge.report.commands import CommandHandler, DeviceControl, SeenCommands
 from edge.report.link_settings import LinkSettings
 from edge.report.outbox import Message, Outbox
 
@@ -51,10 +52,12 @@ class MqttLink:
     """Delivers events, snapshots, heartbeats and status; executes fleet commands through `control`."""
 
     def __init__(self, settings: LinkSettings, outbox: Outbox, control: DeviceControl | None = None,
-                 heartbeat: Callable[[], HeartbeatPayload] | None = None, counters: Counters | None = None) -> None:
+                 heartbeat: Callable[[], HeartbeatPayload] | None = None, counters: Counters | None = None,
+                 seen: SeenCommands | None = None) -> None:
+        """`seen`: executed command ids (persisted beside the outbox by from_config; in memory if None)."""
         self.settings = settings
         self.outbox = outbox
-        self.handler = CommandHandler(control, snapshot_sink=self._store_snapshot) if control else None
+        self.handler = CommandHandler(control, snapshot_sink=self._store_snapshot, seen=seen) if control else None
         self._heartbeat = heartbeat
         self._counters = counters
         self._wake = threading.Event()
@@ -83,7 +86,8 @@ class MqttLink:
         """The link the app uses: settings, credentials and outbox from `cfg.mqtt`. Call start(), later close()."""
         settings = LinkSettings.from_config(cfg)
         outbox = Outbox(cfg.mqtt.outbox_path, max_rows=cfg.mqtt.outbox_max_rows)
-        return cls(settings, outbox, control, heartbeat, counters)
+        seen = SeenCommands(Path(cfg.mqtt.outbox_path).with_name("commands.sqlite3")) if control else None
+        return cls(settings, outbox, control, heartbeat, counters, seen)
 
     # --- topics -----------------------------------------------------------------------------
 
@@ -318,7 +322,8 @@ class MqttLink:
             return
         try:
             beat = self._heartbeat().model_copy(update={
-                "outbox_depth": self.outbox.depth(), "outbox_evicted": self.outbox.evicted()})
+                "outbox_depth": self.outbox.depth(), "outbox_evicted": self.outbox.evicted(),
+                "outbox_snapshots_dropped": self.outbox.evicted_snapshots()})
         except Exception:
             log.exception("heartbeat source failed")
             return

@@ -30,7 +30,7 @@ class LinkSettings:
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
-    keepalive_s: int = 30
+    keepalive_s: int = 6
     heartbeat_s: float = 30.0
     reconnect_max_s: float = 60.0
     home_assistant: bool = False

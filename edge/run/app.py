@@ -2,12 +2,19 @@
 
 `Pipeline` handles one frame (or one time tick) and owns the only lock; `replay` drives it on
 clip time; `run_service` drives it from a live camera. Whatever happens, the relay is released:
-`Pipeline.close` runs from `finally`, from SIGTERM/SIGINT handlers and from atexit.
+`Pipeline.close` runs from `finally`, from SIGTERM/SIGINT handlers and from atexit, and
+`HoldSupervisor` (its own thread, never taking the pipeline's lock) releases a hold within 1 s of
+the last processed frame when the loop itself is stuck.
+
+Clocks: the pipeline decides on `clock` (time.monotonic live, clip time in replay); events carry
+wall time through `wall` (a decision-clock instant -> epoch seconds), so an NTP step changes the
+timestamps the fleet sees and nothing else.
 """
 
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import signal
 import statistics
@@ -21,14 +28,16 @@ from typing import Any
 import cv2
 import numpy as np
 
+from contract.errors import ConfigError
 from contract.mqtt import EventPayload, HeartbeatPayload
 from contract.stats import percentile
 from edge import __version__
-from edge.act.actuate import Actuators
+from edge.act.base import Actuators
 from edge.config import Config, merge_fragment
 from edge.decide.detect import Detection, Detector
-from edge.decide.policy import Conditions, Decision, Policy, State
+from edge.decide.policy import Conditions, Decision, Policy, State, WallClock, same_time
 from edge.decide.track import IouTracker
+from edge.report.commands import check_merged_policy
 from edge.report.events import EventSink
 from edge.see.capture import Frame, ImageBGR
 from edge.see.privacy import blur_faces
@@ -70,12 +79,20 @@ def describe(event: EventPayload, t: float) -> str | None:
     return f"{stamp}  {event.type.replace('_', ' ')} {event.phase}: {event.detail or ''}".rstrip()
 
 
+def live_wall(t: float) -> float:
+    """A monotonic instant as wall-clock seconds, at the wall clock's current offset."""
+    return time.time() - (time.monotonic() - t)
+
+
 @dataclass
 class Stats:
     frames: int = 0
     inference_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100))
     pipeline_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100))
-    started: float = field(default_factory=time.time)
+    frame_ts: deque[float] = field(default_factory=lambda: deque(maxlen=20))  # decision clock
+    started: float = field(default_factory=time.monotonic)
+    stale_skipped: int = 0
+    repeated_skipped: int = 0
 
     def percentile(self, values: deque[float], q: float) -> float:
         """q in 0..1, the house's one nearest-rank percentile (contract.stats)."""
@@ -87,18 +104,22 @@ class Pipeline:
     all go through `_lock`, so the relay has one owner at a time."""
 
     def __init__(self, cfg: Config, detector: Detector, actuators: Actuators, sink: EventSink,
-                 timeline: Timeline | None = None, clock: Callable[[], float] = time.time,
-                 t0: float | None = None) -> None:
+                 timeline: Timeline | None = None, clock: Callable[[], float] = time.monotonic,
+                 t0: float | None = None, wall: WallClock | None = None) -> None:
+        """`clock`: the decision clock (monotonic live, a ClipClock in replay); `wall` converts its
+        instants to the epoch seconds events carry (default: live_wall for time.monotonic, else the same)."""
+        check_classes(cfg, detector.metadata.classes)
         self.cfg = cfg
         self.detector = detector
         self.actuators = actuators
         self.sink = sink
         self.timeline = timeline
         self.clock = clock
+        self.wall: WallClock = wall or (live_wall if clock is time.monotonic else same_time)
         self.t0 = t0 if t0 is not None else clock()
         self.tracker = IouTracker(cfg.tracker.match_iou, cfg.tracker.max_missed_s, cfg.policy.veto_iou)
         self.policy = Policy(cfg.policy, cfg.unit.id, cfg.blocking_enabled, step_s=1.0 / cfg.camera.fps,
-                             model_thresholds=detector.metadata.thresholds)
+                             model_thresholds=detector.metadata.thresholds, wall=self.wall)
         self.stats = Stats()
         self.camera_ok = True
         self.last_frame: Frame | None = None
@@ -107,20 +128,59 @@ class Pipeline:
         self.alarm = False
         self.best_snapshot: tuple[float, ImageBGR] | None = None
         self.on_relay_change: Callable[[bool], None] | None = None
+        self.relay_listeners: list[Callable[[bool], None]] = []
+        # Called after every processed frame (the I/O-board heartbeat, health): proof of progress.
+        self.progress_listeners: list[Callable[[], None]] = []
+        # Live-config appliers, one per remotely settable section (see apply_config).
+        self.updaters: dict[str, Callable[[Config], None]] = {
+            "policy": self._update_policy, "tracker": self._update_tracker, "detector": self._update_detector,
+            "blocking_enabled": self._update_blocking,
+        }
+        self.last_progress = time.monotonic()  # real time, for HoldSupervisor (not the decision clock)
+        self._stall_release: str | None = None  # set by HoldSupervisor; the loop turns it into an event
         self._lock = threading.RLock()
         self._closed = False
 
     # --- inputs ---------------------------------------------------------------------------------
 
+    def achieved_fps(self) -> float:
+        """Frames decided per second of the decision clock (clip time in replay), over the last frames."""
+        ts = list(self.stats.frame_ts)
+        if len(ts) < 2 or ts[-1] <= ts[0]:
+            return 0.0
+        gaps = [b - a for a, b in itertools.pairwise(ts)]
+        median_gap = statistics.median(gaps)
+        return 1.0 / median_gap if median_gap > 0 else 0.0
+
     def within_budget(self) -> bool:
-        recent = list(self.stats.inference_ms)[-10:]
-        return len(recent) < 3 or statistics.median(recent) <= self.cfg.detector.budget_ms
+        """Overload is defined by the decision budget: at the frame rate actually achieved, can
+        `confirm_frames` frames still be seen within `confirm_within_s`? (Slow inference alone is not
+        overload: the newest frame is processed and stale ones skipped, so a busy CPU lowers the rate.)"""
+        if len(self.stats.frame_ts) < 4:
+            return True
+        fps = self.achieved_fps()
+        p = self.cfg.policy
+        return fps > 0 and (p.confirm_frames - 1) / fps <= p.confirm_within_s
 
     def conditions(self) -> Conditions:
         return Conditions(camera_ok=self.camera_ok, within_budget=self.within_budget(),
                           fire_active=self.actuators.fire_active())
 
+    def stale_after_s(self) -> float:
+        """A frame older than this when its turn comes is skipped: the newest frame is what matters."""
+        return max(2.0 / self.cfg.camera.fps, self.cfg.detector.budget_ms / 1000.0)
+
     def process(self, frame: Frame, camera_ok: bool = True) -> Decision:
+        """Detect, track and decide on one frame. A repeated frame (identical to the previous one: a
+        frozen camera) and a stale one (older than stale_after_s on the decision clock) are not
+        evidence: time passes (tick), nothing is detected on them, so they can never confirm a hold."""
+        if frame.repeat or self.clock() - frame.ts > self.stale_after_s():
+            with self._lock:
+                if frame.repeat:
+                    self.stats.repeated_skipped += 1
+                else:
+                    self.stats.stale_skipped += 1
+            return self.tick(max(frame.ts, self.clock()), camera_ok)
         started = time.perf_counter()
         detections = self.detector.detect(frame.image)
         inference_ms = (time.perf_counter() - started) * 1000.0
@@ -129,6 +189,8 @@ class Pipeline:
         with self._lock:
             self.camera_ok = camera_ok
             self.stats.inference_ms.append(inference_ms)
+            self.stats.frame_ts.append(frame.ts)
+            self._take_stall_release(frame.ts)
             self._remember_snapshot(frame, detections)  # before the decision: this frame may confirm
             tracks = self.tracker.update(frame.ts, detections)
             decision = self.policy.update(frame.ts, tracks, self.conditions(), (w, h))
@@ -136,12 +198,33 @@ class Pipeline:
             self._apply(decision, frame.ts, frame)
             self.stats.frames += 1
             self.stats.pipeline_ms.append((time.perf_counter() - started) * 1000.0)
+            self.last_progress = time.monotonic()
+        for listener in self.progress_listeners:
+            listener()
         return decision
+
+    def stall_release(self, why: str) -> bool:
+        """HoldSupervisor's release: the relay straight through the actuators, without the pipeline's
+        lock (the stuck thread may hold it). The policy ends its hold at the loop's next step."""
+        if not self.actuators.held:
+            return False
+        self.actuators.set_alarm(False)
+        self.actuators.set_hold(False)
+        self._stall_release = why
+        for listener in self.relay_listeners:
+            listener(False)
+        return True
+
+    def _take_stall_release(self, now: float) -> None:
+        why, self._stall_release = self._stall_release, None
+        if why is not None and self.policy.holding:
+            self._apply(self.policy.stall_release(now, f"released: {why}"), now, None)
 
     def tick(self, now: float, camera_ok: bool) -> Decision:
         """No frame arrived: time still passes (hold cap, camera fault)."""
         with self._lock:
             self.camera_ok = camera_ok
+            self._take_stall_release(now)
             decision = self.policy.tick(now, self.conditions())
             self._apply(decision, now, None)
             return decision
@@ -172,11 +255,15 @@ class Pipeline:
 
     def _apply(self, decision: Decision, now: float, frame: Frame | None) -> None:
         relay_at = voice_at = None
+        if self._stall_release is not None and decision.hold:
+            decision.hold = decision.alarm = False  # the supervisor released: the loop must not re-hold
         if decision.hold != self.actuators.held:
             self.actuators.set_hold(decision.hold)
             relay_at = self.clock()
             if self.on_relay_change:
                 self.on_relay_change(decision.hold)
+            for listener in self.relay_listeners:
+                listener(self.actuators.held)
         if decision.alarm != self.alarm:
             self.actuators.set_alarm(decision.alarm)
             self.alarm = decision.alarm
@@ -188,9 +275,10 @@ class Pipeline:
     def _emit(self, event: EventPayload, now: float, frame: Frame | None, relay_at: float | None,
               voice_at: float | None) -> None:
         times = event.times.model_copy(update={
-            "capture": event.times.capture if event.times.capture is not None else (frame.ts if frame else None),
-            "relay": relay_at if event.phase in ("start", "end") and relay_at is not None else None,
-            "voice": voice_at if event.phase == "start" and voice_at is not None else None,
+            "capture": event.times.capture if event.times.capture is not None else (
+                self.wall(frame.ts) if frame else None),
+            "relay": self.wall(relay_at) if event.phase in ("start", "end") and relay_at is not None else None,
+            "voice": self.wall(voice_at) if event.phase == "start" and voice_at is not None else None,
         })
         update: dict[str, Any] = {"times": times}
         jpeg: bytes | None = None
@@ -240,19 +328,62 @@ class Pipeline:
             return buf.tobytes() if ok else None
 
     def apply_config(self, fragment: dict[str, Any]) -> dict[str, Any]:
-        """Live-apply a fleet config fragment; only policy and blocking change without a restart."""
+        """Live-apply a fleet config fragment (already checked against edge.commands.RemoteConfig).
+
+        Typed per-section update map: every section in the fragment has an updater that puts the new
+        values into the live object (policy, tracker, detector, camera...), or the whole fragment is
+        refused (ConfigError) before anything changes. The answer is read back from the live objects."""
+        if not isinstance(fragment, dict):
+            raise ConfigError("config fragment must be a mapping")
+        missing = sorted(str(k) for k in fragment if k not in self.updaters)
+        if missing:
+            raise ConfigError(f"cannot be applied live: {', '.join(missing)[:200]}")
         new = merge_fragment(self.cfg, fragment)
+        check_classes(new, self.detector.metadata.classes)
+        if "policy" in fragment:
+            check_merged_policy(new.policy)
         with self._lock:
+            for section in fragment:
+                self.updaters[section](new)
             self.cfg = new
-            self.policy.reconfigure(new.policy, new.blocking_enabled)
-        return {"policy": new.policy.model_dump(mode="json"), "blocking_enabled": new.blocking_enabled}
+            return {section: self.live_section(section) for section in fragment}
+
+    def live_section(self, section: str) -> Any:
+        """What the live objects run for one section (the reported config)."""
+        if section == "policy":
+            return self.policy.cfg.model_dump(mode="json")
+        if section == "tracker":
+            return {"match_iou": self.tracker.match_iou, "max_missed_s": self.tracker.max_missed_s}
+        if section == "blocking_enabled":
+            return self.policy.blocking_enabled
+        if section == "detector":
+            return {k: getattr(self.detector, k, getattr(self.cfg.detector, k))
+                    for k in ("min_score", "nms_iou")} | {"budget_ms": self.cfg.detector.budget_ms}
+        return getattr(self.cfg, section).model_dump(mode="json")
+
+    def _update_policy(self, new: Config) -> None:
+        self.policy.reconfigure(new.policy, self.policy.blocking_enabled)
+        self.tracker.merge_iou = new.policy.veto_iou
+
+    def _update_tracker(self, new: Config) -> None:
+        self.tracker.match_iou = new.tracker.match_iou
+        self.tracker.max_missed_s = new.tracker.max_missed_s
+
+    def _update_detector(self, new: Config) -> None:
+        for name in ("min_score", "nms_iou"):
+            if not hasattr(self.detector, name):
+                raise ConfigError(f"detector.{name} cannot be changed on this detector")
+            setattr(self.detector, name, getattr(new.detector, name))
+
+    def _update_blocking(self, new: Config) -> None:
+        self.policy.reconfigure(self.policy.cfg, new.blocking_enabled)
 
     def heartbeat(self, camera_state: str, outbox_depth: int = 0, outbox_evicted: int = 0) -> HeartbeatPayload:
         s = self.stats
-        now = time.time()
+        uptime = max(0.0, time.monotonic() - s.started)
         return HeartbeatPayload(
-            unit_id=self.cfg.unit.id, ts=now, uptime_s=max(0.0, now - s.started),
-            fps=round(s.frames / max(now - s.started, 1e-3), 2),
+            unit_id=self.cfg.unit.id, ts=max(0.0, time.time()), uptime_s=uptime,
+            fps=round(min(s.frames / max(uptime, 1e-3), 1000.0), 2),
             inference_p50_ms=round(s.percentile(s.inference_ms, 0.5), 2),
             inference_p95_ms=round(s.percentile(s.inference_ms, 0.95), 2),
             camera=camera_state if camera_state in ("online", "offline", "frozen", "starting") else "offline",
@@ -280,6 +411,58 @@ class Pipeline:
                     self._emit(event, now, None, now, None)
             finally:
                 self.sink.close()
+
+
+def check_classes(cfg: Config, model_classes: tuple[str, ...]) -> None:
+    """block_classes (and veto_classes) must name classes the model has: a typo would block nothing."""
+    unknown = sorted(set(cfg.policy.block_classes) - set(model_classes))
+    if unknown:
+        raise ConfigError(f"policy.block_classes: the model has no class {', '.join(map(repr, unknown))} "
+                          f"(it has {', '.join(model_classes)})")
+    missing_veto = sorted(set(cfg.policy.veto_classes) - set(model_classes))
+    if missing_veto:
+        log.warning("policy.veto_classes %s are not classes of the model: no veto evidence for them", missing_veto)
+
+
+class HoldSupervisor:
+    """Releases the door when the pipeline stops making progress, independently of the main loop.
+
+    Its own thread checks, every `poll_s`, how long ago a frame last went through the whole pipeline
+    (`Pipeline.last_progress`, real monotonic time); past `stall_after_s` a hold is released through
+    the actuators directly, without the pipeline's lock (a stuck detector, a deadlock). Works for every
+    actuator backend; the I/O board's own heartbeat timeout is a second, independent line."""
+
+    def __init__(self, pipeline: Pipeline, stall_after_s: float = 0.7, poll_s: float = 0.05) -> None:
+        self.pipeline = pipeline
+        self.stall_after_s = stall_after_s
+        self.poll_s = poll_s
+        self.releases: list[float] = []  # frame age (s) at each release: for logs and tests
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hold-supervisor", daemon=True)
+
+    def start(self) -> HoldSupervisor:
+        self._thread.start()
+        return self
+
+    def check(self) -> bool:
+        age = time.monotonic() - self.pipeline.last_progress
+        if age > self.stall_after_s and self.pipeline.stall_release(f"no frame processed for {age:.1f} s"):
+            self.releases.append(age)
+            log.error("pipeline stalled (no frame processed for %.2f s): door released by the supervisor", age)
+            return True
+        return False
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.check()
+            except Exception:  # the supervisor must outlive whatever one check raised
+                log.exception("hold supervisor check failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2)
 
 
 # --- drivers -----------------------------------------------------------------------------------

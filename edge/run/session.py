@@ -17,13 +17,16 @@ import numpy as np
 from gpiozero import Factory
 
 from contract.errors import CameraError
-from edge.act.actuate import Actuators, FireCallback, GpioActuators, LogActuators
+from edge.act.base import Actuators, FireCallback
+from edge.act.gpio import GpioActuators
+from edge.act.pins import make_pin_factory
+from edge.act.unwired import LogActuators
 from edge.config import Config, load_config, parse_config
-from edge.decide.detect import Detector, OnnxDetector
+from edge.decide.detect import Detector, OnnxDetector, self_check
 from edge.report.events import EventSink, FanOut, JsonlSink, MemorySink
 from edge.report.health import Health, Metrics
-from edge.run.app import ClipClock, Pipeline, clip_frames, install_exit_guards, replay
-from edge.see.capture import Camera, CvReader, FolderReader, RawReader, source_fps
+from edge.run.app import ClipClock, HoldSupervisor, Pipeline, clip_frames, install_exit_guards, replay
+from edge.see.capture import Camera, CameraState, CvReader, FolderReader, Frame, RawReader, source_fps
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +87,11 @@ def run_demo(opts: DemoOptions) -> int:
         sinks.append(JsonlSink(opts.events_out))
     clock = ClipClock()
     fan_out = FanOut(sinks)
+    # Decisions run on clip time throughout (the outcome cannot depend on host load). Events carry clip time in
+    # the local log, but wall-clock time when they go to a fleet, which files them by date and refuses 1970.
+    start = time.time() if opts.mqtt_url else 0.0
     pipeline = Pipeline(cfg, detector, build_actuators(cfg, pin_factory=pins), fan_out, timeline=print, clock=clock,
-                        t0=0.0)
+                        t0=0.0, wall=lambda t: start + t)
     pipeline.policy.step_s = 1.0 / fps  # the clip's frame period, not the live camera's
     link = None
     if opts.mqtt_url:
@@ -128,7 +134,8 @@ def build_actuators(cfg: Config, on_fire: FireCallback | None = None, pin_factor
     """The configured backend; `pin_factory` (gpiozero) for the gpio backend, None = gpiozero's default."""
     a = cfg.actuators
     if a.backend == "gpio":
-        return GpioActuators(a, on_fire=on_fire, pin_factory=pin_factory)
+        factory = pin_factory if pin_factory is not None else make_pin_factory(a.pin_factory)
+        return GpioActuators(a, on_fire=on_fire, pin_factory=factory)
     if a.backend == "bridge":
         from firmware_bridge.host import BridgeActuators
 
@@ -153,11 +160,18 @@ def _start_link(cfg: Config, pipeline: Pipeline, fan_out: FanOut, camera_state: 
 
 
 def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = None,
-                camera: Camera | None = None, health: Health | None = None) -> int:
+                camera: Camera | None = None, health: Health | None = None,
+                supervisor_stall_s: float = 0.8) -> int:
     """The appliance: live camera, real pins (gpiozero's default factory), until SIGTERM/SIGINT
-    (or the end of a file source). Parts may be passed in (tests); by default built from `cfg`."""
+    (or the end of a file source). Parts may be passed in (tests); by default built from `cfg`.
+
+    Decisions run on time.monotonic (events carry wall time). READY=1 goes out once model and pins are
+    up, with a degraded STATUS while the camera is not (systemd must not restart a unit whose camera
+    is merely unplugged). `HoldSupervisor` releases a hold within 1 s of the last processed frame."""
     health = health or Health()
-    detector = detector or build_detector(cfg)  # refuses a corrupt model before anything else starts
+    if detector is None:
+        detector = build_detector(cfg)  # refuses a corrupt model before anything else starts
+        self_check(detector)  # ... and one whose outputs are constant or out of range
     camera = camera or Camera(cfg.camera)
     pipeline: Pipeline | None = None
 
@@ -171,31 +185,50 @@ def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = 
         sinks.append(JsonlSink(cfg.events.jsonl_path, cfg.events.snapshot_dir or None))
     fan_out = FanOut(sinks)
     pipeline = Pipeline(cfg, detector, actuators, fan_out, timeline=lambda line: log.info("%s", line.strip()))
+    pipeline.relay_listeners.append(health.set_door)
+    pipeline.progress_listeners.append(lambda: health.frame_processed(inference_ms=pipeline.stats.inference_ms[-1]))
+    heartbeat = getattr(actuators, "progress", None)  # the I/O board: heartbeats only from frame progress
+    if callable(heartbeat):
+        pipeline.progress_listeners.append(heartbeat)
+
+    def update_camera(new: Config) -> None:
+        camera.reconfigure(new.camera)
+        pipeline.policy.step_s = 1.0 / new.camera.fps
+
+    pipeline.updaters["camera"] = update_camera
     install_exit_guards(pipeline, stop)
+    supervisor = HoldSupervisor(pipeline, stall_after_s=supervisor_stall_s)
     link = _start_link(cfg, pipeline, fan_out, lambda: camera.state.value, health.metrics) if cfg.mqtt.url else None
-    min_interval = 1.0 / cfg.camera.fps
     last = 0.0
     try:
         health.start()
         health.component_up("model")
         health.component_up("pins")
         camera.open()
+        health.set_camera(camera.state.value)
+        health.component_up("camera")  # READY even with the camera offline: STATUS says so, we keep retrying
+        supervisor.start()
         while not stop.is_set() and not camera.ended:
             frame = camera.read()
-            now = time.time()
+            now = time.monotonic()
             health.set_camera(camera.state.value)
             if frame is None:
                 if not camera.ended:  # a recording that ran out is not a camera fault
-                    pipeline.tick(now, camera_ok=False)
+                    # No new frame yet is not a fault by itself: the camera's state says (offline after
+                    # read_timeout_s), and the hold supervisor releases a hold 0.8 s after the last frame.
+                    pipeline.tick(now, camera_ok=camera.state in (CameraState.ONLINE, CameraState.STARTING))
+                    health.loop_ticked()
                 continue
-            health.component_up("camera")
+            min_interval = 1.0 / camera.cfg.fps
             if camera.live and now - last < min_interval:
                 continue  # camera faster than the configured rate: drop, keep latency low
-            last = now
+            if not camera.live and now - last < min_interval:
+                stop.wait(min_interval - (now - last))  # a recording as `run`'s camera plays at camera.fps
+                frame = Frame(frame.index, time.monotonic(), frame.image, frame.repeat)
+            last = time.monotonic()
             pipeline.process(frame, camera_ok=camera.ok)
-            health.set_door(actuators.held)
-            health.frame_processed(inference_ms=pipeline.stats.inference_ms[-1])
     finally:
+        supervisor.stop()
         pipeline.close()
         camera.close()
         if link is not None:

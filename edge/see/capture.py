@@ -8,6 +8,7 @@ that still delivers identical frames). The policy never holds the door unless th
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,8 +32,9 @@ ImageBGR = npt.NDArray[np.uint8]
 @dataclass(frozen=True)
 class Frame:
     index: int
-    ts: float  # seconds: wall clock when live, clip time (index / fps) in replay
+    ts: float  # seconds on the decision clock: time.monotonic when live, clip time (index / fps) in replay
     image: ImageBGR
+    repeat: bool = False  # identical to the previous frame (a frozen camera): never evidence
 
 
 class CameraState(StrEnum):
@@ -79,8 +81,14 @@ class CvReader:
 class FolderReader:
     """Images of a folder in name order (a recorded sequence)."""
 
+    MAX_SKIPS_PER_READ = 8  # unreadable files skipped in one read before it reports a failed read
+
     def __init__(self, folder: Path) -> None:
-        self.paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.folder = folder
+        try:
+            self.paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        except OSError as exc:
+            raise CameraError(f"cannot list frame folder {folder}: {exc.strerror}") from None
         if not self.paths:
             raise CameraError(f"no images in {folder}")
         self._next = 0
@@ -88,19 +96,94 @@ class FolderReader:
         self.live = False
 
     def read(self) -> ImageBGR | None:
-        if self._next >= len(self.paths):
-            self.ended = True
-            return None
-        path = self.paths[self._next]
-        self._next += 1
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
+        """The next readable image; None after a few unreadable ones (a failed read, not the end).
+        Raises CameraError when the folder itself is gone (the camera is lost, not the recording over)."""
+        for _ in range(self.MAX_SKIPS_PER_READ):
+            if self._next >= len(self.paths):
+                self.ended = True
+                return None
+            path = self.paths[self._next]
+            self._next += 1
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is not None:
+                return np.asarray(image, dtype=np.uint8)
+            if not self.folder.is_dir():
+                raise CameraError(f"frame folder {self.folder} is gone")
             log.warning("skipping unreadable image %s", path)
-            return self.read()
-        return np.asarray(image, dtype=np.uint8)
+        return None
 
     def close(self) -> None:
         pass
+
+
+class LatestFrameReader:
+    """A live source read by its own thread, keeping only the newest frame and when it arrived.
+
+    The frame loop always gets the newest picture: when detection is slower than the camera, the
+    frames in between are skipped (`dropped`) instead of queueing up in the driver or the RTSP
+    buffer, where they would make every decision late. `captured_at` is the arrival time of the
+    frame last returned (the Camera stamps frames with it, so a stale one can be recognised)."""
+
+    live = True
+
+    def __init__(self, inner: RawReader, clock: Callable[[], float] = time.monotonic,
+                 wait_s: float = 0.1) -> None:
+        self.inner = inner
+        self.clock = clock
+        self.wait_s = wait_s
+        self.ended = False
+        self.dropped = 0
+        self.captured_at: float | None = None
+        self._cond = threading.Condition()
+        self._latest: tuple[ImageBGR, float] | None = None
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="camera-grabber", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                image = self.inner.read()
+            except Exception as exc:  # handed to the frame loop, which marks the camera offline
+                with self._cond:
+                    self._error = exc
+                    self._cond.notify_all()
+                return
+            if image is None:
+                if self.inner.ended:
+                    with self._cond:
+                        self.ended = True
+                        self._cond.notify_all()
+                    return
+                self._stop.wait(0.01)  # a failed read: do not spin
+                continue
+            with self._cond:
+                if self._latest is not None:
+                    self.dropped += 1
+                self._latest = (image, self.clock())
+                self._cond.notify_all()
+
+    def read(self) -> ImageBGR | None:
+        """The newest frame not yet returned, waiting up to `wait_s`; None if none arrived."""
+        with self._cond:
+            if self._latest is None and self._error is None and not self.ended:
+                self._cond.wait(self.wait_s)
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise CameraError(f"camera read failed: {error}")
+            if self._latest is None:
+                return None
+            (image, self.captured_at), self._latest = self._latest, None
+            return image
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        if self._thread.is_alive():  # stuck in a driver read: releasing under it could crash OpenCV
+            log.warning("camera grabber still blocked in a read; leaving the source to the process exit")
+            return
+        self.inner.close()
 
 
 def open_source(cfg: CameraConfig) -> RawReader:
@@ -129,7 +212,8 @@ def open_source(cfg: CameraConfig) -> RawReader:
     if not cap.isOpened():
         cap.release()
         raise CameraError(f"cannot open camera source {source!r}")
-    return CvReader(cap, finite)
+    reader = CvReader(cap, finite)
+    return LatestFrameReader(reader) if reader.live else reader
 
 
 def grab_one(cfg: CameraConfig, warmup_frames: int = 5) -> ImageBGR | None:
@@ -159,18 +243,26 @@ def source_fps(reader: RawReader, default: float) -> float:
 
 
 class FrozenDetector:
-    """Identical frames (mean abs difference of a small grey thumbnail) for `after_s` = frozen."""
+    """Identical frames (mean absolute difference of the grey frames) for `after_s` = frozen.
+
+    `repeat` says whether the last frame was identical to the one before: such a frame is never
+    evidence for a hold (the pipeline skips it), whatever `after_s` is."""
 
     def __init__(self, after_s: float, max_diff: float) -> None:
         self.after_s = after_s
         self.max_diff = max_diff
+        self.repeat = False
         self._last: npt.NDArray[np.int16] | None = None
         self._same_since: float | None = None
 
     def update(self, image: ImageBGR, now: float) -> bool:
-        thumb = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (64, 48), interpolation=cv2.INTER_AREA)
-        current = thumb.astype(np.int16)
-        if self._last is not None and float(np.abs(current - self._last).mean()) <= self.max_diff:
+        # Full resolution, not a thumbnail: averaging would smooth a live sensor's noise away and make a
+        # still scene (an e-bike parked in the car) look like a frozen camera. A stuck encoder repeats
+        # its buffer: a difference of (almost) exactly zero.
+        current = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.int16)
+        self.repeat = (self._last is not None and current.shape == self._last.shape
+                       and float(np.abs(current - self._last).mean()) <= self.max_diff)
+        if self.repeat:
             if self._same_since is None:
                 self._same_since = now
         else:
@@ -183,7 +275,7 @@ class Camera:
     """A source that comes back: reconnects with backoff, reports its state, never raises on read."""
 
     def __init__(self, cfg: CameraConfig, opener: Callable[[], RawReader] | None = None,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
         self.cfg = cfg
         self._open = opener or (lambda: open_source(cfg))
         self.clock = clock
@@ -236,7 +328,11 @@ class Camera:
             if not self.open():
                 return None
         assert self.reader is not None
-        image = self.reader.read()
+        try:
+            image = self.reader.read()
+        except (CameraError, OSError, cv2.error) as exc:  # the source is lost: offline, retry with backoff
+            self._fail(str(exc))
+            return None
         now = self.clock()
         if image is None:
             if self.reader.ended:
@@ -246,12 +342,25 @@ class Camera:
                 self._fail(f"no frame for {now - self._last_frame_at:.1f} s")
             return None
         self._last_frame_at = now
+        captured = getattr(self.reader, "captured_at", None)
+        if isinstance(captured, float) and captured <= now:
+            now = captured  # a grabbed frame is as old as its arrival, not as its hand-over
         frozen = self.frozen.update(image, now)
         self._set_state(CameraState.FROZEN if frozen else CameraState.ONLINE,
                         f"identical frames for {self.cfg.frozen_after_s:g} s" if frozen else "")
-        frame = Frame(self._index, now, image)
+        frame = Frame(self._index, now, image, repeat=self.frozen.repeat)
         self._index += 1
         return frame
+
+    def reconfigure(self, cfg: CameraConfig) -> None:
+        """Live config (fleet): rate, timeouts, backoff and frozen detection apply from the next read;
+        the source itself is provisioned, never pushed."""
+        if cfg.source != self.cfg.source:
+            raise CameraError("camera.source cannot be changed live")
+        self.cfg = cfg
+        self.frozen.after_s = cfg.frozen_after_s
+        self.frozen.max_diff = cfg.frozen_max_diff
+        self.backoff_s = min(max(self.backoff_s, cfg.reconnect_min_s), cfg.reconnect_max_s)
 
     @property
     def live(self) -> bool:

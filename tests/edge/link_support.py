@@ -127,7 +127,7 @@ class FakeControl:
 
 
 def new_command(args: dict[str, Any] | None = None) -> bytes:
-    return json.dumps({"command_id": uuid.uuid4().hex, "args": args or {}}).encode()
+    return json.dumps({"command_id": uuid.uuid4().hex, "ts": time.time(), "args": args or {}}).encode()
 
 
 def spawn_device(broker_port: int, outbox: Path, *args: str) -> subprocess.Popen[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,7 +119,8 @@ def test_a_snapshot_command_sends_the_pipelines_picture_unchanged(
         mosquitto: MosquittoBroker, fleet: FleetSubscriber, control: FakeControl, tmp_path: Path) -> None:
     control.frame = cv2.imencode(".jpg", np.full((60, 80, 3), 128, np.uint8))[1].tobytes()
     link = start_link(mosquitto, tmp_path, control)
-    fleet.client.publish(f"{UNIT}/cmd/snapshot", json.dumps({"command_id": "cmd-snap-1"}).encode(), qos=1)
+    command = {"command_id": "cmd-snap-1", "ts": time.time()}
+    fleet.client.publish(f"{UNIT}/cmd/snapshot", json.dumps(command).encode(), qos=1)
     assert fleet.wait_for(lambda f: bool(f.payloads("snapshots/cmd-snap-1")), 5)
     assert fleet.payloads("snapshots/cmd-snap-1")[0] == control.frame
     assert json.loads(fleet.payloads("/cmd_result")[0])["detail"] == "snapshot snapshots/cmd-snap-1"
