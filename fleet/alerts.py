@@ -8,6 +8,10 @@ from typing import Literal, get_args
 # Alerts are the `start` of an incident that a person should look at.
 AlertType = Literal["ebike_blocked", "blocking_disabled", "camera_fault"]
 ALERT_TYPES: tuple[AlertType, ...] = get_args(AlertType)
+# How pages, notifications and e-mails name each alert type.
+ALERT_LABELS: dict[AlertType, str] = {"ebike_blocked": "E-bike blocked",
+                                      "blocking_disabled": "E-bike seen (blocking disabled)",
+                                      "camera_fault": "Camera fault"}
 # The alerts that count as an e-bike seen (the daily chart).
 EBIKE_TYPES: tuple[AlertType, ...] = ("ebike_blocked", "blocking_disabled")
 

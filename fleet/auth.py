@@ -164,6 +164,13 @@ class Authenticator:
             raise AuthError("username: 1-64 letters, digits, . _ - @")
         self.store.add_user(username, role, hash_password(password))
 
+    def reset_password(self, username: str, password: str) -> None:
+        """A new password for an existing user; their sessions end."""
+        if len(password) < MIN_PASSWORD_LEN:
+            raise AuthError(f"password must have at least {MIN_PASSWORD_LEN} characters")
+        if not self.store.reset_password_hash(username, hash_password(password)):
+            raise AuthError(f"no user {username!r}")
+
     def login(self, username: str, password: str, client: str) -> tuple[str, Principal]:
         """Returns (cookie token, principal); raises Throttled or AuthError. `client` is the caller's address."""
         wait = self.limiter.retry_after(client, username)
@@ -171,7 +178,7 @@ class Authenticator:
             raise Throttled(wait)
         user = self.store.get_user(username)
         ok = verify_password(password, user["password_hash"] if user else _DUMMY_HASH)
-        if not user or not ok:
+        if not user or not ok or user.get("disabled_at") is not None:  # disabled: the same answer
             self.limiter.failed(client, username)
             raise NotAuthenticated("wrong username or password")
         self.limiter.succeeded(client, username)

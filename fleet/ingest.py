@@ -1,9 +1,17 @@
 """MQTT ingest: validate every message from the units, batch it into the store, acknowledge after commit.
 
-Two threads do the work: paho's network thread parses and validates (cheap, pydantic), and one
-writer thread applies batches in single transactions (the expensive part, amortised). QoS 1
-messages are acknowledged to the broker only after their batch committed (paho `manual_ack`), so a
-crash between receipt and commit makes the broker redeliver instead of losing the event.
+Two threads do the work. paho's network thread only stamps each message and appends its raw bytes to
+an in-memory inbox (a deque: no lock, no parsing), so it keeps up with the socket. The writer thread
+takes the inbox in batches, checks and validates each message (cheapest checks first: topic and size,
+the unit's rate limit, then pydantic), and applies the batch in one transaction. QoS 1 messages are
+acknowledged to the broker only after their batch committed (paho `manual_ack`), so a crash between
+receipt and commit makes the broker redeliver instead of losing the event.
+
+Heartbeats (QoS 0, superseded by the next one) are coalesced: the latest per unit, plus the hourly
+roll-up of all of them, is written every `heartbeat_flush_s` in one sorted multi-row upsert, not one
+row per beat. Scale-out: several processes subscribe as `$share/<group>/...`; each batch locks unit
+rows in unit-id order, so two writers never deadlock, and a deadlock or serialisation failure that
+still happens is retried at once.
 """
 
 from __future__ import annotations
@@ -11,7 +19,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import queue
 import re
 import threading
 import time
@@ -193,6 +200,10 @@ class IngestStats:
         with self._lock:
             self.counters[key] += n
 
+    def count_many(self, counts: collections.Counter[str]) -> None:
+        with self._lock:
+            self.counters.update(counts)
+
     def rejected(self, reason: str, unit_id: str, detail: str, at: float) -> None:
         with self._lock:
             self.counters[f"rejected_{reason}"] += 1
@@ -267,7 +278,69 @@ class StoreDown(Exception):
 
 
 CommitListener = Callable[[list[EventPayload], IngestBatch], None]
-_Item = tuple[Message | None, int, int]
+# A message as the network thread hands it over: topic, payload, mid, qos, received_at.
+_Raw = tuple[str, bytes, int, int, float]
+_Item = tuple[Message, int, int]
+# Retries of a transaction that lost a deadlock or a serialisation race (at once, not backing off:
+# the other transaction has committed or is about to, so the retry finds the rows free).
+_TRANSIENT_RETRIES = 8
+_Rollup = dict[tuple[str, int], list[float]]
+# Units per heartbeat-flush transaction: small enough that an alert arriving meanwhile waits for one short
+# transaction (the writer takes new messages between chunks), large enough to amortise the commit.
+_FLUSH_CHUNK = 500
+
+
+class HeartbeatCoalescer:
+    """QoS 0 heartbeats held back for up to `flush_s`: the latest per unit (what `units` shows) and the
+    hourly roll-up of every one of them (what `heartbeat_hours` counts), so nothing but row writes is saved."""
+
+    def __init__(self, flush_s: float, max_units: int) -> None:
+        self.flush_s = flush_s
+        self.max_units = max_units
+        self.latest: dict[str, Message] = {}
+        self.rollup: dict[tuple[str, int], list[float]] = {}
+        self.since: float | None = None  # monotonic time of the oldest beat held
+        self.beats = 0
+
+    def add(self, message: Message, now: float) -> None:
+        hb = message.body
+        current = self.latest.get(message.unit_id)
+        if current is None or current.received_at <= message.received_at:
+            self.latest[message.unit_id] = message
+        acc = self.rollup.setdefault((message.unit_id, int(message.received_at // 3600)), [0, 0.0, 0.0, 0])
+        acc[0] += 1
+        acc[1] += hb.fps
+        acc[2] = max(acc[2], hb.inference_p95_ms)
+        acc[3] += 0 if hb.camera == "online" else 1
+        self.beats += 1
+        if self.since is None:
+            self.since = now
+
+    def due(self, now: float) -> bool:
+        return self.since is not None and (now - self.since >= self.flush_s or len(self.latest) >= self.max_units)
+
+    def take(self) -> tuple[list[Message], dict[tuple[str, int], list[float]], int]:
+        """Everything held, emptied: (latest beat per unit, sorted by unit id; roll-up; beats it stands for)."""
+        latest = [self.latest[u] for u in sorted(self.latest)]
+        taken = (latest, self.rollup, self.beats)
+        self.latest, self.rollup, self.since, self.beats = {}, {}, None, 0
+        return taken
+
+    def put_back(self, latest: list[Message], rollup: dict[tuple[str, int], list[float]], beats: int,
+                 now: float) -> None:
+        """A flush that could not be written (database down) is merged back, newer beats winning."""
+        for m in latest:
+            current = self.latest.get(m.unit_id)
+            if current is None or current.received_at < m.received_at:
+                self.latest[m.unit_id] = m
+        for key, acc in rollup.items():
+            mine = self.rollup.setdefault(key, [0, 0.0, 0.0, 0])
+            mine[0] += acc[0]
+            mine[1] += acc[1]
+            mine[2] = max(mine[2], acc[2])
+            mine[3] += acc[3]
+        self.beats += beats
+        self.since = now if self.since is None else min(self.since, now)
 # How often the writer applies snapshot retention (by age and total size).
 _PRUNE_EVERY_S = 300.0
 
@@ -281,7 +354,17 @@ class Ingestor:
         self.stats = IngestStats()
         self.buckets = UnitBuckets(settings.unit_rate_per_s, settings.unit_burst)
         self._listeners: list[CommitListener] = [on_commit] if on_commit else []
-        self._queue: queue.Queue[_Item] = queue.Queue()
+        # The network thread appends, the writer pops: deque operations are atomic, so no lock; `_wake`
+        # is set when the writer should look (it is only touched when not already set).
+        self._inbox: collections.deque[_Raw] = collections.deque()
+        self._wake = threading.Event()
+        self._received = 0  # messages appended (network thread)
+        self._done = 0  # messages taken and finished (writer thread)
+        self._held = HeartbeatCoalescer(settings.heartbeat_flush_every_s, settings.heartbeat_flush_units)
+        self._flushing: list[Message] = []  # heartbeats being written, a chunk per writer round
+        self._flushing_rollup: dict[str, _Rollup] = {}  # by unit
+        self._flush_now = False  # drain(): write held heartbeats now
+        self._closing = threading.Event()  # set once the network thread stopped: finish and exit
         self._recent_events: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._recent_max = 200_000
         # Snapshots that arrived before their event (another server may still be committing it).
@@ -335,18 +418,24 @@ class Ingestor:
         self._stop.set()
         self.client.disconnect()
         self.client.loop_stop()
-        self._queue.put((None, 0, 0))
-        self._writer.join(timeout)
+        self._closing.set()
+        self._wake.set()
+        if self._writer.is_alive():
+            self._writer.join(timeout)
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
         return self.connected.wait(timeout)
 
     def drain(self, timeout: float = 10.0) -> bool:
-        """Block until everything received so far is committed (tests and benchmarks)."""
+        """Block until everything received so far is committed, coalesced heartbeats included (tests
+        and benchmarks)."""
         deadline = time.monotonic() + timeout
+        target = self._received
         while time.monotonic() < deadline:
-            if self._queue.unfinished_tasks == 0:
+            if self._done >= target and not self._held.latest and not self._flushing:
                 return True
+            self._flush_now = True
+            self._wake.set()
             time.sleep(0.01)
         return False
 
@@ -355,9 +444,11 @@ class Ingestor:
         whether store writes fail, and the problems that make the server `degraded`."""
         now = time.time() if now is None else now
         oldest = self._batch_oldest
-        with self._queue.mutex:  # the head of the queue, when the writer is behind
-            head = self._queue.queue[0][0] if self._queue.queue else None
-        waiting = [t for t in (oldest, head.received_at if head is not None else None) if t is not None]
+        try:  # the head of the inbox, when the writer is behind
+            head: float | None = self._inbox[0][4]
+        except IndexError:
+            head = None
+        waiting = [t for t in (oldest, head) if t is not None]
         lag = max(0.0, now - min(waiting)) if waiting else 0.0
         problems = []
         if not self.connected.is_set():
@@ -367,7 +458,8 @@ class Ingestor:
                             f"{self.last_write_error}")
         if lag > self.settings.max_ingest_lag_s:
             problems.append(f"ingest lags {lag:.1f} s (max {self.settings.max_ingest_lag_s:.0f})")
-        return {"lag_s": round(lag, 3), "queued": self._queue.qsize(), "writes_ok": self.write_failing_since is None,
+        return {"lag_s": round(lag, 3), "queued": len(self._inbox), "heartbeats_held": len(self._held.latest),
+                "writes_ok": self.write_failing_since is None,
                 "quarantined": self.stats.counters.get("quarantined", 0), "problems": problems}
 
     # -- paho callbacks (network thread) ------------------------------------------------------
@@ -397,18 +489,12 @@ class Ingestor:
             log.error("lost the connection to the MQTT broker at %s:%s (%s); reconnecting with backoff",
                       self.settings.mqtt_host, self.settings.mqtt_port, reason)
 
-    def _on_message(self, client: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
-        received_at = time.time()
-        message = self._admit(msg.topic, bytes(msg.payload), received_at)
-        if message is None or (message.kind == "event" and self._seen_before(message.body.event_id)):
-            if message is not None:
-                self.stats.count("duplicate_events")
-            # Nothing to persist: acknowledge now, a redelivery would be rejected again anyway.
-            if msg.qos > 0:
-                client.ack(msg.mid, msg.qos)
-            return
-        self.stats.count(f"accepted_{message.kind}")
-        self._queue.put((message, msg.mid, msg.qos))
+    def _on_message(self, _client: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        # Network thread: stamp and hand over; every check and all parsing happen on the writer thread.
+        self._inbox.append((msg.topic, bytes(msg.payload), msg.mid, msg.qos, time.time()))
+        self._received += 1
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _admit(self, topic: str, payload: bytes, received_at: float) -> Message | None:
         """Cheapest checks first: topic and size, then the unit's rate limit, and only then parsing."""
@@ -443,63 +529,111 @@ class Ingestor:
         return False
 
     # -- writer thread ------------------------------------------------------------------------
-    def _collect(self) -> list[_Item]:
-        try:
-            first = self._queue.get(timeout=0.5)
-        except queue.Empty:
+    def _take(self) -> list[_Raw]:
+        """Wait (up to 0.5 s) for messages, give the batch window to fill, then take up to `batch_max`."""
+        if not self._inbox:
+            self._wake.clear()
+            if not self._inbox:  # checked again after clearing: an append in between has set `_wake`
+                self._wake.wait(0.5)
+        if not self._inbox:
             return []
-        items = [first]
-        deadline = time.monotonic() + self.settings.batch_window_ms / 1000
-        while len(items) < self.settings.batch_max:
-            remaining = deadline - time.monotonic()
-            try:
-                items.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
-            except queue.Empty:
-                break
+        if len(self._inbox) < self.settings.batch_max and self.settings.batch_window_ms > 0:
+            time.sleep(self.settings.batch_window_ms / 1000)
+        inbox, n = self._inbox, min(len(self._inbox), self.settings.batch_max)
+        return [inbox.popleft() for _ in range(n)]
+
+    def _admit_all(self, raw: list[_Raw]) -> list[_Item]:
+        """Validate what the network thread handed over; acknowledge at once what will not be stored, hold
+        QoS 0 heartbeats back for coalescing, and return the rest for this batch."""
+        items: list[_Item] = []
+        counts: collections.Counter[str] = collections.Counter()
+        now = time.monotonic()
+        coalesce = self._held.flush_s > 0
+        for topic, payload, mid, qos, received_at in raw:
+            message = self._admit(topic, payload, received_at)
+            if message is None or (message.kind == "event" and self._seen_before(message.body.event_id)):
+                if message is not None:
+                    counts["duplicate_events"] += 1
+                # Nothing to persist: acknowledge now, a redelivery would be rejected again anyway.
+                if qos > 0:
+                    self.client.ack(mid, qos)
+                continue
+            counts[f"accepted_{message.kind}"] += 1
+            if coalesce and message.kind == "heartbeat" and qos == 0:
+                self._held.add(message, now)
+            else:
+                items.append((message, mid, qos))
+        self.stats.count_many(counts)
         return items
 
     def _write_loop(self) -> None:
         while True:
             self._maybe_prune()
-            items = self._collect()
-            if not items:
-                if self._stop.is_set():
+            raw = self._take()
+            closing = self._closing.is_set() and not self._inbox
+            items = self._admit_all(raw)
+            if items and not self._store_items(items):
+                return  # stopping with the store down: the broker redelivers what we did not ack
+            self._done += len(raw)
+            now = time.monotonic()
+            if not self._flushing and (self._held.due(now) or (self._held.latest and (closing or self._flush_now))):
+                self._flushing, rollup, beats = self._held.take()
+                for key, acc in rollup.items():
+                    self._flushing_rollup.setdefault(key[0], {})[key] = acc
+                self.stats.count("heartbeats_coalesced", beats - len(self._flushing))
+            self._flush_now = False
+            while self._flushing:
+                if not self._flush_chunk():
                     return
-                continue
-            messages = [m for m, _, _ in items if m is not None]
-            self._batch_oldest = min((m.received_at for m in messages), default=None)
-            committed = self._commit(messages)
-            if committed is None:  # stopping with the store down: the broker redelivers what we did not ack
-                for _ in items:
-                    self._queue.task_done()
-                return
-            new_events, batch = committed
-            committed_at = time.time()
-            self._batch_oldest = None
-            for message, mid, qos in items:
-                if message is not None and qos > 0:
-                    self.client.ack(mid, qos)
-            if new_events:
-                self.stats.count("stored_events", len(new_events))
-                self.stats.e2e.add_many([max(0.0, committed_at - e.ts) for e in new_events])
-            self.stats.server.add_many([committed_at - m.received_at for m in messages if m.kind == "event"])
-            for listener in self._listeners:
-                try:
-                    listener(new_events, batch)
-                except Exception:  # a broken dashboard listener must never stop ingest
-                    log.exception("commit listener failed")
-            for _ in items:
-                self._queue.task_done()
-            if any(m is None for m, _, _ in items) and self._stop.is_set():
+                if not closing:
+                    break  # one chunk per round: events in the inbox do not wait for the whole flush
+            if closing and not self._held.latest:
                 return
 
-    def _commit(self, messages: list[Message]) -> tuple[list[EventPayload], IngestBatch] | None:
+    def _flush_chunk(self) -> bool:
+        """Write the next chunk of the heartbeats being flushed (sorted by unit id)."""
+        chunk = self._flushing[:min(self.settings.batch_max, _FLUSH_CHUNK)]
+        rollup = {k: v for m in chunk for k, v in self._flushing_rollup.get(m.unit_id, {}).items()}
+        if self._commit(chunk, rollup) is None:
+            return False  # stopping with the store down: QoS 0 heartbeats are not redelivered, nor missed
+        del self._flushing[:len(chunk)]
+        for m in chunk:
+            self._flushing_rollup.pop(m.unit_id, None)
+        self.stats.count("heartbeat_rows_written", len(chunk))
+        return True
+
+    def _store_items(self, items: list[_Item]) -> bool:
+        """Commit one batch, then acknowledge its QoS 1 messages and tell the listeners."""
+        messages = [m for m, _, _ in items]
+        self._batch_oldest = min(m.received_at for m in messages)
+        committed = self._commit(messages)
+        if committed is None:
+            return False
+        new_events, batch = committed
+        committed_at = time.time()
+        self._batch_oldest = None
+        for _message, mid, qos in items:
+            if qos > 0:
+                self.client.ack(mid, qos)
+        if new_events:
+            self.stats.count("stored_events", len(new_events))
+            self.stats.e2e.add_many([max(0.0, committed_at - e.ts) for e in new_events])
+        self.stats.server.add_many([committed_at - m.received_at for m in messages if m.kind == "event"])
+        for listener in self._listeners:
+            try:
+                listener(new_events, batch)
+            except Exception:  # a broken dashboard listener must never stop ingest
+                log.exception("commit listener failed")
+        return True
+
+    def _commit(self, messages: list[Message], rollup: _Rollup | None = None
+                ) -> tuple[list[EventPayload], IngestBatch] | None:
         """Store the messages; retried (with backoff) only while the database is down, never because of one
         message: a message the store refuses while the database answers is quarantined with the reason."""
         delay = 0.2
         while True:
             try:
-                result = self._store_isolating(messages)
+                result = self._store_isolating(messages, rollup)
             except StoreDown as exc:
                 self.stats.count("store_errors")
                 if self.write_failing_since is None:
@@ -517,19 +651,20 @@ class Ingestor:
             self.last_write_error = ""
             return result
 
-    def _store_isolating(self, messages: list[Message]) -> tuple[list[EventPayload], IngestBatch]:
+    def _store_isolating(self, messages: list[Message], rollup: _Rollup | None = None
+                         ) -> tuple[list[EventPayload], IngestBatch]:
         """One transaction for the batch; if it fails while the database answers, halves until each failing
         message stands alone, stores the rest, and quarantines the failing ones with their error."""
         set_aside = [(m, m.problem) for m in messages if m.problem]
         good = [m for m in messages if not m.problem]
         new_events: list[EventPayload] = []
-        whole = self._batch_of(good)
+        whole = self._batch_of(good, rollup=rollup)
         try:
             new_events = self._write(whole)
         except Exception as exc:
             self._raise_if_down(exc)
             whole = IngestBatch()
-            new_events = self._bisect(good, set_aside, whole)
+            new_events = self._bisect(good, set_aside, whole, rollup)
         if set_aside:
             rows = [Quarantined(m.unit_id, m.kind, reason, _quarantine_payload(m), m.received_at)
                     for m, reason in set_aside]
@@ -549,10 +684,10 @@ class Ingestor:
         return new_events, whole
 
     def _bisect(self, messages: list[Message], set_aside: list[tuple[Message, str]],
-                merged: IngestBatch) -> list[EventPayload]:
+                merged: IngestBatch, rollup: _Rollup | None = None) -> list[EventPayload]:
         if not messages:
             return []
-        batch = self._batch_of(messages, with_orphans=False)
+        batch = self._batch_of(messages, with_orphans=False, rollup=rollup)
         try:
             new = self._write(batch)
         except Exception as exc:
@@ -561,8 +696,8 @@ class Ingestor:
                 set_aside.append((messages[0], f"store refused it: {type(exc).__name__}: {exc}"[:1000]))
                 return []
             half = len(messages) // 2
-            return self._bisect(messages[:half], set_aside, merged) + \
-                self._bisect(messages[half:], set_aside, merged)
+            return self._bisect(messages[:half], set_aside, merged, rollup) + \
+                self._bisect(messages[half:], set_aside, merged, rollup)
         merged.snapshots += batch.snapshots
         merged.cmd_results += batch.cmd_results
         merged.orphan_snapshots += batch.orphan_snapshots
@@ -574,10 +709,16 @@ class Ingestor:
         except Exception as probe:
             raise StoreDown(f"{exc} (and the database does not answer: {probe})") from exc
 
-    def _batch_of(self, messages: list[Message], with_orphans: bool = True) -> IngestBatch:
+    def _batch_of(self, messages: list[Message], with_orphans: bool = True,
+                  rollup: _Rollup | None = None) -> IngestBatch:
+        """The messages as one IngestBatch. `rollup`: the hourly heartbeat counts of coalesced beats (those
+        of these messages' units go in; the messages' own heartbeats are then not counted again)."""
         batch = IngestBatch()
         for message in messages:
-            _add_to_batch(batch, message)
+            _add_to_batch(batch, message, count_beats=rollup is None)
+        if rollup is not None:
+            units = {m.unit_id for m in messages}
+            batch.rollup = {k: list(v) for k, v in rollup.items() if k[0] in units}
         if not with_orphans:
             return batch
         # Snapshots that came before their event get another chance with each batch, for a while.
@@ -592,7 +733,19 @@ class Ingestor:
 
     def _write(self, batch: IngestBatch) -> list[EventPayload]:
         quota = int(self.settings.snapshot_quota_mb * 1024 * 1024)
-        new = self.store.write_batch(batch, unit_snapshot_quota=quota)
+        attempt = 0
+        while True:
+            try:
+                new = self.store.write_batch(batch, unit_snapshot_quota=quota)
+                break
+            except Exception as exc:
+                # A lost deadlock / serialisation race: the other writer is done with the rows, so again
+                # at once (a backoff here only adds latency for every message in the batch).
+                if attempt >= _TRANSIENT_RETRIES or not self.store.is_transient(exc):
+                    raise
+                attempt += 1
+                self.stats.count("write_retries_transient")
+                log.info("transaction lost a race (%s); retrying at once", type(exc).__name__)
         stored = {(u, s) for u, s, _, _ in batch.snapshots} - {(u, s) for u, s, _, _ in batch.orphan_snapshots}
         for key in stored:
             self._orphans.pop(key, None)
@@ -637,11 +790,11 @@ def _quarantine_payload(message: Message) -> str:
     return body.model_dump_json() if hasattr(body, "model_dump_json") else repr(body)
 
 
-def _add_to_batch(batch: IngestBatch, message: Message) -> None:
+def _add_to_batch(batch: IngestBatch, message: Message, count_beats: bool = True) -> None:
     if message.kind == "status":
         batch.add_status(message.unit_id, message.body, message.received_at)
     elif message.kind == "heartbeat":
-        batch.add_heartbeat(message.body, message.received_at)
+        batch.add_heartbeat(message.body, message.received_at, count=count_beats)
     elif message.kind == "event":
         batch.events.append((message.body, message.received_at, message.raw))
     elif message.kind == "snapshot":

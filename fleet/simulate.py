@@ -77,10 +77,14 @@ class SimReport:
     counters: Counter[str] = field(default_factory=Counter)
     event_ids: list[str] = field(default_factory=list)
     connect_s: float = 0.0
+    cpu_s: float = 0.0  # the simulator's own CPU after every unit connected (benchmarks subtract it)
+    run_from: float = 0.0  # wall clock: the load ran from here (all units connected) ...
+    run_to: float = 0.0  # ... to here (before waiting for the last acknowledgements)
 
     def as_dict(self) -> dict[str, Any]:
         return {"counters": dict(self.counters), "events_published": len(self.event_ids),
-                "connect_s": round(self.connect_s, 2)}
+                "connect_s": round(self.connect_s, 2), "cpu_s": round(self.cpu_s, 2),
+                "run_from": self.run_from, "run_to": self.run_to}
 
 
 def snapshot_jpeg(text: str = "LiftGuard simulated snapshot") -> bytes:
@@ -238,7 +242,9 @@ class Simulator:
     def run(self) -> SimReport:
         cfg = self.config
         self.connect_all()
+        cpu0 = time.process_time()
         start = time.monotonic()
+        self.report.run_from = time.time()
         end = start + cfg.duration_s
         # Heartbeats spread evenly over the period, as a real fleet's boot times are.
         beats = [(start + self.rng.uniform(0, cfg.heartbeat_s), i) for i in range(len(self.units))]
@@ -270,7 +276,9 @@ class Simulator:
                 next_misc = now + 0.1
             wake = min(beats[0][0] if beats else end, next_alert if next_alert < alert_until else end, next_misc, end)
             self._pump(max(0.0, min(0.05, wake - time.monotonic())))
+        self.report.run_to = time.time()
         self._settle()
+        self.report.cpu_s = time.process_time() - cpu0
         return self.report
 
     def _settle(self, timeout: float = 15.0) -> None:

@@ -135,6 +135,15 @@ def read_coco128(root: Path) -> Iterator[SourceImage]:
     )
 
 
+def read_huican_stroller(root: Path) -> Iterator[SourceImage]:
+    """Strollers and prams (train/val). Its 62 images without a box are hard negatives, kept as such."""
+    for split in ("train", "val"):
+        yield from _yolo_folder(
+            "huican-stroller", "none stated", root / split / "images", root / split / "labels",
+            {0: CLASS_ID["stroller"]}, f"stroller/{split}",
+        )
+
+
 def read_wheelchair_seg(root: Path) -> Iterator[SourceImage]:
     for split in ("train", "valid", "test"):
         ann_path = root / split / "_annotations.coco.json"
@@ -169,6 +178,7 @@ READERS: dict[str, Callable[[Path], Iterator[SourceImage]]] = {
     "roboflow-wheelchair-seg": read_wheelchair_seg,
     "roboflow-bicycle": read_bicycle,
     "coco128": read_coco128,
+    "huican-stroller": read_huican_stroller,
 }
 
 

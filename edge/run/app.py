@@ -32,7 +32,7 @@ from contract.errors import ConfigError
 from contract.mqtt import EventPayload, HeartbeatPayload
 from contract.stats import percentile
 from edge import __version__
-from edge.act.actuate import Actuators
+from edge.act.base import Actuators
 from edge.config import Config, merge_fragment
 from edge.decide.detect import Detection, Detector
 from edge.decide.policy import Conditions, Decision, Policy, State, WallClock, same_time

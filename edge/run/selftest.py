@@ -414,7 +414,7 @@ class SelfTest:
         with tempfile.TemporaryDirectory(prefix="liftguard-selftest-") as tmp:
             wav = voice.wav_path
             if not wav:
-                from edge.act.actuate import write_warning_chime
+                from edge.act.voice import write_warning_chime
 
                 wav = str(write_warning_chime(Path(tmp) / "warning.wav"))
             try:

@@ -17,7 +17,10 @@ import numpy as np
 from gpiozero import Factory
 
 from contract.errors import CameraError, LiftGuardError
-from edge.act.actuate import Actuators, FireCallback, GpioActuators, LogActuators, make_pin_factory
+from edge.act.base import Actuators, FireCallback
+from edge.act.gpio import GpioActuators
+from edge.act.pins import make_pin_factory
+from edge.act.unwired import LogActuators
 from edge.config import Config, load_config, parse_config
 from edge.decide.detect import Detector, OnnxDetector
 from edge.decide.policy import WallClock, same_time
@@ -92,8 +95,11 @@ def run_demo(opts: DemoOptions) -> int:
         sinks.append(JsonlSink(opts.events_out))
     clock = ClipClock()
     fan_out = FanOut(sinks)
+    # Decisions run on clip time throughout (the outcome cannot depend on host load). Events carry clip time in
+    # the local log, but wall-clock time when they go to a fleet, which files them by date and refuses 1970.
+    start = time.time() if opts.mqtt_url else 0.0
     pipeline = Pipeline(cfg, detector, build_actuators(cfg, pin_factory=pins), fan_out, timeline=print, clock=clock,
-                        t0=0.0, wall=lambda t: t)  # clip time throughout: the outcome cannot depend on host load
+                        t0=0.0, wall=lambda t: start + t)
     pipeline.policy.step_s = 1.0 / fps  # the clip's frame period, not the live camera's
     clips = start_clips(cfg, pipeline)  # clips.enabled in the --config: clips of the recording's holds
     shadow_file = opts.shadow_model or (str(shadow_path(cfg.models) or "") if opts.config_path else "")

@@ -26,11 +26,19 @@ class VerdictIn(BaseModel):
 
 @router.get("/api/alerts")
 def list_alerts(ctx: Ctx, who: User, status: AlertStatus = "open", q: Filter = "", unit: Filter = "",
-                building: Filter = "", type: Filter = "",
+                building: Filter = "", type: Filter = "", site: Filter = "",
                 since: float | None = None, until: float | None = None,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> dict[str, Any]:
-    rows = ctx.store.list_alerts(status, q, unit, building, type, since, until, limit=limit)
+    """Alerts, newest first, each with its lifecycle (`state`: active, acknowledged or cleared; who and when)."""
+    rows = ctx.store.list_alerts(status, q, unit, building, type, since, until, limit=limit, site=site)
     return {"alerts": [alert_view(r) for r in rows]}
+
+
+@router.get("/api/alerts/counts")
+def alert_counts(ctx: Ctx, who: User) -> dict[str, float]:
+    """`open`: alerts without a verdict; `active`: alerts whose hold has not ended — over every alert stored.
+    `now` is the server's clock (the page announces only alerts received after it loaded)."""
+    return {**ctx.store.alert_counts(), "now": time.time()}
 
 
 @router.get("/api/alerts/stream")
@@ -89,8 +97,30 @@ def alert_snapshot(event_id: str, ctx: Ctx, who: User) -> Response:
 
 @router.post("/api/alerts/{event_id}/verdict")
 def set_verdict(event_id: str, body: VerdictIn, ctx: Ctx, who: Changer) -> dict[str, Any]:
-    """acknowledged / false_alarm / confirmed: closes the alert and labels it for retraining."""
-    if not ctx.store.get_alert(event_id):
+    """acknowledged / false_alarm / confirmed: acknowledges the alert (the first time: who and when) and labels
+    it for retraining. `previous_verdict` is what an undo puts back (null: DELETE the verdict)."""
+    before = ctx.store.get_alert(event_id)
+    if not before:
         raise HTTPException(404, "no such alert")
     ctx.store.set_label(event_id, body.verdict, who.username)
+    return {**alert_view(ctx.store.get_alert(event_id) or {}), "previous_verdict": before["verdict"]}
+
+
+@router.delete("/api/alerts/{event_id}/verdict")
+def undo_verdict(event_id: str, ctx: Ctx, who: Changer) -> dict[str, Any]:
+    """Undo: the alert has no verdict and is unacknowledged again (back in the live queue)."""
+    if not ctx.store.get_alert(event_id):
+        raise HTTPException(404, "no such alert")
+    ctx.store.clear_label(event_id)
+    return alert_view(ctx.store.get_alert(event_id) or {})
+
+
+@router.post("/api/alerts/{event_id}/clear")
+def clear_alert(event_id: str, ctx: Ctx, who: Changer) -> dict[str, Any]:
+    """A person clears an alert whose hold has not ended (e.g. the unit went away mid-incident)."""
+    row = ctx.store.get_alert(event_id)
+    if not row:
+        raise HTTPException(404, "no such alert")
+    if alert_view(row)["state"] != "cleared":
+        ctx.store.clear_alert(event_id, who.username)
     return alert_view(ctx.store.get_alert(event_id) or {})

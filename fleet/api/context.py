@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from fleet.alerts import ALERT_TYPES
 from fleet.auth import Authenticator, Principal
 from fleet.config import FleetSettings
 from fleet.ingest import Ingestor
+from fleet.notify import Notifier
 from fleet.store import IngestBatch, Row, Store
 
 SESSION_COOKIE = "lg_session"
@@ -30,10 +32,16 @@ class AlertNotifier:
     def __init__(self) -> None:
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._lock = threading.Lock()
+        # Also woken after a commit with new events: the outbound notifier (e-mail, webhooks). Each must
+        # return at once — this runs on the ingest writer's thread.
+        self.listeners: list[Callable[[], None]] = []
 
     def on_commit(self, new_events: list[EventPayload], batch: IngestBatch) -> None:
         if any(e.type in ALERT_TYPES for e in new_events) or batch.snapshots or batch.cmd_results:
             self.wake()
+        if new_events:
+            for listener in self.listeners:
+                listener()
 
     def wake(self) -> None:
         with self._lock:
@@ -59,6 +67,8 @@ class FleetContext:
     auth: Authenticator
     notifier: AlertNotifier
     ingestor: Ingestor | None = None
+    # E-mail / webhook notifications and escalation (started by `serve`; None where not wanted).
+    outbound: Notifier | None = None
     # What time it is: decides which day is "today" for the daily counts (tests pass a fixed one).
     clock: Callable[[], float] = time.time
     # Set when the server shuts down: SSE streams end instead of holding the graceful shutdown open.
@@ -127,14 +137,28 @@ def config_report_view(view: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def alert_view(row: Row) -> dict[str, Any]:
+    """An alert with its lifecycle: `state` active -> acknowledged -> cleared; `cleared_by` is the person
+    who cleared it, or "hold ended" when the unit's hold ended (its `end` event)."""
     view = dict(row)
+    if row.get("cleared_at") is not None and not row.get("cleared_by"):
+        view["cleared_by"] = "hold ended"  # set by the ingest writer from the incident's `end` event
+    view["state"] = ("cleared" if row.get("cleared_at") is not None
+                     else "acknowledged" if row.get("acknowledged_at") is not None else "active")
     view["has_snapshot"] = bool(row.get("has_snapshot"))
     view["snapshot_url"] = f"/api/alerts/{row['event_id']}/snapshot" if row.get("snapshot_id") else None
     return view
 
 
+def natural_key(text: str | None) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that reads numbers as numbers: Lift 2 before Lift 10 (and "lift-9" before "lift-10")."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part.lower())
+                 for part in re.split(r"(\d+)", text or "") if part)
+
+
 def units_matching(ctx: FleetContext, q: str, site: str, building: str, status: str) -> list[dict[str, Any]]:
     now = time.time()
     rows = [unit_view(r, now, ctx.settings.silence_s) for r in ctx.store.list_units(q, site, building)]
+    rows.sort(key=lambda r: (natural_key(r["site"]), natural_key(r["building"]), natural_key(r.get("elevator")),
+                             natural_key(r["unit_id"])))
     return [r for r in rows if not status or r["status"] == status
             or (status == "offline" and r["status"] in ("offline", "silent", "stopped"))]

@@ -22,21 +22,23 @@ router = APIRouter()
 @router.get("/api/stats/daily")
 def daily(ctx: Ctx, who: User, days: Annotated[int, Query(ge=1, le=366)] = 14,
           top: Annotated[int, Query(ge=1, le=50)] = 8) -> dict[str, Any]:
-    """E-bike alerts per building and day, oldest day first; days are those of the `timezone` setting
-    (the site's), so the last one is today there."""
+    """E-bike alerts per site and building and day, oldest day first; days are those of the `timezone`
+    setting (the site's), so the last one is today there. Two sites' buildings of the same name are two
+    series; `label` is "site / building"."""
     tz = ctx.settings.tz
     today = dt.datetime.fromtimestamp(ctx.clock(), tz).date()
     day_list = [(today - dt.timedelta(days=days - 1 - i)).isoformat() for i in range(days)]
-    series: dict[str, list[int]] = {}
+    series: dict[tuple[str, str], list[int]] = {}
     for row in ctx.store.daily_counts(day_list[0], day_list[-1]):
-        series.setdefault(row["building"], [0] * days)[day_list.index(row["day"])] = int(row["n"])
+        series.setdefault((row["site"], row["building"]), [0] * days)[day_list.index(row["day"])] = int(row["n"])
     # A chart with a thousand buildings says nothing: keep the busiest, sum the rest.
-    ranked = sorted(series, key=lambda b: (-sum(series[b]), b))
+    ranked = sorted(series, key=lambda key: (-sum(series[key]), key))
     shown = sorted(ranked[:top])
-    out = [{"building": b, "counts": series[b]} for b in shown]
+    out: list[dict[str, Any]] = [{"site": site, "building": building, "label": f"{site} / {building}",
+                                  "counts": series[(site, building)]} for site, building in shown]
     if len(ranked) > top:
-        rest = [sum(series[b][i] for b in ranked[top:]) for i in range(days)]
-        out.append({"building": f"{len(ranked) - top} other buildings", "counts": rest})
+        rest = [sum(series[key][i] for key in ranked[top:]) for i in range(days)]
+        out.append({"site": None, "building": None, "label": f"{len(ranked) - top} other buildings", "counts": rest})
     return {"days": day_list, "timezone": ctx.settings.timezone, "series": out}
 
 

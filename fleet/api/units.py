@@ -41,6 +41,29 @@ def get_unit(unit_id: str, ctx: Ctx, who: User) -> dict[str, Any]:
     return unit_view(row, time.time(), ctx.settings.silence_s)
 
 
+@router.get("/api/units/{unit_id}/commands")
+def unit_commands(unit_id: str, ctx: Ctx, who: User,
+                  limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
+    """The unit's command log, newest first: what was sent, by whom, and the unit's answer."""
+    if not ctx.store.get_unit(unit_id):
+        raise HTTPException(404, "no such unit")
+    return {"commands": ctx.store.unit_commands(unit_id, limit)}
+
+
+@router.get("/api/units/{unit_id}/health")
+def unit_health(unit_id: str, ctx: Ctx, who: User,
+                hours: Annotated[int, Query(ge=1, le=24 * 366)] = 48) -> dict[str, Any]:
+    """Hourly heartbeat roll-ups (oldest first): heartbeats, mean fps, worst inference p95, beats whose
+    camera was not online."""
+    if not ctx.store.get_unit(unit_id):
+        raise HTTPException(404, "no such unit")
+    rows = ctx.store.unit_health(unit_id, time.time() - hours * 3600)
+    return {"hours": [{"hour_start": r["hour"] * 3600, "beats": r["beats"],
+                       "fps_mean": r["fps_sum"] / r["beats"] if r["beats"] else 0.0,
+                       "inference_p95_max_ms": r["inference_p95_max"], "camera_bad": r["camera_bad"]}
+                      for r in rows]}
+
+
 @router.post("/api/units/{unit_id}/commands", status_code=202)
 def send_command(unit_id: str, body: CommandIn, ctx: Ctx, who: Changer) -> dict[str, Any]:
     """Publishes `cmd/{name}` to the unit; its answer lands on GET /api/commands/{command_id}."""

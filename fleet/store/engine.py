@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -98,6 +99,23 @@ class Engine:
     def _xmany(self, cur: Cursor, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
             cur.executemany(self._sql(sql), rows)
+
+    def _insert_rows(self, cur: Cursor, head: str, row: str, tail: str, rows: Sequence[Sequence[Any]],
+                     types: str) -> None:
+        """`head VALUES row tail` for every row: one statement run per row here (SQLite runs them in C
+        from one prepared statement); PostgreSQL overrides it with one multi-row statement, for which
+        `types` names the PostgreSQL type of each `?` of `row` (comma-separated)."""
+        if rows:
+            cur.executemany(self._sql(f"{head} VALUES {row} {tail}"), rows)
+
+    def lock_units(self, cur: Cursor, first_seen: dict[str, float]) -> None:
+        """Take the row locks of these units in one order (unit id), creating missing rows, before a
+        transaction that writes them in several statements (the engine hook; SQLite needs none: BEGIN
+        IMMEDIATE already serialises writers)."""
+
+    def is_transient(self, exc: BaseException) -> bool:
+        """A failure that the same transaction, retried at once, gets past (a lost deadlock or race)."""
+        return False
 
     @staticmethod
     def _rows(cur: Cursor) -> list[Row]:
@@ -189,6 +207,10 @@ class SqliteEngine(Engine):
         # IMMEDIATE takes the write lock up front, so two writers never deadlock on lock upgrade.
         cur.execute("BEGIN IMMEDIATE")
 
+    def is_transient(self, exc: BaseException) -> bool:
+        # busy_timeout ran out while another process held the write lock.
+        return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
 
 class PostgresEngine(Engine):
     dialect = "postgres"
@@ -197,6 +219,7 @@ class PostgresEngine(Engine):
         super().__init__(tz)
         self.url = url
         self._sql_cache: dict[str, str] = {}
+        self._unnest_cache: dict[tuple[str, str, str, str], str] = {}
 
     def _connect(self) -> Any:
         import psycopg  # imported lazily: the SQLite default must not need the driver
@@ -217,3 +240,40 @@ class PostgresEngine(Engine):
     def migration_url(self) -> str:
         # yoyo's psycopg 3 backend
         return "postgresql+psycopg://" + self.url.split("://", 1)[1]
+
+    def _insert_rows(self, cur: Cursor, head: str, row: str, tail: str, rows: Sequence[Sequence[Any]],
+                     types: str) -> None:
+        """All rows in one statement, `head SELECT row FROM unnest(col1[], col2[], ...) tail`: one array
+        parameter per column, so one parse, plan and round trip for thousands of rows (and a short
+        statement text that is prepared once). Rows are written in the order given (callers sort them)."""
+        if not rows:
+            return
+        key = (head, row, tail, types)
+        sql = self._unnest_cache.get(key)
+        if sql is None:
+            kinds = [t.strip() for t in types.split(",")]
+            names = iter(f"c{i}" for i in range(len(kinds)))
+            select = re.sub(r"\?", lambda _m: f"t.{next(names)}", row.strip()[1:-1])
+            if row.count("?") != len(kinds):
+                raise ValueError(f"{len(kinds)} types for {row.count('?')} placeholders in {row!r}")
+            arrays = ", ".join(f"%b::{k}[]" for k in kinds)  # binary: no text quoting of each element
+            cols = ", ".join(f"c{i}" for i in range(len(kinds)))
+            sql = f"{head} SELECT {select} FROM unnest({arrays}) AS t({cols}) {tail}"
+            self._unnest_cache[key] = sql
+        cur.execute(sql, [list(col) for col in zip(*rows, strict=True)])
+
+    def lock_units(self, cur: Cursor, first_seen: dict[str, float]) -> None:
+        if not first_seen:
+            return
+        # One statement, rows in unit-id order: a missing row is inserted (and so locked), an existing one is
+        # locked by DO UPDATE and left unchanged by its `WHERE false` (PostgreSQL locks every conflicting row
+        # of an ON CONFLICT DO UPDATE, updated or not).
+        self._insert_rows(cur, "INSERT INTO units (unit_id, first_seen)", "(?, ?)",
+                          "ON CONFLICT (unit_id) DO UPDATE SET first_seen = units.first_seen WHERE false",
+                          [(u, first_seen[u]) for u in sorted(first_seen)], "text, float8")
+
+    def is_transient(self, exc: BaseException) -> bool:
+        import psycopg
+
+        return isinstance(exc, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure
+                          | psycopg.errors.LockNotAvailable)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from edge.act.actuate import GpioActuators
+from edge.act.gpio import GpioActuators
 from edge.config import ActuatorConfig, parse_config
 from edge.decide.detect import OnnxDetector
 from edge.run.session import run_service

@@ -25,7 +25,9 @@ import pytest
 from gpiozero.pins.mock import MockFactory
 
 from contract.errors import ActuatorError, CameraError, ConfigError, ModelError
-from edge.act.actuate import GpioActuators, LogActuators, make_pin_factory
+from edge.act.gpio import GpioActuators
+from edge.act.pins import make_pin_factory
+from edge.act.unwired import LogActuators
 from edge.config import CameraConfig, Config, MqttConfig, parse_config
 from edge.decide.detect import Detection, OnnxDetector, self_check
 from edge.decide.policy import Policy

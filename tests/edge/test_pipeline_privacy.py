@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.act.actuate import LogActuators
+from edge.act.unwired import LogActuators
 from edge.config import parse_config
 from edge.decide.detect import OnnxDetector
 from edge.report.events import MemorySink

@@ -161,7 +161,8 @@ def test_alert_verdicts_become_a_labelled_dataset(fleet: RunningFleet, make_unit
         assert set(zf.namelist()) == {"labels.csv", f"snapshots/{first.event_id}.jpg"}
         assert "false_alarm" in zf.read("labels.csv").decode()
     daily = client.get("/api/stats/daily", params={"days": 3}).json()
-    assert daily["series"] == [{"building": "Tower A", "counts": [0, 0, 2]}]
+    assert daily["series"] == [{"site": "Harbour View", "building": "Tower A", "label": "Harbour View / Tower A",
+                                "counts": [0, 0, 2]}]
 
 
 def test_the_alert_stream_pushes_new_alerts(fleet: RunningFleet, make_unit: Callable[..., FakeUnit]) -> None:
@@ -199,8 +200,8 @@ def test_the_daily_chart_keeps_the_busiest_buildings_and_sums_the_rest(fleet: Ru
     _seed_units(fleet, n=10, buildings=10)
     client, _ = fleet.login()
     series = client.get("/api/stats/daily", params={"days": 1, "top": 3}).json()["series"]
-    assert series == [{"building": "B00", "counts": [10]}, {"building": "B01", "counts": [9]},
-                      {"building": "B02", "counts": [8]}, {"building": "7 other buildings", "counts": [28]}]
+    assert [(s["label"], s["counts"]) for s in series] == [
+        ("S / B00", [10]), ("S / B01", [9]), ("S / B02", [8]), ("7 other buildings", [28])]
 
 
 def test_large_fleets_are_paged_in_the_api_and_truncated_on_the_page(fleet: RunningFleet,
@@ -237,7 +238,8 @@ def test_the_daily_counts_end_today_in_the_sites_time_zone(
         client, _ = fleet.login()
         daily = client.get("/api/stats/daily", params={"days": 2}).json()
         assert (daily["days"], daily["timezone"]) == (days, zone)
-        assert daily["series"] == [{"building": "Tower A", "counts": counts}]
+        assert [(s["site"], s["building"], s["counts"]) for s in daily["series"]] == [
+            ("Harbour View", "Tower A", counts)]
     finally:
         fleet.stop()
 
@@ -256,7 +258,7 @@ def test_pages_show_times_and_days_of_the_sites_time_zone(mosquitto: MosquittoBr
         assert late.event_id in client.get("/alerts", params={"day": "2026-11-29"}).text
         assert client.get("/alerts", params={"day": "30/11/2026"}).status_code == 422
         dashboard = client.get("/").text
-        assert "E-bike alerts per day and building <span id=\"chart-zone\">(Asia/Shanghai)</span>" in dashboard
+        assert "E-bike alerts per day by site and building <span id=\"chart-zone\">(Asia/Shanghai)</span>" in dashboard
         assert '<meta name="time-zone" content="Asia/Shanghai">' in dashboard  # app.js formats live alerts with it
         assert "UTC" not in dashboard
     finally:

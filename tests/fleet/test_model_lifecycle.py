@@ -23,7 +23,7 @@ from contract.models import CHUNK_BYTES, ModelArgs, ModelReportedPayload, encode
 from contract.mqtt import CommandPayload, encode, unit_topic
 from contract.mqtt_client import new_client
 from contract.onnx_header import check_model, read_header
-from edge.act.actuate import LogActuators
+from edge.act.unwired import LogActuators
 from edge.config import Config, parse_config
 from edge.report.events import FanOut
 from edge.report.model_update import ModelState

@@ -179,16 +179,18 @@ def test_dataset_export_has_a_labels_csv_and_the_snapshots(store: Store) -> None
     assert len(lines) == 2 and a1.event_id in lines[1] and "false_alarm" in lines[1]
 
 
-def test_daily_counts_group_ebike_alerts_by_building_and_day(store: Store) -> None:
+def test_daily_counts_group_ebike_alerts_by_site_building_and_day(store: Store) -> None:
     hb = IngestBatch()
-    hb.add_heartbeat(heartbeat("u1", building="North"), time.time())
+    hb.add_heartbeat(heartbeat("u1", site="Harbour", building="North"), time.time())
+    hb.add_heartbeat(heartbeat("u2", site="Hillside", building="North"), time.time())  # same name, other site
     store.write_batch(hb)
     day1, day2 = 1_700_000_000.0, 1_700_000_000.0 + 86400
     store.write_batch(batch_of(alert("u1", ts=day1), alert("u1", ts=day1 + 60), alert("u1", ts=day2),
-                               alert("u9", ts=day2), alert("u1", ts=day2, type="camera_fault")))
+                               alert("u2", ts=day2), alert("u9", ts=day2), alert("u1", ts=day2, type="camera_fault")))
     d1, d2 = local_day(day1, dt.UTC), local_day(day2, dt.UTC)  # the store's default zone
-    counts = {(r["day"], r["building"]): r["n"] for r in store.daily_counts(d1, d2)}
-    assert counts == {(d1, "North"): 2, (d2, "North"): 1, (d2, "unassigned"): 1}
+    counts = {(r["day"], r["site"], r["building"]): r["n"] for r in store.daily_counts(d1, d2)}
+    assert counts == {(d1, "Harbour", "North"): 2, (d2, "Harbour", "North"): 1, (d2, "Hillside", "North"): 1,
+                      (d2, "Unassigned", "Unassigned"): 1}
 
 
 @pytest.mark.parametrize(("zone", "day"), [(dt.UTC, "2026-11-29"), (SHANGHAI, "2026-11-30")])

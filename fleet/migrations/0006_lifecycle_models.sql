@@ -1,4 +1,4 @@
--- depends: 0003_quarantine_and_snapshot_sizes
+-- depends: 0005_ingest_at_scale
 -- The model registry (issue 17): every model file the fleet may roll out, checked as the device
 -- checks it (contract/onnx_header.py), with its bytes; and one row per unit per rollout.
 CREATE TABLE models (
