@@ -109,10 +109,11 @@ def sample_windows(store: Store, bg_per_view: int, seed: int) -> WindowSamples:
     return WindowSamples(np.asarray(vs, np.int64), np.asarray(ws, np.int64).reshape(-1, 4), np.asarray(ys, np.int64))
 
 
-def window_features(f: np.ndarray, win: np.ndarray, context: bool) -> np.ndarray:
-    """Features [N, D] of one window per map: f [N, C, H, W], win [N, 4]; with context, its grown window too."""
-    idx = np.arange(len(f))
-    ii = np.pad(f.astype(np.float64), [(0, 0), (0, 0), (1, 0), (1, 0)]).cumsum(-2).cumsum(-1)
+def window_features(f: np.ndarray, win: np.ndarray, context: bool, row: np.ndarray | None = None) -> np.ndarray:
+    """Features [N, D] of windows win [N, 4] of the maps f [M, C, H, W] (window n on map row[n]; default: map n);
+    with context, its grown window's mean too."""
+    idx = np.arange(len(f)) if row is None else row
+    ii = np.pad(f.astype(np.float32), [(0, 0), (0, 0), (1, 0), (1, 0)]).cumsum(-2).cumsum(-1)
 
     def mean(w: np.ndarray) -> np.ndarray:
         y1, x1, y2, x2 = w.T
@@ -126,13 +127,18 @@ def window_features(f: np.ndarray, win: np.ndarray, context: bool) -> np.ndarray
 
 
 def gather(store: Store, feats: CachedFeatures, smp: WindowSamples, keep: np.ndarray, context: bool,
-           chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Features and labels of the samples whose view is in `keep` (a bool mask over the store's views)."""
+           chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of the samples whose view is in `keep` (a bool mask over the store's views).
+    Views are read a chunk at a time, each once (the samples of a view are contiguous)."""
     sel = np.flatnonzero(keep[smp.view])
     xs = []
-    for start in range(0, len(sel), chunk):
-        s = sel[start:start + chunk]
-        xs.append(window_features(feats(smp.view[s]), smp.win[s], context))
+    views = np.unique(smp.view[sel])
+    for start in range(0, len(views), chunk):
+        vs = views[start:start + chunk]
+        s = sel[np.isin(smp.view[sel], vs)]
+        f = feats(vs)
+        row = np.searchsorted(vs, smp.view[s])
+        xs.append(window_features(f, smp.win[s], context, row))
     d = 1280 * (2 if context else 1)
     return (np.concatenate(xs) if xs else np.zeros((0, d), np.float32)), smp.y[sel]
 
@@ -257,10 +263,15 @@ def mine(store: Store, feats: CachedFeatures, head: MLPHead, keep: np.ndarray, p
 
 
 def fit_fold(stores: Sequence[Store], cached: Sequence[CachedFeatures], samples: Sequence[WindowSamples],
-             held: str | None, context: bool, mining: int, hidden: int, epochs: int, seed: int) -> MLPHead:
-    """One head on every view the fold may use; then hard negatives mined with it and a few more epochs."""
+             held: str | None, context: bool, mining: int, hidden: int, epochs: int, seed: int,
+             feats: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> MLPHead:
+    """One head on every view the fold may use; then hard negatives mined with it and a few more epochs.
+    `feats`: every sample's features and labels, gathered once for all folds (each fold takes its rows)."""
     masks = [train_mask(s.views, held) for s in stores]
-    parts = [gather(s, c, smp, m, context) for s, c, smp, m in zip(stores, cached, samples, masks, strict=True)]
+    if feats is None:
+        parts = [gather(s, c, smp, m, context) for s, c, smp, m in zip(stores, cached, samples, masks, strict=True)]
+    else:
+        parts = [(fx[m[smp.view]], fy[m[smp.view]]) for (fx, fy), smp, m in zip(feats, samples, masks, strict=True)]
     x = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
     head = fit_mlp(x, y, context, hidden, epochs, seed=seed)
@@ -278,12 +289,16 @@ def run_folds(stores: Sequence[Store], cached: Sequence[CachedFeatures], context
               sources: Sequence[str] | None = None) -> dict[str, list[Fold]]:
     """Per variant, one Fold per held-out real source (scores of its plain views), from one head per fold."""
     samples = [sample_windows(s, bg_per_view, seed) for s in stores]
+    feats = [gather(s, c, smp, np.ones(len(s.views), bool), context)
+             for s, c, smp in zip(stores, cached, samples, strict=True)]
+    log.info("%d training windows", sum(len(f[1]) for f in feats))
     tests = plain_views(stores)
     order = sources or sorted({stores[k].views[i].source for k, i in tests})
     out: dict[str, list[Fold]] = {v: [] for v in VARIANTS}
     for held in order:
         masks = [train_mask(s.views, held) for s in stores]
-        head = fit_fold(stores, cached, samples, held, context, mining, hidden, epochs, seed)
+        head = fit_fold(stores, cached, samples, held, context, mining, hidden, epochs, seed, feats)
+        log.info("fold %s trained", held)
         kinds: list[str] = []
         parts: dict[str, list[np.ndarray]] = {v: [] for v in VARIANTS}
         for k, (st, c) in enumerate(zip(stores, cached, strict=True)):
