@@ -289,8 +289,11 @@ def fit_fold(stores: Sequence[Store], cached: Sequence[CachedFeatures], samples:
 
 def run_folds(stores: Sequence[Store], cached: Sequence[CachedFeatures], context: bool, mining: int = 2,
               bg_per_view: int = 4, hidden: int = 256, epochs: int = 12, seed: int = 0,
-              sources: Sequence[str] | None = None, mine_frac: float = 1.0) -> dict[str, list[Fold]]:
-    """Per variant, one Fold per held-out real source (scores of its plain views), from one head per fold."""
+              sources: Sequence[str] | None = None, mine_frac: float = 1.0,
+              save: Path | None = None) -> dict[str, list[Fold]]:
+    """Per variant, one Fold per held-out real source (scores of its plain views), from one head per fold.
+    With `save`, each fold's scores are also written as it finishes (SAVE_fold_<source>.npz), so that folds
+    run in separate processes can be merged (`load_folds`)."""
     samples = [sample_windows(s, bg_per_view, seed) for s in stores]
     feats = [gather(s, c, smp, np.ones(len(s.views), bool), context)
              for s, c, smp in zip(stores, cached, samples, strict=True)]
@@ -318,6 +321,22 @@ def run_folds(stores: Sequence[Store], cached: Sequence[CachedFeatures], context
             scores = np.concatenate(parts[v]) if parts[v] else np.zeros(0)
             out[v].append(Fold(held, kinds, scores, n_train, n_comp))
         log.info("fold %s: %d train views, %d test images", held, n_train, len(kinds))
+        if save is not None:
+            arrays: dict[str, Any] = {v: out[v][-1].scores for v in VARIANTS}
+            np.savez(save.parent / f"{save.name}_fold_{held}.npz", kinds=np.array(kinds), train_views=n_train,
+                     left_out_composites=n_comp, **arrays)
+    return out
+
+
+def load_folds(save: Path) -> dict[str, list[Fold]]:
+    """Folds written by `run_folds(save=...)`, per variant, in source order."""
+    out: dict[str, list[Fold]] = {v: [] for v in VARIANTS}
+    for path in sorted(save.parent.glob(f"{save.name}_fold_*.npz")):
+        z = np.load(path)
+        held = path.stem[len(save.name) + len("_fold_"):]
+        for v in VARIANTS:
+            out[v].append(Fold(held, [str(k) for k in z["kinds"]], z[v], int(z["train_views"]),
+                               int(z["left_out_composites"])))
     return out
 
 
@@ -364,19 +383,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--source", action="append")
+    ap.add_argument("--fold-only", action="store_true", help="only train and save the folds (--source), no tables")
+    ap.add_argument("--merge", action="store_true", help="no training: tables from the saved folds of every run")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import torch
 
     torch.set_num_threads(2)
-    stores = [Store(p) for p in args.views + args.composites]
-    hf = HeadFeatures()
-    cached = [CachedFeatures(s, hf) for s in stores]
-    log.info("head features cached: %d views", sum(len(s.views) for s in stores))
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.merge:
+        stores = [Store(p) for p in args.views + args.composites]
+        hf = HeadFeatures()
+        cached = [CachedFeatures(s, hf) for s in stores]
+        log.info("head features cached: %d views", sum(len(s.views) for s in stores))
     for head in args.head or HEADS:
-        res = run_folds(stores, cached, head == "mlp_ctx", args.mining, args.bg_per_view, args.hidden, args.epochs,
-                        args.seed, args.source, args.mine_frac)
+        save = args.out.parent / f"{args.out.name}_{head}"
+        if args.merge:
+            res = load_folds(save)
+        else:
+            res = run_folds(stores, cached, head == "mlp_ctx", args.mining, args.bg_per_view, args.hidden,
+                            args.epochs, args.seed, args.source, args.mine_frac, save)
+        if args.fold_only:
+            continue
         for variant, folds in res.items():
             design = f"{head}_{variant}"
             summary = summarise(folds, args.budget)

@@ -95,7 +95,8 @@ def test_no_fold_trains_on_its_held_out_source_nor_on_composites_made_from_it(tm
 
     lh.fit_mlp, lh.fit_fold = spy, fold_spy  # type: ignore[assignment]
     try:
-        res = lh.run_folds(stores, cached, context=True, mining=1, bg_per_view=2, hidden=8, epochs=1)
+        res = lh.run_folds(stores, cached, context=True, mining=1, bg_per_view=2, hidden=8, epochs=1,
+                           save=tmp_path / "run")
     finally:
         lh.fit_mlp, lh.fit_fold = real_fit, orig  # type: ignore[assignment]
     assert set(res) == set(lh.VARIANTS)
@@ -108,5 +109,11 @@ def test_no_fold_trains_on_its_held_out_source_nor_on_composites_made_from_it(tm
         assert [f.source for f in folds] == sorted(SOURCES)
         for f in folds:
             assert len(f.scores) == 3 and f.left_out_composites == 1 and np.isfinite(f.scores).all()
+    again = lh.load_folds(tmp_path / "run")  # folds saved as they finish merge into the same table
+    for v in lh.VARIANTS:
+        assert [f.source for f in again[v]] == [f.source for f in res[v]]
+        for a, b in zip(again[v], res[v], strict=True):
+            np.testing.assert_array_equal(a.scores, b.scores)
+            assert a.kinds == b.kinds and a.train_views == b.train_views
     s = loso.summarise(res["margin_obj"], 0.01)
     assert len(s["per_source"]) == len(SOURCES)
