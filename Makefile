@@ -13,13 +13,13 @@ test: $(VENV)/.installed-test services lint typecheck unit
 $(VENV)/.installed-demo: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e '.[device]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[fleet,train,test]'
+	$(BIN)/python -m pip install -q -e '.[device,fleet,train,plots,test]'
 	touch $@ $(VENV)/.installed-demo
 
 # Mosquitto, PostgreSQL and Chromium from the OS packages when missing; tests start their own instances.
@@ -30,7 +30,7 @@ lint:
 	$(BIN)/ruff check .
 
 typecheck:
-	$(BIN)/mypy edge fleet
+	$(BIN)/mypy contract edge fleet tools firmware_bridge
 
 unit:
 	$(BIN)/pytest -q

@@ -30,10 +30,11 @@ sys.path.insert(0, str(REPO))
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from edge.contract import EventPayload  # noqa: E402
-from edge.link import MqttLink  # noqa: E402
-from edge.link_settings import LinkSettings  # noqa: E402
-from edge.outbox import Outbox  # noqa: E402
+from contract.mqtt import EventPayload  # noqa: E402
+from contract.stats import percentile  # noqa: E402
+from edge.report.link import MqttLink  # noqa: E402
+from edge.report.link_settings import LinkSettings  # noqa: E402
+from edge.report.outbox import Outbox  # noqa: E402
 from tests.support.mosquitto import MosquittoBroker, mosquitto_binary  # noqa: E402
 
 UNIT = "bench-unit"
@@ -74,8 +75,7 @@ def event(n: int) -> EventPayload:
 
 
 def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+    return percentile(values, q * 100)
 
 
 def run(burst: int, paced: int, rate: float) -> dict[str, Any]:
@@ -83,8 +83,7 @@ def run(burst: int, paced: int, rate: float) -> dict[str, Any]:
         # persistence as in config/mosquitto/mosquitto.conf (the test fixture saves on every change)
         broker = MosquittoBroker(Path(tmp) / "broker", extra_config="autosave_interval 100").start()
         receiver = Receiver(broker.port)
-        settings = LinkSettings(unit_id=UNIT, host="127.0.0.1", port=broker.port, heartbeat_s=3600,
-                                blur_faces=False)
+        settings = LinkSettings(unit_id=UNIT, host="127.0.0.1", port=broker.port, heartbeat_s=3600)
         link = MqttLink(settings, Outbox(Path(tmp) / "outbox.db"))
         link.start()
         link.wait_connected(10)

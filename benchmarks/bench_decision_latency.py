@@ -16,11 +16,11 @@ from gpiozero.pins.mock import MockFactory
 from tqdm import tqdm
 
 from benchmarks.common import RESULTS, summary, write_result
-from edge.app import ClipClock, Pipeline, replay
-from edge.capture import Frame
 from edge.config import parse_config
-from edge.events import MemorySink
-from edge.session import DEMO_CONFIG, build_actuators, build_detector
+from edge.report.events import MemorySink
+from edge.run.app import ClipClock, Pipeline, replay
+from edge.run.session import DEMO_CONFIG, build_actuators, build_detector
+from edge.see.capture import Frame
 from tools.argtypes import int_range
 from tools.scenegen.clip import render_clip
 

@@ -10,6 +10,9 @@ Measured per scenario: ingest latency (device publish -> row committed, p50/p99,
 own /api/metrics), events lost (ids the simulator got PUBACKs for minus ids in the database: must
 be 0), server CPU (share of one core) and peak RSS. Writes benchmarks/results/bench_fleet.json and
 .png. Usage:  .venv/bin/python benchmarks/bench_fleet.py [--quick]
+
+`--abuse` runs instead a one-unit flood and a poison-message run beside 50 good units (benchmarks/fleet_abuse.py)
+and records the good units' event p99 in benchmarks/results/bench_fleet_abuse.json.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from fleet.store import Store  # noqa: E402
 from tests.fleet.pgserver import PostgresServer, pg_bin_dir  # noqa: E402
-from tests.support.mosquitto import MosquittoBroker, free_port  # noqa: E402
+from tests.support.mosquitto import MosquittoBroker, free_port, ratelimit_config  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PASSWORD = "benchmark-password-1"
@@ -138,8 +141,8 @@ def wait_for_connected(store: Store, units: int, timeout: float = 120) -> float:
     return float("nan")
 
 
-def start_broker(workdir: Path) -> MosquittoBroker:
-    broker = MosquittoBroker(workdir, extra_config="max_connections -1\nmax_inflight_messages 1000\n")
+def start_broker(workdir: Path, extra: str = "") -> MosquittoBroker:
+    broker = MosquittoBroker(workdir, extra_config="max_connections -1\nmax_inflight_messages 1000\n" + extra)
     conf = broker.write_config()
     # The test fixture's broker logs every packet; at 12k clients that log would be the bottleneck.
     conf.write_text(conf.read_text().replace("log_type all", "log_type error\nlog_type warning")
@@ -267,7 +270,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small fleets and short phases (smoke test)")
     parser.add_argument("--burst-s", type=float, default=60.0)
+    parser.add_argument("--abuse", action="store_true",
+                        help="only the one-unit flood and poison runs (and a baseline): bench_fleet_abuse.json")
+    parser.add_argument("--no-broker-limit", action="store_true",
+                        help="with --abuse: a broker without the rate-limit plugin (ingest's own limit only)")
+    parser.add_argument("--ladder", action="store_true",
+                        help="the city-scale ladder (issue 18): 12,370 -> 123,700 unit-equivalents, one server on "
+                             "SQLite and N on PostgreSQL: bench_fleet_ladder.json and .png")
+    parser.add_argument("--setups", default="sqlite:1,postgres:2",
+                        help="ladder setups, engine:servers, comma-separated (default sqlite:1,postgres:2)")
+    parser.add_argument("--rungs", default="", help="ladder rungs in unit-equivalents (default all six)")
+    parser.add_argument("--rung-s", type=float, default=30.0, help="measured seconds per rung")
+    parser.add_argument("--out-suffix", default="", help="ladder: write bench_fleet_ladder<suffix>.json/.png")
     args = parser.parse_args()
+    if args.abuse:
+        return abuse_main(args.no_broker_limit)
+    if args.ladder:
+        return ladder_main(args)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 12k unit sockets; children inherit it
     scale = 0.05 if args.quick else 1.0
@@ -303,6 +322,54 @@ def main() -> int:
     plot(results, RESULTS / f"bench_fleet{suffix}.png")
     print(f"\nwrote {RESULTS / f'bench_fleet{suffix}.json'} and .png in {total:.0f}s")
     return 0 if all(r["events_lost"] == 0 for r in results) else 1
+
+
+def ladder_main(args: argparse.Namespace) -> int:
+    from benchmarks.fleet_ladder import RUNGS, ladder, markdown_table, plot
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 12k unit sockets; children inherit it
+    setups = [(s.split(":")[0], int(s.split(":")[1])) for s in args.setups.split(",") if s]
+    rungs = [int(r) for r in args.rungs.split(",") if r] or list(RUNGS)
+    started = time.monotonic()
+    results = ladder(setups, rungs, args.rung_s)
+    out = {"benchmark": "fleet_ladder", "total_s": round(time.monotonic() - started, 1),
+           "cpu_count": os.cpu_count(), "loadavg_at_end": os.getloadavg(), "rung_s": args.rung_s,
+           "note": "12,370 real connections; a heartbeat of 30 s x 12,370 / N stands in for N units; 100 alerts/s "
+                   "(event + JPEG snapshot) on every rung. The machine is shared with other agents: see "
+                   "machine_busy_cores / other_processes_cores / loadavg per rung.",
+           "results": results}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"bench_fleet_ladder{args.out_suffix}.json"
+    path.write_text(json.dumps(out, indent=1))
+    ok = [r for r in results if "error" not in r]
+    if ok:
+        plot(ok, path.with_suffix(".png"))
+    print(f"\nwrote {path} and .png\n\n{markdown_table(results)}")
+    return 0
+
+
+def abuse_main(no_broker_limit: bool = False) -> int:
+    from benchmarks.fleet_abuse import RUNS, abuse_run
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-abuse-") as tmp:
+        work = Path(tmp)
+        # The broker as shipped: the per-client rate limit (config/mosquitto/mosquitto.conf), unless --no-broker-limit.
+        limit = "" if no_broker_limit else ratelimit_config(20, 200)
+
+        def limited_broker(path: Path) -> MosquittoBroker:
+            return start_broker(path, limit)
+
+        runs = [abuse_run(kind, work, CLI, limited_broker, Server, simulate) for kind in RUNS]
+    out = {"benchmark": "fleet_abuse", "broker_rate_limit": None if no_broker_limit else "20/s, burst 200",
+           "total_s": round(time.monotonic() - started, 1), "cpu_count": os.cpu_count(),
+           "loadavg_at_end": os.getloadavg(), "runs": runs}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "bench_fleet_abuse_no_broker_limit.json" if no_broker_limit else "bench_fleet_abuse.json"
+    (RESULTS / name).write_text(json.dumps(out, indent=1))
+    print(f"\nwrote {RESULTS / name}")
+    return 0 if all(r["good_events_lost"] == 0 for r in runs) else 1
 
 
 if __name__ == "__main__":

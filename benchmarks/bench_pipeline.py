@@ -16,12 +16,12 @@ from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
 from benchmarks.common import summary, write_result
-from edge.app import ClipClock, Pipeline
-from edge.capture import Frame
-from edge.cli import DEMO_CLIP
 from edge.config import parse_config
-from edge.events import MemorySink
-from edge.session import DEMO_CONFIG, build_actuators, build_detector
+from edge.report.events import MemorySink
+from edge.run.app import ClipClock, Pipeline
+from edge.run.cli import DEMO_CLIP
+from edge.run.session import DEMO_CONFIG, build_actuators, build_detector
+from edge.see.capture import Frame
 
 
 def main(argv: list[str] | None = None) -> int:

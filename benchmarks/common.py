@@ -9,6 +9,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from contract.stats import percentile
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -25,10 +27,8 @@ def machine() -> dict[str, Any]:
 
 
 def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+    """q in 0..1; the house's one nearest-rank percentile (contract.stats); NaN for no values."""
+    return percentile(values, q * 100) if values else float("nan")
 
 
 def summary(values: list[float]) -> dict[str, float]:

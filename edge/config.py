@@ -13,8 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from edge.contract import UNIT_ID_PATTERN
-from edge.errors import ConfigError
+from contract.errors import ConfigError
+from contract.mqtt import UNIT_ID_PATTERN
 
 MAX_CONFIG_BYTES = 256 * 1024
 DEFAULT_HEADER = """\
@@ -40,16 +40,19 @@ class UnitConfig(_Section):
 class CameraConfig(_Section):
     source: str = Field("0", min_length=1, max_length=1024, title="Camera source",
                         description="V4L2 index or /dev/videoN, rtsp:// URL, video file, or folder of frames.")
-    fps: float = Field(10.0, ge=1, le=60, description="Frames per second to process (extra frames dropped).")
+    fps: float = Field(10.0, ge=2, le=60, description="Frames per second to process (extra frames dropped); at "
+                       "least 2, so a frame comes well within the hold supervisor's 0.8 s.")
     width: int = Field(640, ge=160, le=3840)
     height: int = Field(480, ge=120, le=2160)
     open_timeout_s: float = Field(5.0, ge=0.5, le=60)
     read_timeout_s: float = Field(2.0, ge=0.1, le=30, description="No frame for this long = camera offline.")
     reconnect_min_s: float = Field(0.5, ge=0.1, le=60)
     reconnect_max_s: float = Field(30.0, ge=0.5, le=600)
-    frozen_after_s: float = Field(5.0, ge=1, le=300, description="Identical frames for this long = frozen.")
-    frozen_max_diff: float = Field(0.5, ge=0, le=50, description="Mean absolute pixel difference below "
-                                   "which two frames count as identical.")
+    frozen_after_s: float = Field(1.5, ge=0.5, le=2.0, description="Identical frames for this long = frozen "
+                                  "(holds released, camera_fault); a repeated frame is never evidence anyway.")
+    frozen_max_diff: float = Field(0.5, ge=0, le=50, description="Mean absolute grey-level difference "
+                                   "(full resolution) below which two frames count as identical; a live "
+                                   "sensor's noise alone gives about 1-3.")
     loop: bool = Field(False, description="Loop a video file (testing).")
 
     @model_validator(mode="after")
@@ -62,8 +65,10 @@ class CameraConfig(_Section):
 class DetectorConfig(_Section):
     model_path: str = Field("", max_length=1024, description="ONNX model; empty = the shipped default model.")
     threads: int = Field(2, ge=1, le=16, description="onnxruntime intra-op threads.")
-    budget_ms: float = Field(250.0, ge=10, le=5000, description="Inference slower than this (median over "
-                             "the last frames) suppresses holds: fail open, report overload.")
+    budget_ms: float = Field(250.0, ge=10, le=1000, description="Inference budget per frame: a frame older "
+                             "than this (or two frame periods) when its turn comes is skipped, the newest is "
+                             "processed. Overload (holds suppressed) = confirmation can no longer finish within "
+                             "policy.confirm_within_s at the frame rate achieved.")
     nms_iou: float = Field(0.6, ge=0.1, le=1.0)
     min_score: float = Field(0.2, ge=0.01, le=1.0, description="Detections below this are dropped.")
 
@@ -126,6 +131,9 @@ class VoiceConfig(_Section):
 class ActuatorConfig(_Section):
     backend: Literal["gpio", "bridge", "none"] = Field("gpio", description="gpio: pins on this host; "
                                                        "bridge: the I/O board over serial; none: log only.")
+    pin_factory: Literal["auto", "lgpio", "rpigpio", "native", "mock"] = Field(
+        "auto", description="gpiozero pin factory for backend gpio: auto = gpiozero's choice; lgpio on a "
+        "Raspberry Pi 5 (pip install 'liftguard[pi]').")
     relay_pin: str = Field("GPIO17", max_length=32, description="Door-hold relay (energised = hold).")
     relay_active_high: bool = Field(True, description="False for low-trigger relay boards.")
     fire_pin: str | None = Field(None, max_length=32, description="Fire-service / inspection input; when "
@@ -166,7 +174,9 @@ class MqttConfig(_Section):
     ca_file: str | None = Field(None, max_length=1024)
     cert_file: str | None = Field(None, max_length=1024)
     key_file: str | None = Field(None, max_length=1024)
-    keepalive_s: int = Field(30, ge=5, le=600)
+    keepalive_s: int = Field(6, ge=2, le=600, description="MQTT keepalive. The broker declares the unit "
+                             "gone after 1.5 x keepalive without a packet (MQTT spec; Mosquitto checks in ~5 s "
+                             "sweeps), then publishes its retained `offline`: 6 s gives <= 9 + 5 = 14 s.")
     heartbeat_s: float = Field(30.0, ge=1, le=3600)
     reconnect_max_s: float = Field(60.0, ge=1, le=600)
     outbox_path: str = Field("/var/lib/liftguard/outbox.sqlite3", max_length=1024)
@@ -238,13 +248,42 @@ def parse_config(data: Any) -> Config:
         raise ConfigError(format_validation_error(exc)) from None
 
 
+MAX_NESTING = 32  # a device config is 3 levels deep; anything far deeper is an attack or an accident
+
+
+def _nesting_depth_exceeds(text: str, limit: int) -> bool:
+    """Cheap pre-check before the recursive YAML composer sees the text: flow brackets or block indents."""
+    depth = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    indents = {len(line) - len(line.lstrip(" -")) for line in text.splitlines() if line.strip()}
+    return len(indents) > limit
+
+
 def parse_yaml(text: str) -> Any:
-    if len(text.encode()) > MAX_CONFIG_BYTES:
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_CONFIG_BYTES:
         raise ConfigError(f"config is larger than {MAX_CONFIG_BYTES} bytes")
+    if _nesting_depth_exceeds(text, MAX_NESTING):
+        raise ConfigError(f"config is nested more than {MAX_NESTING} levels deep")
     try:
         return yaml.load(text, Loader=_StrictLoader)  # _StrictLoader is a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError("config is nested too deeply") from None
+
+
+def decode_config_bytes(data: bytes, source: str) -> str:
+    """UTF-8 text, or a ConfigError saying where the first bad byte is."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{source} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
 
 
 def load_config(path: str | Path) -> Config:
@@ -256,7 +295,11 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"cannot read config {p}: {exc.strerror}") from None
     if size > MAX_CONFIG_BYTES:
         raise ConfigError(f"config {p} is {size} bytes; the limit is {MAX_CONFIG_BYTES}")
-    return parse_config(parse_yaml(p.read_text(encoding="utf-8")))
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {p}: {exc.strerror}") from None
+    return parse_config(parse_yaml(decode_config_bytes(data, str(p))))
 
 
 def merge_fragment(config: Config, fragment: dict[str, Any]) -> Config:

@@ -1,10 +1,15 @@
 """Host driver for the LiftGuard I/O board: an actuator backend beside plain GPIO.
 
-`BridgeActuators(port, baud)` opens the board's serial port (plain os/termios, no pyserial), sends
-a HEARTBEAT every 200 ms from a thread, and turns each call into an acknowledged command:
+`BridgeActuators(port, baud)` opens the board's serial port (plain os/termios, no pyserial) and
+turns each call into an acknowledged command:
 
     set_relay(held) -> bool      play_voice(clip) -> bool      set_beacon(on) -> bool
-    fire_active() -> bool        door_open() -> bool | None    close()
+    fire_active() -> bool        door_open() -> bool | None    progress()     close()
+
+Heartbeats prove pipeline progress, not that a thread is alive: `progress()` sends a HEARTBEAT and
+the app calls it after every frame that went through the whole pipeline (detect, track, decide,
+actuate). A hung detector, a stuck camera read or a deadlocked loop therefore stops the heartbeats,
+and the board releases the relay on its own about 1 s later (firmware/logic.py HEARTBEAT_TIMEOUT_MS).
 
 Commands are retried (same sequence number, so the board never executes one twice) until ACKed;
 a NACK (e.g. fire-service input active) or no answer returns False and is logged.
@@ -14,7 +19,8 @@ Fail-safe choices:
   heartbeat timeout to release the relay (release is guaranteed either way);
 - `fire_active()` answers True when the board's input reports are stale (link down): no hold is
   attempted on a link that could not keep it anyway;
-- `close()` releases relay and beacon, then stops the heartbeats (which would release it too).
+- `close()` releases relay and beacon, then closes the port (no heartbeat follows, which would
+  release it too).
 """
 
 from __future__ import annotations
@@ -29,13 +35,13 @@ import tty
 from collections.abc import Callable
 from typing import Any
 
-from edge.errors import LiftGuardError
-from firmware_bridge import protocol as P
+from contract import serial_protocol as P
+from contract.errors import LiftGuardError
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-HEARTBEAT_S = 0.2
+HEARTBEAT_S = 0.1  # at most one HEARTBEAT per this interval however fast frames go
 BOARD_HEARTBEAT_TIMEOUT_S = 0.9  # firmware/logic.py HEARTBEAT_TIMEOUT_MS
 
 
@@ -105,12 +111,12 @@ class BridgeActuators:
         self._status_event = threading.Event()
         self._stale_logged = False
         self._alarm = threading.Event()
+        self._last_heartbeat = float("-inf")
         self.relay_held = False
         self.heartbeats_sent = 0
         self.retries_sent = 0
         self._threads = [
             threading.Thread(target=self._read_loop, name="bridge-rx", daemon=True),
-            threading.Thread(target=self._heartbeat_loop, name="bridge-heartbeat", daemon=True),
             threading.Thread(target=self._voice_loop, name="bridge-voice", daemon=True),
         ]
         for thread in self._threads:
@@ -122,7 +128,7 @@ class BridgeActuators:
         return cls(actuators.bridge_port, actuators.bridge_baud, on_fire=on_fire,
                    voice_repeat_s=actuators.voice.repeat_s)
 
-    # -- edge.actuate.Actuators protocol (held, set_hold, set_alarm, fire_active, close) --------------
+    # -- edge.act.base.Actuators protocol (held, set_hold, set_alarm, fire_active, close) --------------
 
     @property
     def held(self) -> bool:
@@ -267,17 +273,26 @@ class BridgeActuators:
             finally:
                 self._pending.pop(seq, None)
 
-    def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(self.heartbeat_s):
-            with self._state_lock:
-                silent = self.clock() < self._silent_until
-            if silent:
-                continue
-            try:
-                self._write(P.encode(P.HEARTBEAT, self._hb_seq.next()))
-                self.heartbeats_sent += 1
-            except (OSError, BridgeError) as exc:
-                log.error("I/O board heartbeat failed: %s", exc)
+    def progress(self) -> bool:
+        """A frame went through the whole pipeline: tell the board the host is alive (HEARTBEAT).
+
+        Call it from the frame loop, never from a timer: the board's 1 s release must fire when the
+        pipeline stops, even if the process is still running. Rate-limited to one per heartbeat_s;
+        skipped while heartbeats are paused after an unconfirmed release. True if one was sent."""
+        if self._stop.is_set():
+            return False
+        now = self.clock()
+        with self._state_lock:
+            if now < self._silent_until or now - self._last_heartbeat < self.heartbeat_s:
+                return False
+            self._last_heartbeat = now
+        try:
+            self._write(P.encode(P.HEARTBEAT, self._hb_seq.next()))
+        except (OSError, BridgeError) as exc:
+            log.error("I/O board heartbeat failed: %s", exc)
+            return False
+        self.heartbeats_sent += 1
+        return True
 
     def _voice_loop(self) -> None:
         # Its own thread: a command waits for its ACK, which must never delay a heartbeat.

@@ -1,15 +1,14 @@
 """Users, password hashing, sessions and login throttling — no web framework in here.
 
-Passwords: hashlib.scrypt (memory-hard, stdlib), parameters stored with each hash so they can be
-raised later without invalidating old ones. Sessions: a random cookie token; the database keeps
-only its SHA-256, so a leaked database holds no usable session. Each session carries its own CSRF
-token that state-changing requests must echo in a header.
+Passwords: argon2id (argon2-cffi), parameters stored with each hash so they can be raised later; hashes
+from before (hashlib.scrypt) still verify and are rehashed at the user's next login. Sessions: a random
+cookie token; the database keeps only its SHA-256, so a leaked database holds no usable session. Each
+session carries its own CSRF token that state-changing requests must echo in a header.
 """
 
 from __future__ import annotations
 
 import base64
-import collections
 import hashlib
 import hmac
 import secrets
@@ -19,31 +18,50 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from fleet.errors import AuthError
+import argon2
+
+from fleet.errors import AuthError, Forbidden, NotAuthenticated
 from fleet.store import Store
 
 Role = Literal["manager", "admin"]
 ROLES: tuple[Role, ...] = ("manager", "admin")
-# n=2**14, r=8 costs 16 MiB and ~50 ms per attempt: cheap for one login, ruinous for a brute force.
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 MIN_PASSWORD_LEN = 10
+# argon2id with argon2-cffi's defaults (RFC 9106 low-memory profile: t=3, 64 MiB, p=4); the parameters travel
+# in each hash, so raising them later rehashes old users at their next login.
+_HASHER = argon2.PasswordHasher()
+# Hashes written before argon2: hashlib.scrypt, still verified (then rehashed on login).
+_LEGACY_SCRYPT_MAXMEM = 128 * 1024 * 1024
 
 
-def hash_password(password: str, *, n: int = SCRYPT_N) -> str:
-    salt = secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
-    b64 = base64.b64encode
-    return f"scrypt${n}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+def hash_password(password: str) -> str:
+    return _HASHER.hash(password)
 
 
 def verify_password(password: str, encoded: str) -> bool:
+    if encoded.startswith("scrypt$"):
+        return _verify_scrypt(password, encoded)
     try:
-        scheme, n, r, p, salt, digest = encoded.split("$")
-        if scheme != "scrypt":
-            return False
+        return _HASHER.verify(encoded, password)
+    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
+        return False
+
+
+def needs_rehash(encoded: str) -> bool:
+    """True for a legacy scrypt hash or argon2 parameters below today's."""
+    if not encoded.startswith("$argon2"):
+        return True
+    try:
+        return _HASHER.check_needs_rehash(encoded)
+    except argon2.exceptions.InvalidHashError:
+        return True
+
+
+def _verify_scrypt(password: str, encoded: str) -> bool:
+    try:
+        _scheme, n, r, p, salt, digest = encoded.split("$")
         expected = base64.b64decode(digest)
         actual = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
-                                dklen=len(expected), maxmem=128 * 1024 * 1024)
+                                dklen=len(expected), maxmem=_LEGACY_SCRYPT_MAXMEM)
     except (ValueError, TypeError):
         return False
     return hmac.compare_digest(actual, expected)
@@ -66,58 +84,72 @@ class Principal:
 
     def require(self, role: Role) -> None:
         if role == "admin" and self.role != "admin":
-            raise AuthError("this action needs the admin role")
+            raise Forbidden("this action needs the admin role")
 
 
-class LoginLimiter:
-    """Sliding-window count of failed logins per key (username, client address)."""
+class LoginThrottle:
+    """Wrong passwords per (client address, username). The first `free_failures` cost nothing; each one after
+    that doubles the wait before the next try of that user from that address (`base_delay_s`, 2x, 4x, ... at
+    most `max_delay_s`). There is no lockout: once the wait has passed a right password logs in, and other
+    users (or this user from elsewhere) are never slowed. Failures are forgotten `forget_after_s` after the
+    last one, or on success."""
 
-    def __init__(self, max_failures: int, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_failures = max_failures
-        self.window_s = window_s
+    def __init__(self, free_failures: int = 3, base_delay_s: float = 1.0, max_delay_s: float = 60.0,
+                 forget_after_s: float = 900.0, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = 100_000) -> None:
+        self.free_failures = free_failures
+        self.base_delay_s = base_delay_s
+        self.max_delay_s = max_delay_s
+        self.forget_after_s = forget_after_s
         self._clock = clock
-        self._failures: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
+        self._max_keys = max_keys
+        self._state: dict[tuple[str, str], tuple[int, float]] = {}  # key -> (failures, last failure)
         self._lock = threading.Lock()
 
-    def _now(self) -> float:
-        return self._clock()
+    @staticmethod
+    def _key(address: str, username: str) -> tuple[str, str]:
+        return address, username.strip().lower()
 
-    def _recent(self, key: str, now: float) -> collections.deque[float]:
-        times = self._failures[key]
-        while times and times[0] <= now - self.window_s:
-            times.popleft()
-        return times
+    def delay_after(self, failures: int) -> float:
+        """The wait that `failures` consecutive wrong passwords impose before the next try."""
+        extra = failures - self.free_failures
+        if extra <= 0:
+            return 0.0
+        return float(min(self.max_delay_s, self.base_delay_s * 2 ** min(extra - 1, 30)))
 
-    def retry_after(self, *keys: str) -> float:
-        """Seconds until a login may be tried again; 0 when allowed."""
-        now = self._now()
-        wait = 0.0
+    def retry_after(self, address: str, username: str) -> float:
+        """Seconds until this user may try again from this address; 0 when allowed now."""
+        now = self._clock()
         with self._lock:
-            for key in keys:
-                times = self._recent(key, now)
-                if len(times) >= self.max_failures:
-                    wait = max(wait, times[0] + self.window_s - now)
-        return wait
+            failures, last = self._state.get(self._key(address, username), (0, 0.0))
+        if failures == 0 or now - last > self.forget_after_s:
+            return 0.0
+        return max(0.0, last + self.delay_after(failures) - now)
 
-    def failed(self, *keys: str) -> None:
-        now = self._now()
+    def failed(self, address: str, username: str) -> None:
+        now = self._clock()
+        key = self._key(address, username)
         with self._lock:
-            for key in keys:
-                self._recent(key, now).append(now)
+            failures, last = self._state.get(key, (0, 0.0))
+            if now - last > self.forget_after_s:
+                failures = 0
+            if key not in self._state and len(self._state) >= self._max_keys:
+                self._state = {k: v for k, v in self._state.items() if now - v[1] <= self.forget_after_s}
+            self._state[key] = (failures + 1, now)
 
-    def succeeded(self, username_key: str) -> None:
+    def succeeded(self, address: str, username: str) -> None:
         with self._lock:
-            self._failures.pop(username_key, None)
+            self._state.pop(self._key(address, username), None)
 
 
-class Throttled(AuthError):
+class Throttled(NotAuthenticated):
     def __init__(self, retry_after: float) -> None:
-        super().__init__(f"too many failed logins; retry in {retry_after:.0f} s")
+        super().__init__(f"too many failed logins; retry in {max(1, round(retry_after))} s")
         self.retry_after = retry_after
 
 
 class Authenticator:
-    def __init__(self, store: Store, session_ttl_s: float, limiter: LoginLimiter) -> None:
+    def __init__(self, store: Store, session_ttl_s: float, limiter: LoginThrottle) -> None:
         self.store = store
         self.session_ttl_s = session_ttl_s
         self.limiter = limiter
@@ -132,28 +164,37 @@ class Authenticator:
             raise AuthError("username: 1-64 letters, digits, . _ - @")
         self.store.add_user(username, role, hash_password(password))
 
+    def reset_password(self, username: str, password: str) -> None:
+        """A new password for an existing user; their sessions end."""
+        if len(password) < MIN_PASSWORD_LEN:
+            raise AuthError(f"password must have at least {MIN_PASSWORD_LEN} characters")
+        if not self.store.reset_password_hash(username, hash_password(password)):
+            raise AuthError(f"no user {username!r}")
+
     def login(self, username: str, password: str, client: str) -> tuple[str, Principal]:
-        """Returns (cookie token, principal); raises Throttled or AuthError."""
-        keys = (f"user:{username.lower()}", f"addr:{client}")
-        wait = self.limiter.retry_after(*keys)
+        """Returns (cookie token, principal); raises Throttled or AuthError. `client` is the caller's address."""
+        wait = self.limiter.retry_after(client, username)
         if wait > 0:
             raise Throttled(wait)
         user = self.store.get_user(username)
         ok = verify_password(password, user["password_hash"] if user else _DUMMY_HASH)
-        if not user or not ok:
-            self.limiter.failed(*keys)
-            raise AuthError("wrong username or password")
-        self.limiter.succeeded(keys[0])
+        if not user or not ok or user.get("disabled_at") is not None:  # disabled: the same answer
+            self.limiter.failed(client, username)
+            raise NotAuthenticated("wrong username or password")
+        self.limiter.succeeded(client, username)
+        if needs_rehash(user["password_hash"]):
+            # The password is at hand only now: move an old scrypt hash (or weaker parameters) to argon2id.
+            self.store.set_password_hash(user["username"], hash_password(password))
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         self.store.create_session(_token_hash(token), user["username"], csrf, self.session_ttl_s)
         return token, Principal(user["username"], user["role"], csrf)
 
     def resolve(self, token: str | None) -> Principal:
         if not token:
-            raise AuthError("not logged in")
+            raise NotAuthenticated("not logged in")
         row = self.store.get_session(_token_hash(token))
         if not row:
-            raise AuthError("session expired or unknown")
+            raise NotAuthenticated("session expired or unknown")
         return Principal(row["username"], row["role"], row["csrf_token"])
 
     def logout(self, token: str) -> None:

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from edge.contract import UNIT_ID_PATTERN
+from contract.mqtt import UNIT_ID_PATTERN
 from fleet.errors import CertificateError
 
 CA_KEY, CA_CERT = "ca.key", "ca.crt"
@@ -85,10 +85,28 @@ def load_ca(ca_dir: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]
     return key, cert
 
 
+# Broker usernames with rights beyond one unit's subtree (config/mosquitto/acl): a unit certificate with one
+# of these CNs would read and command the whole fleet. Compared case-insensitively.
+RESERVED_NAMES = frozenset({"fleet", "homeassistant", "admin", "root", "mosquitto", "broker", "server"})
+_RESERVED_RE = re.compile(r"^fleet[-_.].*$", re.IGNORECASE)  # fleet-2, fleet.b, ...: fleet servers
+
+
+def reserved_reason(unit_id: str) -> str | None:
+    """Why `unit_id` may not be a unit's certificate name; None when it may."""
+    if unit_id.lower() in RESERVED_NAMES:
+        return f"{unit_id!r} is reserved for a service account with fleet-wide broker rights"
+    if _RESERVED_RE.match(unit_id):
+        return f"{unit_id!r} is reserved: names starting with 'fleet' belong to fleet servers"
+    return None
+
+
 def issue_unit(ca_dir: Path, unit_id: str, out_dir: Path, days: int = 825) -> IssuedFiles:
     """Issue a client certificate with CN = unit_id into out_dir (unit.key, unit.crt, ca.crt)."""
     if not _UNIT_ID_RE.match(unit_id):
         raise CertificateError(f"invalid unit id {unit_id!r} (letters, digits, _ . -; 1-64 characters)")
+    reason = reserved_reason(unit_id)
+    if reason:
+        raise CertificateError(f"refusing a unit certificate: {reason}")
     ca_key, ca_cert = load_ca(ca_dir)
     key = _new_key()
     now = dt.datetime.now(dt.UTC)

@@ -1,4 +1,4 @@
-"""`liftguard-fleet serve | simulate | ca | migrate | user`."""
+"""`liftguard-fleet serve | ingest | simulate | ca | migrate | user`."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
-from edge.errors import LiftGuardError
+from contract.errors import ConfigError, LiftGuardError
 
 log = logging.getLogger("fleet")
 
@@ -22,7 +24,8 @@ def _settings(args: argparse.Namespace) -> Any:
 
     overrides = {k: getattr(args, k, None) for k in (
         "db", "mqtt_url", "shared_group", "http_host", "http_port", "client_id", "silence_s", "batch_max",
-        "batch_window_ms", "mqtt_username", "mqtt_password_file", "mqtt_ca", "mqtt_cert", "mqtt_key", "timezone")}
+        "batch_window_ms", "heartbeat_flush_s", "mqtt_username", "mqtt_password_file", "mqtt_ca", "mqtt_cert",
+        "mqtt_key", "timezone", "data_dir", "notify_file", "public_url", "trusted_proxies", "ingest_processes")}
     if getattr(args, "cookie_secure", False):
         overrides["cookie_secure"] = True
     return load_settings(overrides)
@@ -33,13 +36,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from fleet.api import FleetServer, build_context, create_app
     from fleet.ingest import Ingestor
+    from fleet.notify import Notifier, load_notify_config
     from fleet.store import Store
 
     settings = _settings(args)
+    rules = load_notify_config(settings.notify_file)  # a broken rules file stops serve before it starts
     store = Store.open(settings.db, settings.tz)
     if not args.no_migrate:
         store.migrate()
+    workers = IngestWorkers(settings, args.stats_out) if settings.ingest_processes > 1 else None
     ctx = build_context(settings, store)
+    ctx.outbound = Notifier(store, rules, timezone=settings.timezone, public_url=settings.public_url)
+    ctx.notifier.listeners.append(ctx.outbound.wake)
+    ctx.outbound.start()
     ingestor = Ingestor(settings, store, on_commit=ctx.notifier.on_commit)
     ctx.ingestor = ingestor
     ingestor.start()
@@ -52,8 +61,84 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: None)
     try:
         config = uvicorn.Config(create_app(ctx), host=settings.http_host, port=settings.http_port,
-                                log_level="warning", timeout_graceful_shutdown=3)
+                                log_level="warning", timeout_graceful_shutdown=3,
+                                # X-Forwarded-For is read by the app, and only from `trusted_proxies`.
+                                proxy_headers=False)
         FleetServer(config, ctx).run()
+    finally:
+        if workers:
+            workers.stop()
+        ingestor.stop()
+        ctx.outbound.stop()
+        if args.stats_out:
+            Path(args.stats_out).write_text(json.dumps(ingestor.stats.snapshot(), indent=1))
+        store.close()
+    return 0
+
+
+class IngestWorkers:
+    """The `ingest_processes - 1` ingest-only children of `serve`, each its own MQTT client on the shared
+    subscription (client id <client_id>-<n>); one that dies is started again."""
+
+    def __init__(self, settings: Any, stats_out: str | None) -> None:
+        from fleet.config import settings_env
+
+        self.env = {**os.environ, **settings_env(settings)}
+        self.client_id = settings.client_id
+        self.stats_out = stats_out
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._stop = threading.Event()
+        for n in range(1, settings.ingest_processes):
+            self._start(n)
+        self._watch = threading.Thread(target=self._supervise, name="ingest-workers", daemon=True)
+        self._watch.start()
+
+    def _start(self, n: int) -> None:
+        cmd = [sys.executable, "-m", "fleet.cli", "ingest", "--no-migrate", "--client-id", f"{self.client_id}-{n}"]
+        if self.stats_out:
+            cmd += ["--stats-out", f"{self.stats_out}.{n}"]
+        self.procs[n] = subprocess.Popen(cmd, env=self.env)
+        log.info("ingest process %d started (pid %d)", n, self.procs[n].pid)
+
+    def _supervise(self) -> None:
+        while not self._stop.wait(2.0):
+            for n, proc in list(self.procs.items()):
+                if proc.poll() is not None and not self._stop.is_set():
+                    log.error("ingest process %d exited with %s; starting it again", n, proc.returncode)
+                    self._start(n)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    """MQTT ingest only (no HTTP): one more process on the shared subscription, on this host or another."""
+    from fleet.ingest import Ingestor
+    from fleet.store import Store
+
+    settings = _settings(args)
+    if not settings.shared_group:
+        raise ConfigError("`ingest` runs beside a fleet server: set shared_group (--shared-group), or every "
+                          "message would be stored by both")
+    store = Store.open(settings.db, settings.tz)
+    if not args.no_migrate:
+        store.migrate()
+    ingestor = Ingestor(settings, store)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ingestor.start()
+    log.info("fleet ingest: db=%s mqtt=%s subscription=%s client=%s", settings.db.split("@")[-1],
+             settings.mqtt_url, ingestor.topic_filter, settings.client_id)
+    try:
+        stop.wait()
     finally:
         ingestor.stop()
         if args.stats_out:
@@ -72,23 +157,47 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_user_add(args: argparse.Namespace) -> int:
+def _password(args: argparse.Namespace) -> str:
+    if args.password_file:
+        return Path(args.password_file).read_text().strip()
+    if os.environ.get("LIFTGUARD_FLEET_PASSWORD"):
+        return os.environ["LIFTGUARD_FLEET_PASSWORD"]
+    return getpass.getpass(f"password for {args.username}: ")
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    """add | list | disable | enable | reset: dashboard users."""
+    import datetime as dt
+
     from fleet.api import build_context
+    from fleet.errors import AuthError
     from fleet.store import Store
 
     settings = _settings(args)
-    if args.password_file:
-        password = Path(args.password_file).read_text().strip()
-    elif os.environ.get("LIFTGUARD_FLEET_PASSWORD"):
-        password = os.environ["LIFTGUARD_FLEET_PASSWORD"]
-    else:
-        password = getpass.getpass(f"password for {args.username}: ")
     store = Store.open(settings.db)
-    store.migrate()
-    build_context(settings, store).auth.add_user(args.username, args.role, password)
-    store.close()
-    print(f"user {args.username} ({args.role}) saved")
-    return 0
+    try:
+        store.migrate()
+        auth = build_context(settings, store).auth
+        if args.user_command == "list":
+            for row in store.list_users():
+                state = "enabled" if row["disabled_at"] is None else "disabled " + dt.datetime.fromtimestamp(
+                    row["disabled_at"], settings.tz).strftime("%Y-%m-%d %H:%M")
+                print(f"{row['username']}\t{row['role']}\t{state}")
+            return 0
+        if args.user_command == "add":
+            auth.add_user(args.username, args.role, _password(args))
+            print(f"user {args.username} ({args.role}) saved")
+        elif args.user_command == "reset":
+            auth.reset_password(args.username, _password(args))
+            print(f"password of {args.username} reset; their sessions ended")
+        else:
+            disable = args.user_command == "disable"
+            if not store.set_user_disabled(args.username, disable):
+                raise AuthError(f"no user {args.username!r}")
+            print(f"user {args.username} {'disabled; their sessions ended' if disable else 'enabled'}")
+        return 0
+    finally:
+        store.close()
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -115,7 +224,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_ca(args: argparse.Namespace) -> int:
     from fleet.ca import CA_KEY, init_ca, issue_unit
 
-    ca_dir = Path(args.ca_dir)
+    ca_dir = Path(args.ca_dir) if args.ca_dir else _settings(args).ca_dir
     if args.ca_command == "init":
         print(init_ca(ca_dir, force=args.force))
         return 0
@@ -129,7 +238,13 @@ def cmd_ca(args: argparse.Namespace) -> int:
 
 
 def _server_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", help="sqlite:///path (default sqlite:///data/fleet.db) or postgresql://...")
+    p.add_argument("--db", help="sqlite:///path or postgresql://... (default sqlite:///<data dir>/fleet.db)")
+    _data_flag(p)
+
+
+def _data_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="the fleet's data directory ($LIFTGUARD_FLEET_DATA_DIR; default "
+                                      "/var/lib/liftguard-fleet as root, else ~/.local/share/liftguard-fleet)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,12 +267,38 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--silence-s", type=float, help="heartbeat silence that marks a unit offline")
     serve.add_argument("--batch-max", type=int)
     serve.add_argument("--batch-window-ms", type=float)
+    serve.add_argument("--heartbeat-flush-s", type=float,
+                       help="write coalesced heartbeats this often (default 5; 0 = with every batch)")
     serve.add_argument("--timezone", help="the site's IANA time zone, e.g. Asia/Shanghai: where days begin "
                                           "(default UTC)")
+    serve.add_argument("--notify-file", help="TOML rules for e-mail / webhook notifications and escalation")
+    serve.add_argument("--public-url", help="the dashboard's address, for links in notifications")
+    serve.add_argument("--trusted-proxies", help="comma-separated reverse proxy addresses/networks whose "
+                                                 "X-Forwarded-For is believed (default: none)")
     serve.add_argument("--cookie-secure", action="store_true", help="Secure cookies (serve behind HTTPS)")
     serve.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations at start")
-    serve.add_argument("--stats-out", help="write ingest statistics as JSON here on shutdown")
+    serve.add_argument("--stats-out", help="write ingest statistics as JSON here on shutdown (children: .1, .2 ...)")
+    serve.add_argument("--ingest-processes", type=int,
+                       help="MQTT ingest processes (default 1; more need --shared-group): scale ingest over cores")
     serve.set_defaults(func=cmd_serve)
+
+    ingest = sub.add_parser("ingest", help="MQTT ingest only, one more process on the shared subscription")
+    _server_flags(ingest)
+    ingest.add_argument("--mqtt", dest="mqtt_url", help="broker URL, mqtt://host:port or mqtts://")
+    ingest.add_argument("--mqtt-username")
+    ingest.add_argument("--mqtt-password-file")
+    ingest.add_argument("--mqtt-ca")
+    ingest.add_argument("--mqtt-cert")
+    ingest.add_argument("--mqtt-key")
+    ingest.add_argument("--shared-group", help="MQTT v5 shared subscription group (required)")
+    ingest.add_argument("--client-id", help="stable MQTT client id, unique per process")
+    ingest.add_argument("--batch-max", type=int)
+    ingest.add_argument("--batch-window-ms", type=float)
+    ingest.add_argument("--heartbeat-flush-s", type=float)
+    ingest.add_argument("--timezone")
+    ingest.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations at start")
+    ingest.add_argument("--stats-out", help="write ingest statistics as JSON here on shutdown")
+    ingest.set_defaults(func=cmd_ingest)
 
     migrate = sub.add_parser("migrate", help="apply pending schema migrations")
     _server_flags(migrate)
@@ -165,11 +306,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     user = sub.add_parser("user", help="manage dashboard users").add_subparsers(dest="user_command", required=True)
     add = user.add_parser("add", help="create a user or reset its password and role")
-    _server_flags(add)
     add.add_argument("username")
     add.add_argument("--role", choices=("manager", "admin"), default="manager")
-    add.add_argument("--password-file", help="else $LIFTGUARD_FLEET_PASSWORD, else a prompt")
-    add.set_defaults(func=cmd_user_add)
+    reset = user.add_parser("reset", help="set a new password (ends the user's sessions)")
+    reset.add_argument("username")
+    for p in (add, reset):
+        p.add_argument("--password-file", help="else $LIFTGUARD_FLEET_PASSWORD, else a prompt")
+    listing = user.add_parser("list", help="users, roles and whether they are disabled")
+    disable = user.add_parser("disable", help="refuse the user's logins and end their sessions")
+    enable = user.add_parser("enable", help="let a disabled user log in again")
+    for p in (disable, enable):
+        p.add_argument("username")
+    for p in (add, reset, listing, disable, enable):
+        _server_flags(p)
+        p.set_defaults(func=cmd_user)
 
     sim = sub.add_parser("simulate", help="N simulated units speaking the v1 contract")
     sim.add_argument("--mqtt", dest="mqtt_url", default=None)
@@ -189,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ca = sub.add_parser("ca", help="certificates for unit provisioning").add_subparsers(dest="ca_command",
                                                                                        required=True)
-    default_ca = os.environ.get("LIFTGUARD_FLEET_CA_DIR", "data/ca")
+    default_ca = os.environ.get("LIFTGUARD_FLEET_CA_DIR")  # else <data dir>/ca
     ca_init = ca.add_parser("init", help="create the fleet CA")
     ca_init.add_argument("--ca-dir", default=default_ca)
     ca_init.add_argument("--force", action="store_true")
@@ -199,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca_issue.add_argument("--out", required=True)
     ca_issue.add_argument("--days", type=int, default=825)
     for p in (ca_init, ca_issue):
+        _data_flag(p)
         p.set_defaults(func=cmd_ca)
     return parser
 

@@ -1,6 +1,6 @@
 """Fleet-side domain exceptions, rooted in the project's LiftGuardError tree."""
 
-from edge.errors import LiftGuardError
+from contract.errors import LiftGuardError
 
 
 class FleetError(LiftGuardError):
@@ -13,6 +13,14 @@ class StoreError(FleetError, RuntimeError):
 
 class AuthError(FleetError, PermissionError):
     """Login failed, the session is missing/expired, or the role is not enough."""
+
+
+class NotAuthenticated(AuthError):
+    """Who is asking is unknown: wrong password, no session, an expired one (HTTP 401)."""
+
+
+class Forbidden(AuthError):
+    """Who is asking is known but their role does not allow it (HTTP 403)."""
 
 
 class CertificateError(FleetError, ValueError):

@@ -18,23 +18,23 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.contract import (
+from contract import samples
+from contract.errors import PayloadError
+from contract.mqtt import (
     CommandPayload,
     CommandResultPayload,
-    EventPayload,
-    HeartbeatPayload,
     RelayState,
     decode,
     encode,
     parse_topic,
     unit_topic,
 )
-from edge.errors import PayloadError
+from contract.mqtt_client import Will, new_client
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +77,26 @@ class SimReport:
     counters: Counter[str] = field(default_factory=Counter)
     event_ids: list[str] = field(default_factory=list)
     connect_s: float = 0.0
+    cpu_s: float = 0.0  # the simulator's own CPU after every unit connected (benchmarks subtract it)
+    run_from: float = 0.0  # wall clock: the load ran from here (all units connected) ...
+    run_to: float = 0.0  # ... to here (before waiting for the last acknowledgements)
 
     def as_dict(self) -> dict[str, Any]:
         return {"counters": dict(self.counters), "events_published": len(self.event_ids),
-                "connect_s": round(self.connect_s, 2)}
+                "connect_s": round(self.connect_s, 2), "cpu_s": round(self.cpu_s, 2),
+                "run_from": self.run_from, "run_to": self.run_to}
 
 
 def snapshot_jpeg(text: str = "LiftGuard simulated snapshot") -> bytes:
-    """A small real JPEG (an e-bike-ish outline) so the dashboard has something to show."""
-    import cv2
-    import numpy as np
+    """A small real JPEG (an e-bike-ish outline) so the dashboard has something to show.
+
+    Drawn with OpenCV where it is installed; a fleet-only install (no OpenCV) sends the packaged
+    fleet/sample_snapshot.jpg, the same outline without the caption."""
+    try:
+        import cv2
+        import numpy as np
+    except ImportError:
+        return resources.files("fleet").joinpath("sample_snapshot.jpg").read_bytes()
 
     img = np.full((180, 320, 3), 235, np.uint8)
     cv2.circle(img, (90, 120), 35, (40, 40, 40), 4)
@@ -116,9 +126,8 @@ class Simulator:
         n_sites = self.config.sites or max(1, (self.config.units + per_site - 1) // per_site)
         site_no = i % n_sites
         unit_id = f"{self.config.prefix}-{i:05d}"
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=unit_id, protocol=mqtt.MQTTv311)
-        client.will_set(unit_topic(unit_id, "status"), json.dumps({"state": "offline"}), qos=1, retain=True)
-        client.max_inflight_messages_set(100)
+        will = Will(unit_topic(unit_id, "status"), json.dumps({"state": "offline"}))
+        client = new_client(unit_id, v5=False, will=will, max_inflight=100)
         unit = SimUnit(unit_id, site=f"Site {site_no:03d}", building=f"Building {site_no:03d}-{(i // n_sites) % 4}",
                        elevator=f"Lift {i // (n_sites * 4) + 1}", client=client)
         client.user_data_set(unit)
@@ -169,10 +178,10 @@ class Simulator:
     # -- what a unit sends --------------------------------------------------------------------
     def heartbeat(self, unit: SimUnit) -> None:
         now = time.time()
-        hb = HeartbeatPayload(unit_id=unit.unit_id, ts=now, uptime_s=now - unit.started, fps=10.0,
-                              inference_p50_ms=18.0, inference_p95_ms=24.0, camera="online", relay=unit.relay,
-                              blocking_enabled=unit.blocking_enabled, outbox_depth=0, model_id=MODEL_ID,
-                              software=SOFTWARE, site=unit.site, building=unit.building, elevator=unit.elevator)
+        hb = samples.heartbeat(unit.unit_id, ts=now, uptime_s=now - unit.started, inference_p50_ms=18.0,
+                               inference_p95_ms=24.0, relay=unit.relay, blocking_enabled=unit.blocking_enabled,
+                               model_id=MODEL_ID, software=SOFTWARE, site=unit.site, building=unit.building,
+                               elevator=unit.elevator)
         unit.client.publish(unit_topic(unit.unit_id, "heartbeat"), encode(hb), qos=0)
         self.report.counters["heartbeats"] += 1
 
@@ -181,9 +190,8 @@ class Simulator:
         event_id = str(uuid.uuid4())
         kind = "ebike_blocked" if unit.blocking_enabled else "blocking_disabled"
         now = time.time()
-        event = EventPayload(event_id=event_id, incident_id=str(uuid.uuid4()), unit_id=unit.unit_id, type=kind,
-                             phase="start", ts=now, cls="ebike", confidence=round(self.rng.uniform(0.6, 0.99), 3),
-                             snapshot=f"snapshots/{event_id}")
+        event = samples.alert(unit.unit_id, event_id=event_id, type=kind, ts=now,
+                              confidence=round(self.rng.uniform(0.6, 0.99), 3), snapshot=f"snapshots/{event_id}")
         unit.client.publish(unit_topic(unit.unit_id, "events"), encode(event), qos=1)
         unit.client.publish(unit_topic(unit.unit_id, f"snapshots/{event_id}"), self.snapshot, qos=1)
         self.report.event_ids.append(event_id)
@@ -234,7 +242,9 @@ class Simulator:
     def run(self) -> SimReport:
         cfg = self.config
         self.connect_all()
+        cpu0 = time.process_time()
         start = time.monotonic()
+        self.report.run_from = time.time()
         end = start + cfg.duration_s
         # Heartbeats spread evenly over the period, as a real fleet's boot times are.
         beats = [(start + self.rng.uniform(0, cfg.heartbeat_s), i) for i in range(len(self.units))]
@@ -266,7 +276,9 @@ class Simulator:
                 next_misc = now + 0.1
             wake = min(beats[0][0] if beats else end, next_alert if next_alert < alert_until else end, next_misc, end)
             self._pump(max(0.0, min(0.05, wake - time.monotonic())))
+        self.report.run_to = time.time()
         self._settle()
+        self.report.cpu_s = time.process_time() - cpu0
         return self.report
 
     def _settle(self, timeout: float = 15.0) -> None:

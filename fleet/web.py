@@ -1,64 +1,20 @@
-"""Server-rendered dashboard pages. Plain HTML + one small vanilla script (static/app.js), no build
-step and nothing from a CDN. Every value from the database goes through `esc`: unit ids, sites and
-details come from devices and are untrusted."""
+"""Server-rendered dashboard pages: Jinja2 templates (fleet/templates/) with autoescape on, so every value
+from the database — unit ids, sites, details: untrusted, they come from devices — is text, never markup.
+Plus one small vanilla script (static/app.js); no build step and nothing from a CDN."""
 
 from __future__ import annotations
 
 import datetime as dt
-import html
+import json
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import jinja2
+
+from fleet.alerts import ALERT_LABELS, ALERT_STATUSES, ALERT_TYPES, VERDICT_LABELS
 from fleet.auth import Principal
 from fleet.config import zone_for
-
-esc = html.escape
-
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}
-header{background:#1d2330;color:#fff;padding:.6rem 1rem;display:flex;gap:1rem;align-items:center}
-header a{color:#cfe0ff} header .who{margin-left:auto} header form{display:inline}
-main{padding:1rem;display:grid;grid-template-columns:minmax(0,2fr) minmax(18rem,1fr);gap:1rem}
-section{background:#fff;border-radius:6px;padding:.8rem;box-shadow:0 1px 2px #0002}
-table{border-collapse:collapse;width:100%;font-size:.9rem} td,th{padding:.25rem .4rem;text-align:left;
-border-bottom:1px solid #e3e5ea} h2{margin:.2rem 0 .6rem} h3{margin:.8rem 0 .3rem;font-size:1rem}
-.badge{padding:.05rem .4rem;border-radius:3px;font-size:.8rem;color:#fff;background:#888}
-.online{background:#1a7f37}.offline,.silent,.frozen{background:#c62828}.stopped,.starting{background:#9a6700}
-.alert{border:1px solid #e3e5ea;border-radius:6px;padding:.4rem;margin-bottom:.6rem}
-.alert img{max-width:100%;display:block;margin-bottom:.3rem;background:#eee;min-height:3rem}
-.error{color:#c62828} form.filters{display:flex;gap:.4rem;flex-wrap:wrap;margin-bottom:.5rem}
-.full{grid-column:1/-1} .muted{color:#667} button{cursor:pointer}
-.login{max-width:22rem;margin:4rem auto;display:block}
-.login input{display:block;width:100%;margin:.2rem 0 .6rem;padding:.3rem}
-"""
-
-
-def _page(title: str, body: str, who: Principal | None = None, script: bool = True, zone: str = "UTC") -> str:
-    # app.js shows live alert times in the site's zone (`zone`), not the browser's.
-    meta = (f'<meta name="csrf-token" content="{esc(who.csrf_token)}"><meta name="time-zone" content="{esc(zone)}">'
-            if who else "")
-    header = ""
-    if who:
-        header = (f'<header><strong>LiftGuard fleet</strong><a href="/">Units</a><a href="/alerts">Alert history</a>'
-                  f'<span class="who">{esc(who.username)} ({esc(who.role)})</span>'
-                  f'<form method="post" action="/logout"><input type="hidden" name="csrf" '
-                  f'value="{esc(who.csrf_token)}"><button id="logout">Log out</button></form></header>')
-    js = '<script src="/static/app.js" defer></script>' if who and script else ""
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
-            f'<meta name="viewport" content="width=device-width,initial-scale=1">{meta}'
-            f"<style>{_CSS}</style>{js}</head><body data-role=\"{esc(who.role) if who else ''}\">"
-            f"{header}{body}</body></html>")
-
-
-def login_page(csrf: str, error: str = "") -> str:
-    err = f'<p class="error" id="login-error">{esc(error)}</p>' if error else ""
-    body = (f'<section class="login"><h2>LiftGuard fleet</h2>{err}'
-            f'<form method="post" action="/login"><input type="hidden" name="csrf" value="{esc(csrf)}">'
-            '<label>Username<input name="username" autocomplete="username" required></label>'
-            '<label>Password<input name="password" type="password" autocomplete="current-password" required>'
-            '</label><button type="submit">Log in</button></form></section>')
-    return _page("Log in · LiftGuard", body)
 
 
 def _ago(ts: float | None, now: float) -> str:
@@ -80,13 +36,6 @@ def _local(ts: float | None, zone: str, with_zone: bool = True, fmt: str = "%Y-%
     return f"{text} {zone}" if with_zone else text
 
 
-def _options(values: Iterable[str], selected: str, blank: str) -> str:
-    out = [f'<option value="">{esc(blank)}</option>']
-    for v in sorted(set(values)):
-        out.append(f'<option value="{esc(v)}"{" selected" if v == selected else ""}>{esc(v)}</option>')
-    return "".join(out)
-
-
 def _config_text(report: Mapping[str, Any] | None, zone: str) -> str:
     """The unit's answer to the pushed config, e.g. `config v7 applied 12:03` or `config v8 refused: <reason>`."""
     if not report:
@@ -97,26 +46,51 @@ def _config_text(report: Mapping[str, Any] | None, zone: str) -> str:
     return f"config{version} refused: {report['detail']}"
 
 
-def _unit_row(u: Mapping[str, Any], who: Principal, now: float, zone: str) -> str:
-    uid = esc(u["unit_id"])
-    camera = u.get("camera") or "unknown"
-    blocking = {True: "enabled", False: "disabled", None: "?"}[u.get("blocking_enabled")]
-    report = u.get("config_report")
-    report_at = report["received_at"] if report else None
-    actions = f'<button class="cmd" data-cmd="release" data-unit="{uid}">Release</button>'
-    if who.role == "admin":
-        actions += (f' <button class="cmd" data-cmd="disable" data-unit="{uid}">Disable</button>'
-                    f' <button class="cmd" data-cmd="enable" data-unit="{uid}">Enable</button>')
-    return (f'<tr class="unit" data-unit-id="{uid}"><td>{uid}</td><td>{esc(u.get("elevator") or "")}</td>'
-            f'<td class="state"><span class="badge state {esc(u["status"])}">{esc(u["status"])}</span></td>'
-            f'<td class="heartbeat" title="{esc(_local(u.get("last_heartbeat"), zone))}">'
-            f'{esc(_ago(u.get("last_heartbeat"), now))}</td>'
-            f'<td>{esc(u.get("software") or "")}</td><td>{esc(u.get("model_id") or "")}</td>'
-            f'<td class="camera"><span class="badge {esc(camera)}">{esc(camera)}</span>'
-            f' <span class="muted fps">{u.get("fps") or 0:.0f} fps</span></td>'
-            f'<td class="relay">{esc(u.get("relay") or "")}</td><td class="blocking">{blocking}</td>'
-            f'<td class="config" title="{esc(_local(report_at, zone))}">{esc(_config_text(report, zone))}</td>'
-            f'<td>{actions} <span class="cmd-status"></span></td></tr>')
+def _camera_live(u: Mapping[str, Any]) -> bool:
+    # A stopped, offline or silent unit's last camera report is history: it must not read as a green "online".
+    return bool(u.get("online")) and bool(u.get("camera"))
+
+
+def _camera_text(u: Mapping[str, Any]) -> str:
+    return str(u["camera"]) if _camera_live(u) else "unknown"
+
+
+def _camera_class(u: Mapping[str, Any]) -> str:
+    return str(u["camera"]) if _camera_live(u) else "stale"
+
+
+def _camera_title(u: Mapping[str, Any]) -> str:
+    return "" if _camera_live(u) or not u.get("camera") else f"last reported: {u['camera']}"
+
+
+def _fps_text(u: Mapping[str, Any]) -> str:
+    return f"{u.get('fps') or 0:.0f} fps" if _camera_live(u) else ""
+
+
+def _blocking_text(value: bool | None) -> str:
+    return {True: "enabled", False: "disabled", None: "?"}[value]
+
+
+_env = jinja2.Environment(loader=jinja2.PackageLoader("fleet", "templates"), autoescape=True,
+                          undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+_env.filters.update(local=_local, ago=_ago, config_text=_config_text, camera_text=_camera_text,
+                    camera_class=_camera_class, camera_title=_camera_title, fps_text=_fps_text,
+                    blocking_text=_blocking_text, alert_label=lambda t: ALERT_LABELS.get(t, t),
+                    pretty=lambda v: json.dumps(v, indent=2, sort_keys=True))
+
+
+def render(template: str, title: str, who: Principal | None, *, zone: str = "UTC", script: bool = True,
+           counts: Mapping[str, int] | None = None, page: str = "", **values: Any) -> str:
+    # app.js shows live alert times in the site's zone (`zone`), not the browser's.
+    # The verdicts (value -> button label) come from fleet.alerts, the one place that defines them.
+    return _env.get_template(template).render(
+        title=title, who=who, zone=zone, script=script, counts=counts, page=page,
+        verdicts_json=json.dumps(VERDICT_LABELS), verdicts=VERDICT_LABELS, alert_labels_json=json.dumps(ALERT_LABELS),
+        **values)
+
+
+def login_page(csrf: str, error: str = "") -> str:
+    return render("login.html", "Log in · LiftGuard", None, csrf=csrf, error=error)
 
 
 # A page with 12k table rows is megabytes of HTML nobody scrolls; the filters narrow it down.
@@ -124,70 +98,34 @@ MAX_UNITS_ON_PAGE = 500
 
 
 def dashboard_page(who: Principal, matches: list[dict[str, Any]], places: list[tuple[str, str]],
-                   filters: Mapping[str, str], zone: str) -> str:
-    now = time.time()
-    online = sum(1 for u in matches if u["online"])
+                   filters: Mapping[str, str], zone: str, counts: Mapping[str, int] | None = None) -> str:
+    """`matches` in display order (site, building, elevator — natural order, Lift 2 before Lift 10)."""
     units = matches[:MAX_UNITS_ON_PAGE]
-    sites = _options((site for site, _ in places), filters["site"], "All sites")
-    building_opts = _options((building for _, building in places), filters["building"], "All buildings")
-    states = _options(("online", "offline", "silent", "stopped"), filters["status"], "Any state")
-    form = (f'<form class="filters" method="get" action="/">'
-            f'<input name="q" placeholder="Search unit, site, building" value="{esc(filters["q"])}">'
-            f'<select name="site">{sites}</select><select name="building">{building_opts}</select>'
-            f'<select name="status">{states}</select><button type="submit">Filter</button></form>')
     groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for u in units:
         groups.setdefault(u["site"], {}).setdefault(u["building"], []).append(u)
-    head = ("<tr><th>Unit</th><th>Elevator</th><th>State</th><th>Last heartbeat</th><th>Software</th>"
-            "<th>Model</th><th>Camera</th><th>Relay</th><th>Blocking</th><th>Config</th><th>Actions</th></tr>")
-    parts = []
-    for site, buildings in sorted(groups.items()):
-        parts.append(f'<div class="site" data-site="{esc(site)}"><h3>{esc(site)}</h3>')
-        for building, rows in sorted(buildings.items()):
-            n_on = sum(1 for r in rows if r["online"])
-            parts.append(f'<h4 class="building">{esc(building)} <span class="muted n-online">{n_on}/{len(rows)} online'
-                         f'</span></h4><table>{head}{"".join(_unit_row(r, who, now, zone) for r in rows)}</table>')
-        parts.append("</div>")
-    units_html = "".join(parts) or '<p class="muted">No units match.</p>'
-    if len(matches) > len(units):
-        units_html += (f'<p class="muted" id="truncated">Showing {len(units)} of {len(matches)} units: '
-                       "narrow the list with the filters above.</p>")
-    body = (f'<main><section id="units"><h2>Units <span class="muted" id="unit-summary">{online}/{len(matches)}'
-            f' online</span></h2>{form}{units_html}</section>'
-            '<section id="alerts"><h2>Live alerts <span class="muted" id="alert-count"></span></h2>'
-            '<div id="alert-queue"></div></section>'
-            f'<section class="full"><h2>E-bike alerts per day and building <span id="chart-zone">({esc(zone)})'
-            '</span></h2><div id="daily-chart"></div></section></main>')
-    return _page("Units · LiftGuard", body, who, zone=zone)
+    return render("dashboard.html", "Units · LiftGuard", who, zone=zone, counts=counts, page="dashboard",
+                  now=time.time(), filters=filters, online=sum(1 for u in matches if u["online"]),
+                  total=len(matches), shown=len(units),
+                  groups=[(site, list(buildings.items())) for site, buildings in groups.items()],
+                  sites=_distinct(site for site, _ in places), buildings=_distinct(b for _, b in places),
+                  states=("online", "offline", "silent", "stopped"))
 
 
-def alerts_page(who: Principal, rows: list[dict[str, Any]], filters: Mapping[str, str], zone: str) -> str:
-    statuses = ("all", "open", "acknowledged", "false_alarm", "confirmed")
-    status_opts = "".join(f'<option value="{s}"{" selected" if s == filters["status"] else ""}>{s}</option>'
-                          for s in statuses)
-    types = ("ebike_blocked", "blocking_disabled", "camera_fault")
-    form = (f'<form class="filters" method="get" action="/alerts">'
-            f'<input name="q" placeholder="Search unit, building, class" value="{esc(filters["q"])}">'
-            f'<select name="status">{status_opts}</select>'
-            f'<input name="building" placeholder="Building" value="{esc(filters["building"])}">'
-            f'<select name="type">{_options(types, filters["type"], "Any type")}</select>'
-            f'<input name="day" type="date" value="{esc(filters["day"])}" title="a day in {esc(zone)}">'
-            '<button type="submit">Search</button>'
-            + ('<a href="/api/export/dataset.zip" id="export">Export labelled dataset</a>'
-               if who.role == "admin" else "") + "</form>")
-    trs = []
-    for r in rows:
-        conf = f'{r["confidence"]:.2f}' if r.get("confidence") is not None else ""
-        snap = (f'<a href="{esc(r["snapshot_url"])}" target="_blank">image</a>'
-                if r.get("snapshot_url") and r.get("has_snapshot") else "")
-        when = _local(r["ts"], zone, with_zone=False)
-        trs.append(f'<tr class="alert-row" data-event-id="{esc(r["event_id"])}"><td class="time">{esc(when)}</td>'
-                   f'<td>{esc(r["unit_id"])}</td><td>{esc(r.get("building") or "")}</td><td>{esc(r["type"])}</td>'
-                   f'<td>{esc(r.get("cls") or "")} {conf}</td><td>{snap}</td>'
-                   f'<td class="verdict">{esc(r.get("verdict") or "open")}</td>'
-                   f'<td>{esc(r.get("labelled_by") or "")}</td></tr>')
-    head = (f"<tr><th>Time ({esc(zone)})</th><th>Unit</th><th>Building</th><th>Type</th><th>Class</th>"
-            "<th>Snapshot</th><th>Verdict</th><th>By</th></tr>")
-    table = f"<table>{head}{''.join(trs)}</table>" if trs else '<p class="muted">No alerts.</p>'
-    body = f'<main><section class="full"><h2>Alert history ({len(rows)})</h2>{form}{table}</section></main>'
-    return _page("Alerts · LiftGuard", body, who, script=False, zone=zone)
+def _distinct(values: Iterable[str]) -> list[str]:
+    return sorted(set(values))
+
+
+def alerts_page(who: Principal, rows: list[dict[str, Any]], filters: Mapping[str, str], zone: str,
+                sites: Iterable[str] = (), counts: Mapping[str, int] | None = None) -> str:
+    statuses = ("all", *(s for s in ALERT_STATUSES if s != "all"))
+    return render("alerts.html", "Alerts · LiftGuard", who, zone=zone, counts=counts, page="alerts",
+                  rows=rows, filters={"site": "", **filters}, statuses=statuses, types=sorted(ALERT_TYPES),
+                  sites=_distinct(sites))
+
+
+def unit_page(who: Principal, unit: Mapping[str, Any], alerts: list[dict[str, Any]], health: list[dict[str, Any]],
+              commands: list[dict[str, Any]], zone: str, hours: int,
+              counts: Mapping[str, int] | None = None) -> str:
+    return render("unit.html", f"{unit['unit_id']} · LiftGuard", who, zone=zone, counts=counts, page="unit",
+                  now=time.time(), u=unit, alerts=alerts, health=health, commands=commands, hours=hours)

@@ -8,18 +8,17 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from contract import model_format
+from contract.model_format import PAD_VALUE
 from tools.model import INPUT_H, INPUT_W
 
-PAD_VALUE = 114
 # A box cut by a crop keeps its label only if this much of it is still visible; less is not learnable.
 MIN_VISIBLE = 0.35
 
 
 def letterbox_params(w: int, h: int, out_w: int = INPUT_W, out_h: int = INPUT_H) -> tuple[float, int, int]:
     """Scale and centred padding (left, top) exactly as MODEL_FORMAT.md specifies."""
-    scale = min(out_w / w, out_h / h)
-    nw, nh = round(w * scale), round(h * scale)
-    return scale, (out_w - nw) // 2, (out_h - nh) // 2
+    return model_format.letterbox_params(w, h, out_w, out_h)
 
 
 def letterbox(rgb: np.ndarray, boxes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -29,9 +28,11 @@ def letterbox(rgb: np.ndarray, boxes: np.ndarray | None = None) -> tuple[np.ndar
 
 
 def normalise(rgb_u8: np.ndarray) -> np.ndarray:
-    """HWC uint8 RGB → CHW float32 in [-1, 1] (mean 0.5, std 0.5 after /255)."""
+    """HWC uint8 RGB → CHW float32: (x/255 - MEAN) / STD per channel (the model format's normalisation)."""
     x = rgb_u8.astype(np.float32) / 255.0
-    return np.ascontiguousarray(((x - 0.5) / 0.5).transpose(2, 0, 1))
+    mean = np.array(model_format.MEAN, np.float32)
+    std = np.array(model_format.STD, np.float32)
+    return np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1))
 
 
 def _as_boxes(boxes: np.ndarray | None) -> np.ndarray:

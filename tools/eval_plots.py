@@ -7,13 +7,21 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from tools.metrics import DetectionLike, class_curve, iou_matrix, threshold_for
+
+# matplotlib comes with the `plots` extra (and `train`); a device install writes metrics and the contact
+# sheet (OpenCV) and skips the two charts. PLOTS_MISSING says why, or is "" when charts can be drawn.
+try:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError as exc:  # pragma: no cover - exercised by tests/test_install_graph.py in a subprocess
+    PLOTS_MISSING = f"matplotlib not installed ({exc})"
+else:
+    PLOTS_MISSING = ""
 
 THUMB_W, THUMB_H = 320, 240
 MAX_SHEET = 30

@@ -17,18 +17,17 @@ import csv
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import yaml
-from tqdm import tqdm
 
-from edge.detect import Detector
-from tools.eval_plots import save_confusion, save_contact_sheet, save_pr_curves
-from tools.features import IMAGE_SUFFIXES, read_yolo_labels
+from edge.decide.detect import Detector
+from tools.eval_plots import PLOTS_MISSING, save_confusion, save_contact_sheet, save_pr_curves
+from tools.labels import IMAGE_SUFFIXES, read_yolo_labels
 from tools.metrics import EBIKE, DetectionLike, class_curve, decide, shows_protected, threshold_for, wilson_interval
 
 log = logging.getLogger("tools.evaluate")
@@ -39,9 +38,19 @@ BENCH_SIZE = (640, 480)
 
 def load_detector(model_path: Path) -> Detector:
     """The one seam to the device: evaluation runs exactly the code the device runs."""
-    from edge.detect import OnnxDetector
+    from edge.decide.detect import OnnxDetector
 
     return OnnxDetector(model_path, threads=2, min_score=SCORE_FLOOR)
+
+
+def _progress(files: Sequence[Path]) -> Iterable[Path]:
+    """A progress bar where tqdm is installed (the train extra); the plain list on a device install."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return files
+    bar: Iterable[Path] = tqdm(files, desc="eval", unit="img", dynamic_ncols=True)
+    return bar
 
 
 def _names(names_yaml: Path | None, fallback: Sequence[str]) -> list[str]:
@@ -110,7 +119,7 @@ def evaluate(
     truths: list[np.ndarray] = []
     rows: list[dict[str, Any]] = []
     lat: list[float] = []
-    for path in tqdm(files, desc="eval", unit="img", dynamic_ncols=True):
+    for path in _progress(files):
         frame = _read_bgr(path)
         t = time.perf_counter()
         dets = det.detect(frame)
@@ -140,9 +149,12 @@ def evaluate(
     metrics["model_id"] = det.metadata.model_id
     metrics["thresholds"] = {c: threshold_for(thr, c) for c in model_names}
     _write(out, metrics, rows)
-    save_confusion(out / "confusion.png", all_dets, truths, model_names, thr, rows)
-    if labels_dir is not None:
-        save_pr_curves(out / "pr_curves.png", all_dets, truths, model_names)
+    if PLOTS_MISSING:
+        log.warning("confusion.png and pr_curves.png skipped: %s (pip install 'liftguard[plots]')", PLOTS_MISSING)
+    else:
+        save_confusion(out / "confusion.png", all_dets, truths, model_names, thr, rows)
+        if labels_dir is not None:
+            save_pr_curves(out / "pr_curves.png", all_dets, truths, model_names)
     save_contact_sheet(out / "contact_sheet.png", files, rows, all_dets, thr)
     return metrics
 

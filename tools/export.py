@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import torch
 
+from contract import model_format
 from tools.model import CLASSES, INPUT_H, INPUT_W, MEAN, STD, LiftGuardDetector
 
 log = logging.getLogger("tools.export")
@@ -35,14 +36,14 @@ def load_run(run: Path) -> tuple[LiftGuardDetector, dict[str, Any]]:
 def metadata(ckpt: Mapping[str, Any]) -> dict[str, str]:
     version = str(ckpt.get("version", "0.1.0"))
     props = {
-        "liftguard_format": "1",
+        "liftguard_format": model_format.FORMAT_VERSION,
         "model_id": f"liftguard-det-{version}",
         "classes": json.dumps(list(ckpt.get("classes", CLASSES))),
         "input_size": json.dumps([INPUT_W, INPUT_H]),
         "mean": json.dumps(list(MEAN)),
         "std": json.dumps(list(STD)),
-        "output_layout": "xyxy_score_class",
-        "letterbox": "center,114",
+        "output_layout": model_format.OUTPUT_LAYOUT,
+        "letterbox": model_format.LETTERBOX,
         "version": version,
         "trained_on": str(ckpt.get("trained_on", "")),
     }
@@ -55,7 +56,8 @@ def export_model(model: LiftGuardDetector, out: Path, props: Mapping[str, str]) 
     out.parent.mkdir(parents=True, exist_ok=True)
     dummy = torch.zeros(1, 3, INPUT_H, INPUT_W)
     # The TorchScript exporter gives a plain, static graph that onnxruntime fuses well.
-    torch.onnx.export(model, (dummy,), str(out), input_names=["images"], output_names=["detections"],
+    torch.onnx.export(model, (dummy,), str(out), input_names=[model_format.INPUT_NAME],
+                      output_names=[model_format.OUTPUT_NAME],
                       opset_version=OPSET, do_constant_folding=True, dynamo=False)
     proto = onnx.load(str(out))
     del proto.metadata_props[:]

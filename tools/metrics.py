@@ -18,7 +18,7 @@ DEFAULT_THRESHOLD = 0.3
 
 
 class DetectionLike(Protocol):
-    """What `edge.detect.Detection` offers; our own `Det` matches it for tests and training."""
+    """What `edge.decide.detect.Detection` offers; our own `Det` matches it for tests and training."""
 
     @property
     def box(self) -> tuple[float, float, float, float]: ...

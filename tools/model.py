@@ -15,12 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from contract import model_format
+
 CLASSES: list[str] = ["ebike", "bicycle", "wheelchair", "stroller", "person", "cart"]
 INPUT_W, INPUT_H = 320, 256
 STRIDE = 16
 TOP_K = 50
-MEAN = (0.5, 0.5, 0.5)
-STD = (0.5, 0.5, 0.5)
+MEAN = model_format.MEAN
+STD = model_format.STD
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
 

@@ -36,6 +36,14 @@ OBJECT_CLASSES = R_CLASSES[:BACKGROUND]
 
 
 class RegionNet(nn.Module):
+    i22: torch.Tensor
+    i12: torch.Tensor
+    i21: torch.Tensor
+    i11: torch.Tensor
+    area: torch.Tensor
+    bias: torch.Tensor
+    boxes: torch.Tensor
+
     def __init__(self, head: LinearHead) -> None:
         super().__init__()
         self.backbone = EfficientNetLite0()

@@ -25,7 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tools.augment import PAD_VALUE, letterbox, normalise
+from contract.model_format import PAD_VALUE
+from tools.augment import letterbox, normalise
 from tools.corpus import CLASS_ID
 from tools.model import INPUT_H, INPUT_W
 from tools.sources import SourceImage, iter_sources
@@ -61,9 +62,9 @@ def view_augment(rgb: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -
         rgb = np.ascontiguousarray(rgb[:, ::-1])
         boxes = boxes.copy()
         boxes[:, [1, 3]] = w - boxes[:, [3, 1]]
-    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    src = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
     # Perspective: each corner moves by up to 22 % of the side (a camera looking down at an angle).
-    jitter = rng.uniform(-0.22, 0.22, (4, 2)) * np.float32([w, h]) if rng.random() < 0.7 else np.zeros((4, 2))
+    jitter = rng.uniform(-0.22, 0.22, (4, 2)) * np.array([w, h], np.float32) if rng.random() < 0.7 else np.zeros((4, 2))
     dst = (src + jitter).astype(np.float32)
     angle = float(rng.uniform(-90, 90)) if rng.random() < 0.7 else 0.0
     c = dst.mean(axis=0)
@@ -81,7 +82,7 @@ def view_augment(rgb: np.ndarray, boxes: np.ndarray, rng: np.random.Generator) -
     out = cv2.warpPerspective(rgb, m, (INPUT_W, INPUT_H), flags=cv2.INTER_LINEAR, borderValue=(PAD_VALUE,) * 3)
     kept = []
     for b in boxes:
-        pts = np.float32([[b[1], b[2]], [b[3], b[2]], [b[3], b[4]], [b[1], b[4]]]).reshape(-1, 1, 2)
+        pts = np.array([[b[1], b[2]], [b[3], b[2]], [b[3], b[4]], [b[1], b[4]]], np.float32).reshape(-1, 1, 2)
         q = cv2.perspectiveTransform(pts, m).reshape(-1, 2)
         area = (q[:, 0].max() - q[:, 0].min()) * (q[:, 1].max() - q[:, 1].min())
         qx1, qy1 = max(0.0, float(q[:, 0].min())), max(0.0, float(q[:, 1].min()))
@@ -99,20 +100,21 @@ def cctv_degrade(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Colour/brightness jitter, greyscale, blur, low resolution, JPEG blocking (each at random)."""
     x = rgb.astype(np.float32)
     x = (x - 128) * rng.uniform(0.6, 1.3) + 128 + rng.uniform(-40, 25)
-    out = x.clip(0, 255).astype(np.uint8)
+    out: np.ndarray = x.clip(0, 255).astype(np.uint8)
     if rng.random() < 0.3:
         g = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)
-        out = cv2.cvtColor(g, cv2.COLOR_GRAY2RGB)
+        out = np.asarray(cv2.cvtColor(g, cv2.COLOR_GRAY2RGB))
     if rng.random() < 0.25:
-        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.6, 1.8))
+        out = np.asarray(cv2.GaussianBlur(out, (0, 0), rng.uniform(0.6, 1.8)))
     if rng.random() < 0.25:
         f = rng.uniform(0.3, 0.6)
         small = cv2.resize(out, (int(INPUT_W * f), int(INPUT_H * f)), interpolation=cv2.INTER_AREA)
-        out = cv2.resize(small, (INPUT_W, INPUT_H), interpolation=cv2.INTER_LINEAR)
+        out = np.asarray(cv2.resize(small, (INPUT_W, INPUT_H), interpolation=cv2.INTER_LINEAR))
     if rng.random() < 0.3:
         ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(15, 50))])
-        if ok:
-            out = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        decoded = cv2.imdecode(buf, cv2.IMREAD_COLOR) if ok else None
+        if decoded is not None:
+            out = np.asarray(decoded)
     return out
 
 

@@ -16,9 +16,9 @@ Safety rules this file enforces on its own, whatever the host does:
 """
 
 try:
-    from firmware_bridge import protocol as P  # CPython (tests, host)
-except ImportError:  # pragma: no cover - on the board, protocol.py sits next to this file
-    import protocol as P  # type: ignore[no-redef]
+    from contract import serial_protocol as P  # CPython (tests, host)
+except ImportError:  # pragma: no cover - on the board, serial_protocol.py sits next to this file
+    import serial_protocol as P  # type: ignore[no-redef]
 
 HEARTBEAT_TIMEOUT_MS = 900  # released at most ~1 s after the last heartbeat, tick included
 HOLD_CAP_MS = 600000  # 10 min: above the host's own schema cap (policy.hold_max_s <= 600 s)

@@ -1,7 +1,7 @@
 """LiftGuard I/O board firmware (MicroPython on an RP2040 board, e.g. Raspberry Pi Pico).
 
-Copy protocol.py (from firmware_bridge/), logic.py and this file to the board's flash
-(`mpremote cp firmware_bridge/protocol.py firmware_bridge/firmware/logic.py
+Copy serial_protocol.py (from contract/), logic.py and this file to the board's flash
+(`mpremote cp contract/serial_protocol.py firmware_bridge/firmware/logic.py
 firmware_bridge/firmware/main.py :`). The host talks to it over the USB serial port
 (/dev/ttyACM0 on the host), see docs/INSTALL.md for the wiring.
 

@@ -1,3 +1,4 @@
+-- depends: 0001_initial
 -- The latest `config/reported` of each unit: did it apply the fleet's `config/desired`, and if not, why.
 -- Plain ALTER TABLE ... ADD COLUMN, one column a statement, as both SQLite and PostgreSQL accept it.
 ALTER TABLE units ADD COLUMN config_applied INTEGER;             -- the report's `ok`, 0/1

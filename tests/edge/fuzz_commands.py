@@ -13,11 +13,11 @@ import sys
 
 import atheris
 
-import edge.contract  # noqa: F401  (imported first so only edge.commands itself is instrumented)
+import contract.mqtt  # noqa: F401  (imported first so only edge.report.commands itself is instrumented)
 from tests.edge.link_support import FakeControl
 
-with atheris.instrument_imports(include=["edge.commands"]):
-    from edge.commands import COMMAND_NAMES, CommandHandler
+with atheris.instrument_imports(include=["edge.report.commands"]):
+    from edge.report.commands import COMMAND_NAMES, CommandHandler
 
 NAMES = sorted(COMMAND_NAMES)
 

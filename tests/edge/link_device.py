@@ -15,9 +15,9 @@ import signal
 import sys
 import time
 
-from edge.link import MqttLink
-from edge.link_settings import LinkSettings
-from edge.outbox import Outbox
+from edge.report.link import MqttLink
+from edge.report.link_settings import LinkSettings
+from edge.report.outbox import Outbox
 from tests.edge.link_support import heartbeat_of, make_event
 
 
@@ -34,7 +34,7 @@ def main() -> None:
     opts = ap.parse_args()
 
     settings = LinkSettings(unit_id=opts.unit, host="127.0.0.1", port=opts.port, keepalive_s=opts.keepalive,
-                            reconnect_max_s=1.0, blur_faces=False, window=opts.window)
+                            reconnect_max_s=1.0, window=opts.window)
     link = MqttLink(settings, Outbox(opts.outbox), heartbeat=heartbeat_of(opts.unit))
     if not opts.before_start:
         link.start()

@@ -18,9 +18,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from contract import samples
+from contract.mqtt import EventPayload, HeartbeatPayload
 from edge.config import Config, merge_fragment
-from edge.contract import EventPayload, HeartbeatPayload
-from edge.link_settings import LinkSettings
+from edge.report.link_settings import LinkSettings
 from tests.support.mosquitto import MosquittoBroker
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,20 +29,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 def settings_for(broker: MosquittoBroker, unit_id: str = "unit-a", **overrides: Any) -> LinkSettings:
     base: dict[str, Any] = {"unit_id": unit_id, "host": "127.0.0.1", "port": broker.port, "keepalive_s": 5,
-                            "heartbeat_s": 30.0, "reconnect_max_s": 1.0, "blur_faces": False}
+                            "heartbeat_s": 30.0, "reconnect_max_s": 1.0}
     return LinkSettings(**{**base, **overrides})
 
 
 def make_event(unit_id: str = "unit-a", n: int = 0) -> EventPayload:
-    return EventPayload(incident_id=f"incident-{n:04d}", unit_id=unit_id, type="ebike_blocked", phase="start",
-                        ts=time.time(), cls="ebike", confidence=0.9)
+    return samples.alert(unit_id, incident_id=f"incident-{n:04d}")
 
 
 def heartbeat_of(unit_id: str = "unit-a") -> Callable[[], HeartbeatPayload]:
     def beat() -> HeartbeatPayload:
-        return HeartbeatPayload(unit_id=unit_id, ts=time.time(), uptime_s=1, fps=10, inference_p50_ms=20,
-                                inference_p95_ms=30, camera="online", relay="released", outbox_depth=0,
-                                model_id="test-model", software="0.1.0-test")
+        return samples.heartbeat(unit_id, model_id="test-model", software="0.1.0-test")
     return beat
 
 
@@ -129,7 +127,7 @@ class FakeControl:
 
 
 def new_command(args: dict[str, Any] | None = None) -> bytes:
-    return json.dumps({"command_id": uuid.uuid4().hex, "args": args or {}}).encode()
+    return json.dumps({"command_id": uuid.uuid4().hex, "ts": time.time(), "args": args or {}}).encode()
 
 
 def spawn_device(broker_port: int, outbox: Path, *args: str) -> subprocess.Popen[str]:

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from edge.actuate import GpioActuators
-from edge.capture import Camera, FolderReader
+from edge.act.gpio import GpioActuators
 from edge.config import ActuatorConfig, parse_config
-from edge.detect import OnnxDetector
-from edge.session import run_service
+from edge.decide.detect import OnnxDetector
+from edge.run.session import run_service
+from edge.see.capture import Camera, FolderReader
 from tests.support.onnx_models import constant_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +36,21 @@ def levels(factory: MockFactory, pin: str, idle: bool = False) -> list[bool]:
         if (out or level == idle) and (not out or out[-1] != level):
             out.append(level)
     return out
+
+
+def test_an_explicit_pin_factory_drives_the_pins_and_leaves_gpiozeros_default_alone() -> None:
+    from gpiozero import Device
+
+    default_before = Device.pin_factory
+    own = MockFactory()
+    a = GpioActuators(ActuatorConfig(voice={"mode": "none"}, fire_pin="GPIO27", fire_active_high=True),
+                      pin_factory=own)
+    a.set_hold(True)
+    own.pin("GPIO27").drive_high()  # the fire-service input, on the same explicit factory
+    assert not a.held
+    a.close()
+    assert levels(own, "GPIO17") == [False, True, False]
+    assert Device.pin_factory is default_before
 
 
 @pytest.mark.parametrize(("active_high", "idle", "held"), [(True, False, True), (False, True, False)])
@@ -119,10 +134,10 @@ SIGTERM_SCRIPT = textwrap.dedent("""
     from gpiozero import Device
     from gpiozero.pins.mock import MockFactory
     Device.pin_factory = factory = MockFactory()
-    from edge.capture import Camera, FolderReader
+    from edge.see.capture import Camera, FolderReader
     from edge.config import parse_config
-    from edge.detect import OnnxDetector
-    from edge.session import run_service
+    from edge.decide.detect import OnnxDetector
+    from edge.run.session import run_service
 
     def report():
         print("LEVELS", [bool(s.state) for s in factory.pin("GPIO17").states], flush=True)

@@ -8,9 +8,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from edge.capture import Camera, CameraState, FrozenDetector
+from contract.errors import CameraError
 from edge.config import CameraConfig
-from edge.errors import CameraError
+from edge.see.capture import Camera, CameraState, FrozenDetector
 
 
 class FakeClock:
@@ -117,7 +117,7 @@ def test_a_recording_ends_instead_of_reconnecting() -> None:
 
 
 def test_a_missing_file_source_is_a_camera_error() -> None:
-    from edge.capture import open_source
+    from edge.see.capture import open_source
 
     with pytest.raises(CameraError, match="not found"):
         open_source(CameraConfig(source="/nonexistent/clip.mp4"))

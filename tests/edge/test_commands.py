@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge.commands import COMMAND_NAMES, CommandHandler
+from edge.report.commands import COMMAND_NAMES, CommandHandler
 from tests.edge.link_support import REPO, FakeControl
 
 
@@ -23,7 +23,7 @@ def handler() -> tuple[CommandHandler, FakeControl]:
 
 
 def cmd(command_id: str = "cmd-00000001", **args: Any) -> bytes:
-    return json.dumps({"command_id": command_id, "args": args}).encode()
+    return json.dumps({"command_id": command_id, "ts": 1000.0, "args": args}).encode()
 
 
 @pytest.mark.parametrize(("name", "raw", "call", "detail"), [
@@ -55,7 +55,8 @@ def test_a_snapshot_is_handed_to_the_snapshot_sink() -> None:
     control = FakeControl()
     control.frame = b"\xff\xd8jpeg"
     sent: list[tuple[str, bytes]] = []
-    h = CommandHandler(control, snapshot_sink=lambda ref, jpeg: sent.append((ref, jpeg)) or f"snapshots/{ref}")
+    h = CommandHandler(control, snapshot_sink=lambda ref, jpeg: sent.append((ref, jpeg)) or f"snapshots/{ref}",
+                       clock=lambda: 1000.0)
     assert h.handle("snapshot", cmd("snap-0001")).detail == "snapshot snapshots/snap-0001"
     assert sent == [("snap-0001", b"\xff\xd8jpeg")]
 
@@ -80,7 +81,7 @@ def test_no_frame_means_a_failed_snapshot() -> None:
     ("set_config", cmd(config={"detector": {"model_path": "/tmp/x.onnx"}}), "detector.model_path"),
     ("\ud800", cmd(), "unknown command"),  # found by atheris: a lone surrogate in the echoed name
     ("release", b'{"command_id": "cmd-\\ud800-0001"}', "command_id"),
-    ("release", b'{"command_id": "cmd-00000001", "args": {"\\udfff": 1}}', "args."),
+    ("release", b'{"command_id": "cmd-00000001", "ts": 1000, "args": {"\\udfff": 1}}', "args."),
     ("release", b"[" * 30000 + b"]" * 30000, "nested too deeply"),
 ])
 def test_invalid_input_is_rejected_counted_and_changes_nothing(name: str, raw: bytes, why: str) -> None:
@@ -98,7 +99,7 @@ def test_a_device_error_is_answered_not_raised() -> None:
         def test_alarm(self) -> None:
             raise OSError("amplifier gone")
 
-    h = CommandHandler(Broken())
+    h = CommandHandler(Broken(), clock=lambda: 1000.0)
     result = h.handle("test_alarm", cmd())
     assert (result.ok, result.detail) == (False, "internal error")
     assert h.counts["failed"] == 1

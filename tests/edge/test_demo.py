@@ -7,14 +7,17 @@ from pathlib import Path
 
 import cv2
 import pytest
+from gpiozero import Device
 
-from edge.cli import ASSETS, main
+from edge.run.cli import ASSETS, main
 
 
 def test_the_demo_blocks_the_ebike_and_writes_events_and_a_snapshot(tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     events_out, snapshot = tmp_path / "events.jsonl", tmp_path / "snapshot.png"
+    factory_before = Device.pin_factory
     assert main(["demo", "--events-out", str(events_out), "--snapshot-out", str(snapshot)]) == 0
+    assert Device.pin_factory is factory_before  # mock pins went to the demo's actuators, not gpiozero's global
     events = [json.loads(line) for line in events_out.read_text().splitlines()]
     start = next(e for e in events if e["type"] == "ebike_blocked" and e["phase"] == "start")
     end = next(e for e in events if e["type"] == "ebike_blocked" and e["phase"] == "end")

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.detect import DEFAULT_MODEL, Letterbox, OnnxDetector
-from edge.errors import ModelError
+from contract.errors import ModelError
+from edge.decide.detect import DEFAULT_MODEL, Letterbox, OnnxDetector
 from tests.support.onnx_models import constant_model, metadata
 
 

@@ -1,4 +1,4 @@
-"""edge.health: sd_notify sequence over a fake $NOTIFY_SOCKET, watchdog tied to processed frames."""
+"""edge.report.health: sd_notify sequence over a fake $NOTIFY_SOCKET, watchdog tied to processed frames."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.health import Health, Metrics, Notifier, percentile, watchdog_interval_s
+from contract.stats import percentile
+from edge.report.health import Health, Metrics, Notifier, watchdog_interval_s
 
 
 class FakeSystemd:

@@ -16,11 +16,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge.link import MqttLink
-from edge.outbox import Outbox
+from edge.report.link import MqttLink
+from edge.report.outbox import Outbox
 from tests.edge.link_pki import Authority
 from tests.edge.link_support import REPO, FleetSubscriber, heartbeat_of, make_event, settings_for
-from tests.support.mosquitto import MosquittoBroker
+from tests.support.mosquitto import MosquittoBroker, ratelimit_plugin
 
 SHIPPED = REPO / "config" / "mosquitto"
 
@@ -34,7 +34,9 @@ class ShippedConfigBroker(MosquittoBroker):
 
     def write_config(self) -> Path:
         text = (SHIPPED / "mosquitto.conf").read_text()
+        plugin = ratelimit_plugin()
         for old, new in {"/etc/mosquitto/liftguard/": f"{self.certs}/", "/var/lib/mosquitto/": f"{self.workdir}/",
+                         "/usr/lib/mosquitto-liftguard/": f"{plugin.parent}/",
                          "log_dest syslog": f"log_dest file {self.log_path}",
                          "listener 8883": f"listener {self.port} 127.0.0.1"}.items():
             assert old in text, f"the shipped config no longer contains {old!r}"

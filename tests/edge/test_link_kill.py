@@ -18,16 +18,19 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge.contract import StatusPayload, decode
-from edge.outbox import Outbox
+from contract.mqtt import StatusPayload, decode
+from edge.config import MqttConfig
+from edge.report.outbox import Outbox
 from tests.edge.link_support import FleetSubscriber, read_line, spawn_device
 from tests.support.mosquitto import MosquittoBroker
 
 UNIT = "liftguard/v1/units/unit-a"
-KEEPALIVE_S = 5
-# Mosquitto 2.0 runs its keepalive sweep in ~5 s buckets, so a *silent* client is dropped up to
-# 5 s after the 1.5 x keepalive the spec allows (measured: ~10.5 s for keepalive 5 s).
+KEEPALIVE_S = MqttConfig().keepalive_s  # the shipped default
+# The MQTT rule: the broker drops a client it has heard nothing from for 1.5 x keepalive and then
+# publishes its will (our retained `offline`). Mosquitto 2.0 runs that check in ~5 s sweeps, so a
+# *silent* client is dropped up to 5 s later (measured: ~10.5 s for keepalive 5 s).
 MOSQUITTO_KEEPALIVE_SLACK_S = 5.0
+OFFLINE_TARGET_S = 15.0  # issue 15 item 8: the fleet sees a hung unit offline within 15 s
 
 
 @pytest.fixture
@@ -121,8 +124,8 @@ def test_a_hung_device_is_reported_offline_once_the_broker_keepalive_expires(
     assert fleet.wait_for(lambda f: status_log(f)[-1:] == ["online"], 5)
     device.send_signal(signal.SIGSTOP)  # socket stays open: only the keepalive can tell
     started = time.monotonic()
-    limit = 1.5 * KEEPALIVE_S + MOSQUITTO_KEEPALIVE_SLACK_S + 1.0
-    assert fleet.wait_for(lambda f: status_log(f)[-1:] == ["offline"], limit)
+    assert 1.5 * KEEPALIVE_S + MOSQUITTO_KEEPALIVE_SLACK_S <= OFFLINE_TARGET_S
+    assert fleet.wait_for(lambda f: status_log(f)[-1:] == ["offline"], OFFLINE_TARGET_S)
     took = time.monotonic() - started
     print(f"offline {took:.2f}s after the device hung (keepalive {KEEPALIVE_S}s)")
     retained = FleetSubscriber(mosquitto, [f"{UNIT}/status"], client_id="late-observer")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.link import MqttLink
-from edge.outbox import Outbox
+from edge.report.link import MqttLink
+from edge.report.outbox import Outbox
 from tests.edge.link_support import FleetSubscriber, heartbeat_of, make_event, settings_for
 from tests.support.mosquitto import MosquittoBroker
 

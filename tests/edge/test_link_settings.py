@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from contract.errors import ConfigError
 from edge.config import parse_config
-from edge.errors import ConfigError
-from edge.link_settings import LinkSettings
+from edge.report.link_settings import LinkSettings
 
 
 def cfg(**mqtt: object) -> LinkSettings:

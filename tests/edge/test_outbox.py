@@ -6,7 +6,7 @@ import stat
 import threading
 from pathlib import Path
 
-from edge.outbox import Message, Outbox
+from edge.report.outbox import Message, Outbox
 
 
 def events(n: int, start: int = 0) -> list[Message]:

@@ -7,9 +7,9 @@ from collections.abc import Iterable
 import pytest
 
 from edge.config import PolicyConfig
-from edge.detect import Detection
-from edge.policy import Conditions, Decision, Policy, State
-from edge.track import IouTracker
+from edge.decide.detect import Detection
+from edge.decide.policy import Conditions, Decision, Policy, State
+from edge.decide.track import IouTracker
 
 FPS = 10.0
 EBIKE_BOX = (100.0, 100.0, 300.0, 400.0)
@@ -194,3 +194,25 @@ def test_confirmation_must_fit_the_latency_window() -> None:
         s.frames(0.1, [ebike()])
         s.frames(0.3)
     assert s.hold_intervals() == []
+
+
+def test_the_policy_admits_detections_from_half_their_threshold_and_the_minimum_area() -> None:
+    policy = Policy(PolicyConfig.model_validate({"thresholds": {"ebike": 0.6}, "min_box_area": 0.01}), "unit-1",
+                    model_thresholds={"wheelchair": 0.4})
+    frame = (640, 480)  # 1 % of the frame = 3072 px²
+    big, small = (0.0, 0.0, 100.0, 100.0), (0.0, 0.0, 50.0, 50.0)
+    detections = [
+        Detection(big, 0.30, "ebike"),  # half of the configured 0.6: tracked
+        Detection(big, 0.29, "ebike"),  # below half: dropped
+        Detection(big, 0.20, "wheelchair"),  # half of the model's 0.4: tracked
+        Detection(small, 0.99, "ebike"),  # 2500 px² < 1 % of the frame: dropped
+    ]
+    assert policy.admit(detections, frame) == [detections[0], detections[2]]
+
+
+def test_a_live_reconfigure_keeps_the_hold_and_changes_the_rules() -> None:
+    sim = Scenario()
+    sim.frames(2.0, [ebike()])
+    assert sim.policy.holding
+    sim.policy.reconfigure(PolicyConfig.model_validate({"thresholds": {"ebike": 0.95}}), blocking_enabled=False)
+    assert sim.policy.holding and sim.policy.threshold("ebike") == 0.95 and not sim.policy.blocking_enabled

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge import privacy
+from edge.see import privacy
 
 
 @pytest.fixture(autouse=True)

@@ -13,14 +13,9 @@ import pytest
 import yaml
 
 from edge.config import load_config
-from edge.provision import (
-    UNIT_NAME,
-    draw_roi,
-    grab_frame,
-    parse_roi,
-    provision_main,
-    unit_directives,
-)
+from edge.install.provision import UNIT_NAME, draw_roi, grab_frame, provision_main
+from edge.install.questions import parse_roi
+from edge.install.unit import unit_directives
 
 ANSWERS = {
     "unit_id": "hk-kwt-a-lift1",
@@ -290,3 +285,32 @@ def test_grab_frame_reads_the_first_image_of_a_folder(tmp_path: Path) -> None:
 def test_draw_roi_whole_frame_marks_the_border() -> None:
     out = draw_roi(scene(), None)
     assert tuple(out[2, 100]) == (0, 255, 0)
+
+
+def test_grab_frame_opens_the_camera_the_way_the_service_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge.see.capture as capture
+    from edge.config import CameraConfig
+
+    opened: list[CameraConfig] = []
+
+    class LiveReader:  # a camera whose exposure settles: frame n has level 10 * n
+        ended, live = False, True
+
+        def __init__(self) -> None:
+            self.n = 0
+
+        def read(self) -> np.ndarray:
+            self.n += 1
+            return np.full((8, 8, 3), 10 * self.n, np.uint8)
+
+        def close(self) -> None:
+            pass
+
+    def open_source(cfg: CameraConfig) -> LiveReader:
+        opened.append(cfg)
+        return LiveReader()
+
+    monkeypatch.setattr(capture, "open_source", open_source)
+    frame = grab_frame("/dev/video2", timeout_s=3.0, warmup_frames=5)
+    assert [(c.source, c.open_timeout_s, c.read_timeout_s) for c in opened] == [("/dev/video2", 3.0, 3.0)]
+    assert frame is not None and int(frame[0, 0, 0]) == 60  # five warm-up frames skipped

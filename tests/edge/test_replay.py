@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.cli import main
+from edge.run.cli import main
 from tests.support.onnx_models import brightness_model
 
 FPS = 10

@@ -56,7 +56,7 @@ def test_run_notifies_ready_then_watchdog_and_releases_on_the_way_out(tmp_path: 
     listener = threading.Thread(target=listen)
     listener.start()
     try:
-        proc = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(config)], env=env,
+        proc = subprocess.run([sys.executable, "-m", "edge.run.cli", "run", "--config", str(config)], env=env,
                               capture_output=True, text=True, timeout=120, cwd=REPO)
     finally:
         time.sleep(0.6)

@@ -17,9 +17,9 @@ import pytest
 import yaml
 from gpiozero.pins.mock import MockConnectedPin, MockFactory
 
-from edge import selftest as st
 from edge.config import Config, parse_config
-from edge.selftest import CheckResult, SelfTest, compare_views, selftest_main
+from edge.run import selftest as st
+from edge.run.selftest import CheckResult, SelfTest, compare_views, selftest_main
 
 UTC = dt.UTC
 
@@ -128,7 +128,7 @@ def test_a_model_slower_than_the_budget_fails(tmp_path: Path) -> None:
 
 def test_a_missing_model_file_fails_with_its_path(tmp_path: Path) -> None:
     cfg = config(detector={"model_path": str(tmp_path / "nope.onnx")})
-    result = SelfTest(cfg, tmp_path / "c.yaml").check_model()  # the real edge.detect.OnnxDetector
+    result = SelfTest(cfg, tmp_path / "c.yaml").check_model()  # the real edge.decide.detect.OnnxDetector
     assert result.status == "FAIL" and "nope.onnx" in result.detail
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from firmware_bridge import protocol as P
+from contract import serial_protocol as P
 from firmware_bridge.host import BridgeActuators, BridgeError
 from tests.firmware.board_sim import LossyLine, SimulatedBoard
 
@@ -46,13 +46,34 @@ def test_relay_voice_beacon_and_inputs_over_the_serial_link(board: SimulatedBoar
     assert [v for _, v in board.relay.timeline] == [0, 1, 0]
 
 
-def test_heartbeats_every_200_ms_keep_a_long_hold(board: SimulatedBoard) -> None:
+def run_pipeline(host: BridgeActuators, seconds: float, frame_s: float = 0.1) -> None:
+    """A pipeline making progress: one processed frame every `frame_s`, each reported to the board."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        host.progress()
+        time.sleep(frame_s)
+
+
+def test_heartbeats_from_a_progressing_pipeline_keep_a_long_hold(board: SimulatedBoard) -> None:
     with BridgeActuators(board.port) as host:
         assert host.set_relay(True)
-        time.sleep(1.6)
+        run_pipeline(host, 1.6)
         assert board.relay.value() == 1, "heartbeats keep the hold past the 0.9 s board timeout"
         gaps = [b - a for a, b in zip(board.heartbeats_seen, board.heartbeats_seen[1:], strict=False)]
-        assert gaps and max(gaps) < 400
+        assert gaps and max(gaps) < 600
+
+
+def test_a_live_host_whose_pipeline_stopped_loses_the_hold_within_a_second(board: SimulatedBoard) -> None:
+    """Issue 15 item 2: the process and the serial link are fine, but no frame is processed any more
+    (a hung detector): heartbeats stop with the pipeline, so the board releases on its own."""
+    with BridgeActuators(board.port) as host:
+        assert host.set_relay(True)  # the hold request is the board's last proof of life
+        held = time.monotonic()
+        wait_until(lambda: board.relay.value() == 0, timeout=3.0)  # no frame processed since
+        assert time.monotonic() - held < 1.6
+        assert board.logic.last_reason == P.REASON_HEARTBEAT
+        assert host.link_ok, "the link itself never went down: only the pipeline did"
+        assert host.heartbeats_sent == 0
 
 
 def test_close_releases_the_relay(board: SimulatedBoard) -> None:
@@ -68,7 +89,7 @@ def test_silent_host_relay_released_within_one_second(board: SimulatedBoard) -> 
     """The host hangs (its bytes stop reaching the board): the board releases on its own."""
     with BridgeActuators(board.port) as host:
         assert host.set_relay(True)
-        time.sleep(0.5)
+        run_pipeline(host, 0.5)
         board.to_board.cut = True
         wait_until(lambda: board.relay.value() == 0, timeout=2.0)
         last_heartbeat = board.heartbeats_seen[-1]

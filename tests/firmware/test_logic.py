@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-from firmware_bridge import protocol as P
+from contract import serial_protocol as P
 from firmware_bridge.firmware.logic import BoardLogic
 from tests.firmware import fake_machine
 from tests.firmware.fake_machine import FakeClock, Pin

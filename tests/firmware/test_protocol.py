@@ -1,4 +1,4 @@
-"""firmware_bridge.protocol: framing, CRC and sequence numbers; garbage never crashes the decoder."""
+"""contract.serial_protocol: framing, CRC and sequence numbers; garbage never crashes the decoder."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_bridge import protocol as P
+from contract import serial_protocol as P
 
 
 def test_crc_is_crc16_ccitt_false() -> None:

@@ -4,6 +4,8 @@ real uvicorn on a free port), and a scriptable test unit speaking the v1 contrac
 from __future__ import annotations
 
 import json
+import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -20,7 +22,8 @@ import uvicorn
 from fastapi import FastAPI
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.contract import (
+from contract import samples
+from contract.mqtt import (
     CommandPayload,
     CommandResultPayload,
     EventPayload,
@@ -35,7 +38,7 @@ from fleet.ingest import Ingestor
 from fleet.simulate import snapshot_jpeg
 from fleet.store import Store
 from tests.fleet.pgserver import PostgresServer, pg_bin_dir
-from tests.support.mosquitto import MosquittoBroker, free_port
+from tests.support.mosquitto import MosquittoBroker
 
 PASSWORD = "correct horse battery staple"
 
@@ -49,6 +52,23 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(interval)
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium (the OS package) driven by playwright-core; one per test module."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.fail("chromium is not installed: run `make test`, which installs it from the OS packages")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +128,12 @@ class RunningFleet:
 def start_fleet(broker: MosquittoBroker, db_url: str, clock: Callable[[], float] = time.time,
                 **overrides: Any) -> RunningFleet:
     """A fleet server as `serve` builds it; `overrides` are settings, `clock` says what time the API thinks it is."""
-    port = free_port()
+    # The HTTP socket is bound here and handed to uvicorn: a port picked, closed and bound again later can be
+    # taken in between by whatever else runs on the machine.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
     settings = load_settings({"db": db_url, "mqtt_url": broker.url, "http_port": port,
                               "client_id": f"fleet-{uuid.uuid4().hex[:8]}", "batch_window_ms": 5, **overrides},
                              environ={})
@@ -121,9 +146,9 @@ def start_fleet(broker: MosquittoBroker, db_url: str, clock: Callable[[], float]
     assert ingestor.wait_connected(10), "fleet ingest did not connect to the broker"
     app = create_app(ctx)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                            timeout_graceful_shutdown=1)
+                            timeout_graceful_shutdown=1, proxy_headers=False)  # as `serve` runs it
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     wait_until(lambda: server.started, 10)
     fleet = RunningFleet(f"http://127.0.0.1:{port}", ctx, ingestor, store, broker, server, thread, app)
@@ -174,22 +199,17 @@ class FakeUnit:
         self.client.publish(unit_topic(self.unit_id, suffix), payload, qos=qos, retain=retain).wait_for_publish(5)
 
     def heartbeat(self, **changes: Any) -> HeartbeatPayload:
-        fields: dict[str, Any] = dict(unit_id=self.unit_id, ts=time.time(), uptime_s=12.0, fps=9.5,
-                                      inference_p50_ms=20.0, inference_p95_ms=31.0, camera="online",
-                                      relay="released", outbox_depth=0, model_id="ebike-v3", software="1.4.2",
-                                      site=self.site, building=self.building, elevator="Lift 1")
-        fields.update(changes)
-        hb = HeartbeatPayload(**fields)
+        fields: dict[str, Any] = dict(uptime_s=12.0, fps=9.5, inference_p95_ms=31.0, model_id="ebike-v3",
+                                      software="1.4.2", site=self.site, building=self.building, elevator="Lift 1")
+        hb = samples.heartbeat(self.unit_id, **{**fields, **changes})
         self.publish("heartbeat", encode(hb), qos=1)
         return hb
 
     def alert(self, with_snapshot: bool = True, **changes: Any) -> EventPayload:
         event_id = str(uuid.uuid4())
-        fields: dict[str, Any] = dict(event_id=event_id, incident_id=str(uuid.uuid4()), unit_id=self.unit_id,
-                                      type="ebike_blocked", phase="start", ts=time.time(), cls="ebike",
-                                      confidence=0.93, snapshot=f"snapshots/{event_id}" if with_snapshot else None)
-        fields.update(changes)
-        event = EventPayload(**fields)
+        fields: dict[str, Any] = dict(event_id=event_id, confidence=0.93,
+                                      snapshot=f"snapshots/{event_id}" if with_snapshot else None)
+        event = samples.alert(self.unit_id, **{**fields, **changes})
         self.publish("events", encode(event))
         if with_snapshot:
             self.publish(f"snapshots/{event_id}", snapshot_jpeg(f"{self.unit_id} test"))

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import io
 import json
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.routing import APIRoute
+from starlette.routing import BaseRoute
 
 from fleet import web
-from fleet.auth import LoginLimiter, hash_password, verify_password
+from fleet.auth import hash_password, needs_rehash, verify_password
 from fleet.store import IngestBatch
 from tests.fleet.conftest import PASSWORD, FakeUnit, RunningFleet, start_fleet, wait_until
 from tests.support.mosquitto import MosquittoBroker
@@ -23,12 +26,23 @@ from tests.support.mosquitto import MosquittoBroker
 PUBLIC = {"/healthz", "/login", "/api/login"}
 
 
+def api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
+    """Every endpoint of the app, also those of included routers (FastAPI keeps those nested)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        nested = getattr(route, "original_router", None)
+        if nested is not None:
+            yield from api_routes(nested.routes)
+
+
 def test_only_health_and_login_answer_without_a_session(fleet: RunningFleet) -> None:
     anonymous = httpx.Client(base_url=fleet.url)
-    assert anonymous.get("/healthz").json() == {"status": "ok", "db": True, "mqtt": True}
+    health = anonymous.get("/healthz").json()
+    assert (health["status"], health["db"], health["mqtt"], health["problems"]) == ("ok", True, True, [])
     checked = 0
-    for route in fleet.app.routes:
-        if not isinstance(route, APIRoute) or route.path in PUBLIC:
+    for route in api_routes(fleet.app.routes):
+        if route.path in PUBLIC:
             continue
         path = route.path.replace("{unit_id}", "u1").replace("{event_id}", "e1").replace("{command_id}", "c1")
         for method in (route.methods or set()) - {"HEAD"}:
@@ -56,30 +70,32 @@ def test_openapi_schema_is_served_to_logged_in_users(fleet: RunningFleet) -> Non
     assert expected <= set(paths)
 
 
-def test_passwords_are_scrypt_hashed_with_their_parameters() -> None:
-    encoded = hash_password("s3cret-passphrase", n=2**10)
-    assert encoded.startswith("scrypt$1024$8$1$") and "s3cret" not in encoded
+def test_passwords_are_argon2id_hashed_with_their_parameters() -> None:
+    encoded = hash_password("s3cret-passphrase")
+    assert encoded.startswith("$argon2id$v=19$m=65536,t=3,p=4$") and "s3cret" not in encoded
     assert verify_password("s3cret-passphrase", encoded)
     assert not verify_password("s3cret-passphrasE", encoded)
     assert not verify_password("anything", "md5$garbage")
+    assert not needs_rehash(encoded)
 
 
-def test_login_is_rate_limited_per_user_and_address(fleet: RunningFleet) -> None:
-    client = httpx.Client(base_url=fleet.url)
-    for _ in range(fleet.ctx.settings.login_max_failures):
-        assert client.post("/api/login", json={"username": "admin", "password": "wrong"}).status_code == 401
-    blocked = client.post("/api/login", json={"username": "admin", "password": PASSWORD})
-    assert blocked.status_code == 429 and int(blocked.headers["Retry-After"]) > 0
+def _legacy_scrypt(password: str) -> str:
+    """A hash as the fleet wrote them before argon2 (hashlib.scrypt, n=2**14, r=8, p=1)."""
+    salt = b"0123456789abcdef"
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+    return f"scrypt$16384$8$1${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
 
 
-def test_login_limiter_window_slides() -> None:
-    now = [0.0]
-    limiter = LoginLimiter(max_failures=2, window_s=10, clock=lambda: now[0])
-    limiter.failed("user:a")
-    limiter.failed("user:a")
-    assert limiter.retry_after("user:a") == 10
-    now[0] = 10.5
-    assert limiter.retry_after("user:a") == 0
+def test_an_old_scrypt_hash_logs_in_and_is_replaced_by_argon2id(fleet: RunningFleet) -> None:
+    fleet.store.add_user("old-timer", "manager", _legacy_scrypt(PASSWORD))
+    assert verify_password(PASSWORD, _legacy_scrypt(PASSWORD)) and needs_rehash(_legacy_scrypt(PASSWORD))
+    wrong = httpx.post(f"{fleet.url}/api/login", json={"username": "old-timer", "password": "nope-nope-nope"})
+    assert wrong.status_code == 401
+    assert fleet.store.get_user("old-timer")["password_hash"].startswith("scrypt$")  # type: ignore[index]
+    fleet.login("old-timer")
+    stored = fleet.store.get_user("old-timer")["password_hash"]  # type: ignore[index]
+    assert stored.startswith("$argon2id$") and verify_password(PASSWORD, stored)
+    fleet.login("old-timer")  # and the new hash works
 
 
 def test_state_changes_need_the_sessions_csrf_token(fleet: RunningFleet,
@@ -145,7 +161,8 @@ def test_alert_verdicts_become_a_labelled_dataset(fleet: RunningFleet, make_unit
         assert set(zf.namelist()) == {"labels.csv", f"snapshots/{first.event_id}.jpg"}
         assert "false_alarm" in zf.read("labels.csv").decode()
     daily = client.get("/api/stats/daily", params={"days": 3}).json()
-    assert daily["series"] == [{"building": "Tower A", "counts": [0, 0, 2]}]
+    assert daily["series"] == [{"site": "Harbour View", "building": "Tower A", "label": "Harbour View / Tower A",
+                                "counts": [0, 0, 2]}]
 
 
 def test_the_alert_stream_pushes_new_alerts(fleet: RunningFleet, make_unit: Callable[..., FakeUnit]) -> None:
@@ -183,8 +200,8 @@ def test_the_daily_chart_keeps_the_busiest_buildings_and_sums_the_rest(fleet: Ru
     _seed_units(fleet, n=10, buildings=10)
     client, _ = fleet.login()
     series = client.get("/api/stats/daily", params={"days": 1, "top": 3}).json()["series"]
-    assert series == [{"building": "B00", "counts": [10]}, {"building": "B01", "counts": [9]},
-                      {"building": "B02", "counts": [8]}, {"building": "7 other buildings", "counts": [28]}]
+    assert [(s["label"], s["counts"]) for s in series] == [
+        ("S / B00", [10]), ("S / B01", [9]), ("S / B02", [8]), ("7 other buildings", [28])]
 
 
 def test_large_fleets_are_paged_in_the_api_and_truncated_on_the_page(fleet: RunningFleet,
@@ -221,7 +238,8 @@ def test_the_daily_counts_end_today_in_the_sites_time_zone(
         client, _ = fleet.login()
         daily = client.get("/api/stats/daily", params={"days": 2}).json()
         assert (daily["days"], daily["timezone"]) == (days, zone)
-        assert daily["series"] == [{"building": "Tower A", "counts": counts}]
+        assert [(s["site"], s["building"], s["counts"]) for s in daily["series"]] == [
+            ("Harbour View", "Tower A", counts)]
     finally:
         fleet.stop()
 
@@ -240,7 +258,7 @@ def test_pages_show_times_and_days_of_the_sites_time_zone(mosquitto: MosquittoBr
         assert late.event_id in client.get("/alerts", params={"day": "2026-11-29"}).text
         assert client.get("/alerts", params={"day": "30/11/2026"}).status_code == 422
         dashboard = client.get("/").text
-        assert "E-bike alerts per day and building <span id=\"chart-zone\">(Asia/Shanghai)</span>" in dashboard
+        assert "E-bike alerts per day by site and building <span id=\"chart-zone\">(Asia/Shanghai)</span>" in dashboard
         assert '<meta name="time-zone" content="Asia/Shanghai">' in dashboard  # app.js formats live alerts with it
         assert "UTC" not in dashboard
     finally:

@@ -57,3 +57,18 @@ def test_an_existing_ca_is_not_overwritten_by_accident(tmp_path: Path) -> None:
     with pytest.raises(CertificateError, match="already exists"):
         init_ca(tmp_path / "ca")
     assert main(["ca", "init", "--ca-dir", str(tmp_path / "ca")]) == 2
+
+
+@pytest.mark.parametrize("name", ["fleet", "FLEET", "homeassistant", "HomeAssistant", "fleet-2", "fleet.b", "admin"])
+def test_issue_refuses_reserved_names_that_carry_fleet_wide_rights(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
+    out = tmp_path / "provision"
+    assert main(["ca", "issue", "--ca-dir", str(tmp_path / "ca"), "--unit", name, "--out", str(out)]) == 2
+    assert f"refusing a unit certificate: {name!r} is reserved" in capsys.readouterr().err
+    assert not (out / "unit.crt").exists() and not (out / "unit.key").exists()
+
+
+@pytest.mark.parametrize("name", ["fleetwood-7", "lift-fleet", "home-assistant-lobby"])
+def test_names_that_merely_contain_a_reserved_word_are_fine(tmp_path: Path, name: str) -> None:
+    init_ca(tmp_path / "ca")
+    assert issue_unit(tmp_path / "ca", name, tmp_path / "out").cert.exists()

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from edge.errors import ConfigError
+from contract.errors import ConfigError
 from fleet.config import load_settings
 
 

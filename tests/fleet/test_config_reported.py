@@ -7,9 +7,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from edge.commands import CommandHandler, ConfigReportedPayload
-from edge.contract import encode
-from edge.errors import ConfigError
+from contract.commands import ConfigReportedPayload
+from contract.errors import ConfigError
+from contract.mqtt import encode
+from edge.report.commands import CommandHandler
 from fleet.api import unit_view
 from fleet.store import IngestBatch, Store
 from tests.fleet.conftest import FakeUnit, RunningFleet, wait_until

@@ -8,14 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge.contract import MAX_SNAPSHOT_BYTES, EventPayload, HeartbeatPayload, encode
+from contract import samples
+from contract.mqtt import MAX_SNAPSHOT_BYTES, encode
 from fleet.ingest import Rejected, classify
 
 T = "liftguard/v1/units/u-1/"
 JPEG = b"\xff\xd8\xff\xe0" + b"\0" * 100
-HB = HeartbeatPayload(unit_id="u-1", ts=1.0, uptime_s=1, fps=10, inference_p50_ms=1, inference_p95_ms=2,
-                      camera="online", relay="released", outbox_depth=0, model_id="m", software="s")
-EV = EventPayload(incident_id="incident-1", unit_id="u-1", type="ebike_blocked", phase="start", ts=1.0)
+HB = samples.heartbeat("u-1", ts=1.0, inference_p50_ms=1, inference_p95_ms=2, model_id="m", software="s")
+EV = samples.alert("u-1", incident_id="incident-1", ts=1.0, cls=None, confidence=None)
 
 
 @pytest.mark.parametrize(("topic", "payload", "kind"), [

@@ -10,7 +10,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge.contract import encode, unit_topic
+from contract.mqtt import encode, unit_topic
 from fleet.api import unit_view
 from tests.fleet.conftest import FakeUnit, RunningFleet, start_fleet, wait_until
 from tests.fleet.test_store import alert

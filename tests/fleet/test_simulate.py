@@ -13,8 +13,10 @@ from tests.support.mosquitto import MosquittoBroker
 
 def test_simulated_units_report_in_alert_answer_commands_and_fire_their_lwt(
         mosquitto: MosquittoBroker, db_url: str, tmp_path: Path) -> None:
-    fleet = start_fleet(mosquitto, db_url)
-    sim = Simulator(SimConfig(port=mosquitto.port, units=6, heartbeat_s=0.5, alert_rate=4, duration_s=2.5,
+    # Heartbeats are written every heartbeat_flush_s (coalesced): short here. The simulated units run for 6 s,
+    # long enough to answer the command sent after a login on a busy machine.
+    fleet = start_fleet(mosquitto, db_url, heartbeat_flush_s=0.3)
+    sim = Simulator(SimConfig(port=mosquitto.port, units=6, heartbeat_s=0.5, alert_rate=4, duration_s=6,
                               prefix="simt"))
     runner = threading.Thread(target=sim.run)
     try:
@@ -30,7 +32,7 @@ def test_simulated_units_report_in_alert_answer_commands_and_fire_their_lwt(
         wait_until(lambda: all(fleet.store.get_alert(e) for e in report.event_ids))
         assert len(report.event_ids) >= 5
         assert all(fleet.store.get_alert(e)["has_snapshot"] for e in report.event_ids)  # type: ignore[index]
-        assert client.get(f"/api/commands/{sent['command_id']}").json()["status"] == "ok"
+        wait_until(lambda: client.get(f"/api/commands/{sent['command_id']}").json()["status"] == "ok")
         units = client.get("/api/units").json()
         assert (units["total"], units["online"]) == (6, 6)
         assert {u["site"] for u in units["units"]} == {"Site 000"}

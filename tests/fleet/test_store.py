@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import sqlite3
 import time
 import uuid
 import zipfile
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from edge.contract import CommandResultPayload, EventPayload, HeartbeatPayload, StatusPayload
+import fleet.migrations
+from contract import samples
+from contract.mqtt import CommandResultPayload, EventPayload, HeartbeatPayload, StatusPayload
 from fleet.api import write_dataset_zip
 from fleet.store import IngestBatch, Store, day_bounds, local_day
 
@@ -22,20 +26,15 @@ EVENING_UTC = dt.datetime(2026, 11, 29, 20, 30, tzinfo=dt.UTC).timestamp()
 
 
 def heartbeat(unit: str, **kw: object) -> HeartbeatPayload:
-    fields: dict[str, object] = dict(unit_id=unit, ts=time.time(), uptime_s=1, fps=10, inference_p50_ms=10,
-                                     inference_p95_ms=20, camera="online", relay="released", outbox_depth=0,
-                                     model_id="m1", software="1.0", site="S", building="B1")
-    fields.update(kw)
-    return HeartbeatPayload.model_validate(fields)
+    fields: dict[str, object] = dict(inference_p50_ms=10, inference_p95_ms=20, model_id="m1", software="1.0",
+                                     site="S", building="B1")
+    return samples.heartbeat(unit, **{**fields, **kw})
 
 
 def alert(unit: str, ts: float | None = None, **kw: object) -> EventPayload:
     event_id = str(uuid.uuid4())
-    fields: dict[str, object] = dict(event_id=event_id, incident_id=str(uuid.uuid4()), unit_id=unit,
-                                     type="ebike_blocked", phase="start", ts=ts or time.time(), cls="ebike",
-                                     confidence=0.9, snapshot=f"snapshots/{event_id}")
-    fields.update(kw)
-    return EventPayload.model_validate(fields)
+    fields: dict[str, object] = dict(event_id=event_id, ts=ts or time.time(), snapshot=f"snapshots/{event_id}")
+    return samples.alert(unit, **{**fields, **kw})
 
 
 def batch_of(*events: EventPayload, snapshots: bool = True) -> IngestBatch:
@@ -49,10 +48,44 @@ def batch_of(*events: EventPayload, snapshots: bool = True) -> IngestBatch:
 
 
 def test_migrate_applies_each_file_once_and_records_the_version(store: Store) -> None:
-    latest = max(v for v, _, _ in Store.migration_files())
-    assert store.schema_version() == latest
+    files = sorted(p.stem for p in Path(fleet.migrations.__file__).parent.glob("[0-9][0-9][0-9][0-9]_*.sql"))
+    assert store.applied_migrations() == files
+    assert store.schema_version() == int(files[-1][:4])
     assert store.migrate() == []  # idempotent: a second server starting changes nothing
-    assert store.schema_version() == latest
+    assert store.schema_version() == int(files[-1][:4])
+
+
+def test_a_migration_with_double_dashes_and_semicolons_inside_literals_applies_whole(
+        store: Store, tmp_path: Path) -> None:
+    """The hand-written splitter cut statements at `--` and at a `;` ending a line, even inside a string."""
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for f in Path(fleet.migrations.__file__).parent.glob("*.sql"):
+        (folder / f.name).write_text(f.read_text())
+    (folder / "9001_note.sql").write_text(
+        "-- depends: 0003_quarantine_and_snapshot_sizes\n"
+        "CREATE TABLE notes (body TEXT NOT NULL);\n"
+        "INSERT INTO notes (body) VALUES ('press -- then release;\n"
+        "-- not a comment;');  -- a real comment\n")
+    assert store.migrate(folder) == ["9001_note"]
+    assert store.query("SELECT body FROM notes") == [{"body": "press -- then release;\n-- not a comment;"}]
+
+
+def test_a_database_migrated_by_the_old_migrator_is_adopted_not_migrated_again(tmp_path: Path) -> None:
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as conn:  # what the hand-written migrator left: 0001 + 0002 and its bookkeeping
+        for name in ("0001_initial", "0002_config_reported"):
+            sql = (Path(fleet.migrations.__file__).parent / f"{name}.sql").read_text()
+            conn.executescript(sql)
+        conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                     "applied_at DOUBLE PRECISION NOT NULL)")
+        conn.executemany("INSERT INTO schema_version VALUES (?, ?, 0)", [(1, "0001_initial.sql"),
+                                                                         (2, "0002_config_reported.sql")])
+    store = Store.open(f"sqlite:///{db}")
+    assert store.migrate() == [
+        "0003_quarantine_and_snapshot_sizes", "0004_alarm_lifecycle", "0005_ingest_at_scale"]
+    assert store.schema_version() == 5
+    store.close()
 
 
 def test_events_are_deduplicated_by_event_id_within_and_across_batches(store: Store) -> None:
@@ -146,16 +179,18 @@ def test_dataset_export_has_a_labels_csv_and_the_snapshots(store: Store) -> None
     assert len(lines) == 2 and a1.event_id in lines[1] and "false_alarm" in lines[1]
 
 
-def test_daily_counts_group_ebike_alerts_by_building_and_day(store: Store) -> None:
+def test_daily_counts_group_ebike_alerts_by_site_building_and_day(store: Store) -> None:
     hb = IngestBatch()
-    hb.add_heartbeat(heartbeat("u1", building="North"), time.time())
+    hb.add_heartbeat(heartbeat("u1", site="Harbour", building="North"), time.time())
+    hb.add_heartbeat(heartbeat("u2", site="Hillside", building="North"), time.time())  # same name, other site
     store.write_batch(hb)
     day1, day2 = 1_700_000_000.0, 1_700_000_000.0 + 86400
     store.write_batch(batch_of(alert("u1", ts=day1), alert("u1", ts=day1 + 60), alert("u1", ts=day2),
-                               alert("u9", ts=day2), alert("u1", ts=day2, type="camera_fault")))
+                               alert("u2", ts=day2), alert("u9", ts=day2), alert("u1", ts=day2, type="camera_fault")))
     d1, d2 = local_day(day1, dt.UTC), local_day(day2, dt.UTC)  # the store's default zone
-    counts = {(r["day"], r["building"]): r["n"] for r in store.daily_counts(d1, d2)}
-    assert counts == {(d1, "North"): 2, (d2, "North"): 1, (d2, "unassigned"): 1}
+    counts = {(r["day"], r["site"], r["building"]): r["n"] for r in store.daily_counts(d1, d2)}
+    assert counts == {(d1, "Harbour", "North"): 2, (d2, "Harbour", "North"): 1, (d2, "Hillside", "North"): 1,
+                      (d2, "Unassigned", "Unassigned"): 1}
 
 
 @pytest.mark.parametrize(("zone", "day"), [(dt.UTC, "2026-11-29"), (SHANGHAI, "2026-11-30")])

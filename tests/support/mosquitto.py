@@ -22,6 +22,32 @@ def mosquitto_binary() -> str:
     pytest.fail("mosquitto is not installed: run `make test`, which installs it from the OS packages")
 
 
+REPO = Path(__file__).resolve().parents[2]
+RATELIMIT_SOURCE = REPO / "config" / "mosquitto" / "ratelimit" / "liftguard_ratelimit.c"
+RATELIMIT_BUILD = REPO / "build" / "mosquitto" / "liftguard_ratelimit.so"
+
+
+def ratelimit_plugin() -> Path:
+    """The broker's per-client rate-limit plugin, compiled from config/mosquitto/ratelimit/ when missing or
+    older than its source (needs a C compiler and the mosquitto-dev headers: `make services` installs them)."""
+    if RATELIMIT_BUILD.exists() and RATELIMIT_BUILD.stat().st_mtime >= RATELIMIT_SOURCE.stat().st_mtime:
+        return RATELIMIT_BUILD
+    RATELIMIT_BUILD.parent.mkdir(parents=True, exist_ok=True)
+    tmp = RATELIMIT_BUILD.with_suffix(f".{time.monotonic_ns()}.tmp")
+    result = subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(tmp),
+                             str(RATELIMIT_SOURCE)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail(f"cannot build the broker rate-limit plugin (run `make services`): {result.stderr[-1000:]}")
+    tmp.replace(RATELIMIT_BUILD)  # atomic: parallel test processes never load a half-written file
+    return RATELIMIT_BUILD
+
+
+def ratelimit_config(rate: float, burst: int, exempt: str = "fleet") -> str:
+    """`extra_config` lines that load the plugin as config/mosquitto/mosquitto.conf does."""
+    lines = f"plugin {ratelimit_plugin()}\nplugin_opt_rate {rate}\nplugin_opt_burst {burst}\n"
+    return lines + (f"plugin_opt_exempt {exempt}\n" if exempt else "")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

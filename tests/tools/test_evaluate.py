@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.detect import Detection, ModelMetadata
+from edge.decide.detect import Detection, ModelMetadata
 from tools.evaluate import evaluate
 from tools.metrics import wilson_interval
 

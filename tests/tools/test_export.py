@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edge.detect import OnnxDetector
+from edge.decide.detect import OnnxDetector
 from tools import export
 from tools.augment import letterbox, normalise
 from tools.model import CLASSES, LiftGuardDetector, complete_state

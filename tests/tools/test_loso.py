@@ -64,7 +64,8 @@ def test_no_fold_trains_on_its_held_out_source_nor_on_composites_made_from_it(
         return real_fit(x, y, l2, iters=5)
 
     monkeypatch.setattr(loso, "fit_head", spy)
-    folds = loso.run_folds([real, comp], frame_only=False, mining=1, bg_per_view=2, seed=0)
+    oracle: list[loso.Fold] = []
+    folds = loso.run_folds([real, comp], frame_only=False, mining=1, bg_per_view=2, seed=0, oracle=oracle)
     assert [f.source for f in folds] == sorted(SOURCES)
     per_fold = len(seen) // len(folds)  # the fit before and after hard-negative mining
     for k, f in enumerate(folds):
@@ -75,6 +76,9 @@ def test_no_fold_trains_on_its_held_out_source_nor_on_composites_made_from_it(
         assert len(f.scores) == 3 and f.left_out_composites == 1
         assert f.train_views == (len(SOURCES) - 1) * 6 + (len(SOURCES) - 1)
         assert set(f.kinds) == ({"ebike"} if f.source in SOURCES[:2] else {"protected"})
+    # Given the labelled boxes, each fold scores every box of its own held-out images, and only those.
+    assert [o.source for o in oracle] == [f.source for f in folds]
+    assert all(len(o.scores) == 3 and set(o.kinds) == set(f.kinds) for o, f in zip(oracle, folds, strict=True))
 
 
 def _fold(source: str, ebike: list[float], protected: list[float]) -> loso.Fold:

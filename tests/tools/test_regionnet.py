@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from edge.detect import OnnxDetector
+from edge.decide.detect import OnnxDetector
 from tools.export import export_model, metadata
 from tools.loso import EBIKE, HeadFeatures, LinearHead, all_windows, window_probs
 from tools.regionnet import OBJECT_CLASSES, RegionNet

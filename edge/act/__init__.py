@@ -1,0 +1,1 @@
+"""act: the door-hold relay, alarm and voice outputs (gpiozero or log)."""

@@ -1,0 +1,1 @@
+"""install: first-time provisioning of a unit (questions, files, service unit)."""

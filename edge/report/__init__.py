@@ -1,0 +1,1 @@
+"""report: events, outbox, MQTT link to the fleet, Home Assistant discovery, health and metrics."""

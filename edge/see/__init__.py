@@ -1,0 +1,1 @@
+"""see: frames in (camera, files, clips) and privacy (face blurring) before anything else looks at them."""

@@ -1,0 +1,32 @@
+"""One percentile for the whole house: the heartbeat, health, the fleet's ingest stats and selftest agree."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import pytest
+
+from contract.stats import percentile
+from edge.report.health import Metrics
+from edge.run.app import Stats
+from fleet.ingest import LatencyWindow
+
+
+def test_every_reporter_gives_the_same_nearest_rank_figures_for_the_same_samples() -> None:
+    samples = [float(v) for v in range(1, 101)]  # 1..100 ms: p50 = 50, p95 = 95 by nearest rank
+    stats = Stats(inference_ms=deque(samples, maxlen=100))
+    assert (stats.percentile(stats.inference_ms, 0.5), stats.percentile(stats.inference_ms, 0.95)) == (50.0, 95.0)
+    metrics = Metrics()
+    for v in samples:
+        metrics.observe_inference(v)
+    assert metrics.inference_percentiles() == (50.0, 95.0)
+    window = LatencyWindow()
+    window.add_many([v / 1000 for v in samples])
+    summary = window.summary()
+    assert (summary["p50_ms"], summary["p90_ms"], summary["p99_ms"]) == (50.0, 90.0, 99.0)
+
+
+@pytest.mark.parametrize("q", [-1.0, 100.5, float("nan")])
+def test_a_percentile_outside_0_to_100_is_refused(q: float) -> None:
+    with pytest.raises(ValueError, match=r"outside 0\.\.100"):
+        percentile([1.0, 2.0], q)
