@@ -53,6 +53,7 @@ EventType = Literal[
     "camera_fault",  # camera offline or frozen (holds suppressed while it lasts)
     "overload",  # inference over budget (holds suppressed while it lasts)
     "blocking_disabled",  # an e-bike was confirmed while blocking was disabled: alert only
+    "shadow_decision",  # what a shadow (candidate) model would have done; it never actuates
 ]
 Phase = Literal["start", "update", "end"]
 
@@ -85,6 +86,12 @@ class EventPayload(_Strict):
     hold_s: float | None = Field(default=None, ge=0, le=3600)
     snapshot: str | None = Field(default=None, max_length=256, description="snapshot topic suffix")
     detail: str | None = Field(default=None, max_length=512)
+    # The deciding model (ebike_blocked / blocking_disabled starts: the active model; shadow_decision:
+    # the candidate). shadow_decision only: what the candidate would have done, and whether the active
+    # model's relay was in the same state at that instant (agreement, per event).
+    model_id: str | None = Field(default=None, max_length=128)
+    would: Literal["hold", "release", "alert"] | None = None
+    agrees: bool | None = None
 
 
 CameraState = Literal["online", "offline", "frozen", "starting"]
@@ -108,6 +115,7 @@ class HeartbeatPayload(_Strict):
     outbox_evicted: Counter = Field(default=0, description="events lost: outbox full, or the disk was")
     outbox_snapshots_dropped: Counter = Field(default=0, description="snapshots dropped to keep the events")
     model_id: str = Field(max_length=128)
+    shadow_model_id: str | None = Field(default=None, max_length=128, description="candidate run in shadow")
     software: str = Field(max_length=64)
     site: str | None = Field(default=None, max_length=128)
     building: str | None = Field(default=None, max_length=128)
@@ -126,7 +134,7 @@ class StatusPayload(_Strict):
     elevator: str | None = Field(default=None, max_length=128)
 
 
-CommandName = Literal["release", "enable", "disable", "test_alarm", "snapshot", "set_config"]
+CommandName = Literal["release", "enable", "disable", "test_alarm", "snapshot", "set_config", "model"]
 
 
 class CommandPayload(_Strict):

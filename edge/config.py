@@ -193,6 +193,30 @@ class MqttConfig(_Section):
         return self
 
 
+class ModelsConfig(_Section):
+    """Candidate models (docs/IMPROVING_THE_MODEL.md). The active model is detector.model_path."""
+
+    dir: str = Field("/var/lib/liftguard/models", max_length=1024, description="Where rolled-out models "
+                     "are kept; a bare file name in `shadow` is looked up here.")
+    shadow: str = Field("", max_length=1024, description="ONNX model run in shadow beside the active one "
+                        "(an absolute path, or a file name in `dir`); empty = none. It never actuates.")
+    shadow_every: int = Field(3, ge=1, le=30, description="Run the shadow model on every n-th processed frame.")
+
+
+class ClipsConfig(_Section):
+    """Event clips kept on the unit around holds and near misses (edge/report/clips.py)."""
+
+    enabled: bool = Field(False, description="Keep a short clip of each hold and of sampled near misses.")
+    dir: str = Field("/var/lib/liftguard/clips", max_length=1024)
+    pre_s: float = Field(2.0, ge=0, le=10, description="Seconds kept before the trigger (in-memory ring).")
+    post_s: float = Field(3.0, ge=0.5, le=10, description="Seconds recorded after the trigger.")
+    max_width: int = Field(640, ge=160, le=640, description="Frames are scaled down to at most this width.")
+    max_mb: float = Field(200.0, ge=1, le=10_000, description="Disk cap; the oldest clips are evicted (counted).")
+    near_miss_floor: float = Field(0.3, ge=0.05, le=1.0, description="A blocked class scored from here up to "
+                                   "its threshold, with nothing held, is a near miss.")
+    near_miss_per_hour: float = Field(6.0, ge=0, le=60, description="Near-miss clips at most this often.")
+
+
 class Config(_Section):
     """The whole device configuration (config/default.yaml documents every field)."""
 
@@ -204,6 +228,8 @@ class Config(_Section):
     actuators: ActuatorConfig = ActuatorConfig()
     events: EventsConfig = EventsConfig()
     mqtt: MqttConfig = MqttConfig()
+    models: ModelsConfig = ModelsConfig()
+    clips: ClipsConfig = ClipsConfig()
     blocking_enabled: bool = Field(True, description="False: detect and alert, never hold the door.")
 
 

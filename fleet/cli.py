@@ -1,4 +1,4 @@
-"""`liftguard-fleet serve | ingest | simulate | ca | migrate | user`."""
+"""`liftguard-fleet serve | ingest | simulate | ca | migrate | user | models | dataset`."""
 
 from __future__ import annotations
 
@@ -351,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (ca_init, ca_issue):
         _data_flag(p)
         p.set_defaults(func=cmd_ca)
+
+    from fleet.lifecycle_cli import add_parsers
+
+    add_parsers(sub, _server_flags, _settings)  # models …, dataset … (issue 17)
     return parser
 
 

@@ -58,7 +58,9 @@ _SNAPSHOT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _JPEG_MAGIC = b"\xff\xd8\xff"
 # Our own downlink topics come back to us through the `#` wildcard (MQTT forbids no_local on
 # shared subscriptions), so they are recognised and skipped rather than counted as garbage.
-_DOWNLINK_PREFIXES = ("cmd/", "config/")
+# model/: the fleet's model chunks (downlink) and the unit's retained model/reported, which the
+# rollout command (fleet/models_registry.py) reads itself: neither is ingest's to store.
+_DOWNLINK_PREFIXES = ("cmd/", "config/", "model/")
 
 
 class Rejected(PayloadError):
@@ -263,6 +265,8 @@ def prefilter(topic: str, size: int) -> tuple[str, str] | Rejected:
         unit_id, suffix = parse_topic(topic)
     except PayloadError as exc:
         return Rejected("bad_topic", str(exc))
+    if suffix.startswith(_DOWNLINK_PREFIXES) and suffix != "config/reported":
+        return unit_id, suffix  # our own downlink (a model chunk is larger than any uplink cap): skipped
     cap = MAX_SNAPSHOT_BYTES if suffix.startswith("snapshots/") else MAX_PAYLOAD_BYTES
     if size > cap:
         return Rejected("too_large", f"{topic}: {size} bytes, over the {cap}-byte cap")

@@ -7,7 +7,6 @@ change. A corrupt or mismatched model is refused at start-up with a message that
 from __future__ import annotations
 
 import importlib.resources
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,7 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 from contract.errors import ModelError
-from contract.model_format import FORMAT_VERSION, INPUT_NAME, OUTPUT_NAME, PAD_VALUE, REQUIRED_KEYS, letterbox_params
+from contract.model_format import INPUT_NAME, OUTPUT_NAME, PAD_VALUE, letterbox_params
+from contract.onnx_header import parse_props
 
 log = logging.getLogger(__name__)
 
@@ -67,34 +67,10 @@ class ModelMetadata:
 
     @classmethod
     def from_props(cls, props: dict[str, str], source: str) -> ModelMetadata:
-        missing = [k for k in REQUIRED_KEYS if k not in props]
-        if missing:
-            raise ModelError(f"{source}: not a LiftGuard model, metadata lacks {missing}")
-        if props["liftguard_format"] != FORMAT_VERSION:
-            raise ModelError(f"{source}: model format {props['liftguard_format']!r}, device reads {FORMAT_VERSION!r}")
-        if props["output_layout"] != "xyxy_score_class":
-            raise ModelError(f"{source}: unsupported output layout {props['output_layout']!r}")
-        try:
-            classes = tuple(str(c) for c in json.loads(props["classes"]))
-            w, h = (int(v) for v in json.loads(props["input_size"]))
-            mean = tuple(float(v) for v in json.loads(props["mean"]))
-            std = tuple(float(v) for v in json.loads(props["std"]))
-            thresholds = {str(k): float(v) for k, v in json.loads(props.get("thresholds", "{}")).items()}
-        except (ValueError, TypeError) as exc:
-            raise ModelError(f"{source}: unreadable metadata ({exc})") from None
-        if not classes or len(mean) != 3 or len(std) != 3 or min(w, h) < 32 or any(s == 0 for s in std):
-            raise ModelError(f"{source}: inconsistent metadata (classes/mean/std/input_size)")
-        return cls(
-            model_id=props["model_id"],
-            classes=classes,
-            input_w=w,
-            input_h=h,
-            mean=(mean[0], mean[1], mean[2]),
-            std=(std[0], std[1], std[2]),
-            version=props.get("version", ""),
-            trained_on=props.get("trained_on", ""),
-            thresholds=thresholds,
-        )
+        """The metadata rules are shared with the fleet's model registry (contract/onnx_header.py)."""
+        p = parse_props(props, source)
+        return cls(model_id=p.model_id, classes=p.classes, input_w=p.input_w, input_h=p.input_h, mean=p.mean,
+                   std=p.std, version=p.version, trained_on=p.trained_on, thresholds=p.thresholds)
 
 
 class Detector(Protocol):

@@ -17,6 +17,7 @@ Wire shapes (`cmd/{name}`, CommandPayload): `{"command_id": "...", "args": {...}
   release     {"reason": str}  (optional)
   enable, disable, test_alarm, snapshot   {}
   set_config  {"config": {fragment}}
+  model       ModelArgs (contract/models.py): a model rollout offer; chunks follow on `model/data`
 `config/desired` (retained, from the fleet): `{"config": {fragment}, "version": int}`;
 answered on `config/reported` (retained) with ConfigReportedPayload.
 """
@@ -45,6 +46,7 @@ from contract.commands import (
     SetConfigArgs,
 )
 from contract.errors import ConfigError, PayloadError
+from contract.models import ModelArgs
 from contract.mqtt import CommandName, CommandPayload, CommandResultPayload, decode
 
 log = logging.getLogger(__name__)
@@ -89,8 +91,10 @@ M = TypeVar("M", bound=BaseModel)
 
 _ARGS: dict[str, type[CommandArgs]] = {
     "release": ReleaseArgs, "enable": NoArgs, "disable": NoArgs, "test_alarm": NoArgs,
-    "snapshot": NoArgs, "set_config": SetConfigArgs,
+    "snapshot": NoArgs, "set_config": SetConfigArgs, "model": ModelArgs,
 }
+# The `model` command's handler (edge/report/model_update.py ModelUpdater.offer): (ok, detail).
+ModelOffer = Callable[[ModelArgs], tuple[bool, str]]
 
 
 class _Rejected(Exception):
@@ -144,6 +148,7 @@ class CommandHandler:
         self.counts: dict[str, int] = {"accepted": 0, "rejected": 0, "failed": 0, "duplicate": 0}
         self.seen = seen or SeenCommands()
         self.last_report: ConfigReportedPayload | None = None
+        self.model_offer: ModelOffer | None = None
 
     # --- cmd/{name} --------------------------------------------------------------------------
 
@@ -206,6 +211,10 @@ class CommandHandler:
                 return False, "no frame available"
             where = self.snapshot_sink(command_id, jpeg) if self.snapshot_sink else ""
             return True, f"snapshot {where}".strip()
+        if isinstance(args, ModelArgs):
+            if self.model_offer is None:
+                return False, "model rollout is not available on this unit"
+            return self.model_offer(args)
         assert isinstance(args, SetConfigArgs)
         self.last_report = self._report(True, None, control.apply_config(args.config), "applied")
         return True, "config applied"

@@ -28,12 +28,14 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from contract.models import ModelReportedPayload
 from contract.mqtt import MAX_SNAPSHOT_BYTES, EventPayload, HeartbeatPayload, StatusPayload, encode, unit_topic
 from contract.mqtt_client import Will, new_client
 from edge.config import Config
 from edge.report import ha
 from edge.report.commands import CommandHandler, DeviceControl, SeenCommands
 from edge.report.link_settings import LinkSettings
+from edge.report.model_update import ModelUpdater
 from edge.report.outbox import Message, Outbox
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ class MqttLink:
         self._worker: threading.Thread | None = None
         self._closed = False
         self.stats = {"published": 0, "acked": 0, "nacked": 0, "connects": 0, "commands": 0}
+        self.model_updater: ModelUpdater | None = None  # model rollout (attach_models)
         self._client = self._make_client()
 
     @classmethod
@@ -224,7 +227,8 @@ class MqttLink:
         if self.handler:
             # Subscribe from the network thread, right after CONNACK: a command the fleet sends the
             # moment it sees us must not arrive before our subscription does.
-            client.subscribe([(self.topic("cmd/+"), 1), (self.topic("config/desired"), 1)])
+            client.subscribe([(self.topic("cmd/+"), 1), (self.topic("config/desired"), 1),
+                              (self.topic("model/data"), 1)])
         self._fresh_connection = True
         self._wake.set()
 
@@ -342,6 +346,9 @@ class MqttLink:
             suffix = topic.split("/", 4)[-1]
             if suffix == "config/desired":
                 self._apply_desired(payload)
+            elif suffix == "model/data":
+                if self.model_updater is not None:
+                    self.model_updater.chunk(payload)
             elif suffix.startswith("cmd/"):
                 result = self.handler.handle(suffix[4:], payload)
                 self.stats["commands"] += 1
@@ -350,6 +357,17 @@ class MqttLink:
                 self._client.publish(self.topic("cmd_result"), encode(result), qos=1)
                 if result.ok and result.command == "set_config":
                     self._report_config()
+
+    def attach_models(self, updater: ModelUpdater) -> None:
+        """Model rollout: `cmd/model` offers go to `updater`, `model/data` chunks too, and its outcomes
+        are published on `model/reported` (retained)."""
+        self.model_updater = updater
+        updater.report = self.publish_model_report
+        if self.handler is not None:
+            self.handler.model_offer = updater.offer
+
+    def publish_model_report(self, report: ModelReportedPayload) -> None:
+        self._client.publish(self.topic("model/reported"), encode(report), qos=1, retain=True)
 
     def _apply_desired(self, payload: bytes) -> None:
         assert self.handler is not None

@@ -36,6 +36,7 @@ from edge.act.base import Actuators
 from edge.config import Config, merge_fragment
 from edge.decide.detect import Detection, Detector
 from edge.decide.policy import Conditions, Decision, Policy, State, WallClock, same_time
+from edge.decide.shadow import ShadowRunner
 from edge.decide.track import IouTracker
 from edge.report.commands import check_merged_policy
 from edge.report.events import EventSink
@@ -72,6 +73,8 @@ def describe(event: EventPayload, t: float) -> str | None:
         return f"{stamp}  {event.detail} → door released (held {event.hold_s:.1f} s)"
     if event.type == "cap_released":
         return f"{stamp}  {event.detail} → door released (held {event.hold_s:.1f} s), cool-down"
+    if event.type == "shadow_decision":
+        return f"{stamp}  [shadow] {event.detail}"
     if event.type == "blocking_disabled":
         return f"{stamp}  e-bike confirmed (track {event.track_id}, {event.confidence:.2f}) → alert only (disabled)"
     if event.phase == "end" and event.hold_s is not None:
@@ -138,6 +141,11 @@ class Pipeline:
         }
         self.last_progress = time.monotonic()  # real time, for HoldSupervisor (not the decision clock)
         self._stall_release: str | None = None  # set by HoldSupervisor; the loop turns it into an event
+        # A candidate model deciding beside the active one, never acting (edge/decide/shadow.py).
+        # Swapped by assigning the attribute (one reference: atomic), never under the frame's lock.
+        self.shadow: ShadowRunner | None = None
+        # After each frame's decision, outside the lock (event clips): frame, admitted detections, decision.
+        self.frame_listeners: list[Callable[[Frame, list[Detection], Decision], None]] = []
         self._lock = threading.RLock()
         self._closed = False
 
@@ -201,7 +209,25 @@ class Pipeline:
             self.last_progress = time.monotonic()
         for listener in self.progress_listeners:
             listener()
+        for frame_listener in self.frame_listeners:
+            frame_listener(frame, detections, decision)
+        self._run_shadow(frame, (w, h), (time.perf_counter() - started) * 1000.0)
         return decision
+
+    def _run_shadow(self, frame: Frame, size: tuple[int, int], spent_ms: float) -> None:
+        """The shadow model, after the frame's own decision and outside the lock: its events only."""
+        shadow = self.shadow
+        if shadow is None or not shadow.due(spent_ms):
+            return
+        events = shadow.observe(frame.ts, frame.image, size, self.conditions(), self.actuators.held)
+        with self._lock:
+            if self._closed:
+                return
+            for event in events:
+                line = describe(event, frame.ts - self.t0)
+                if line and self.timeline:
+                    self.timeline(line)
+                self.sink.emit(event, None)
 
     def stall_release(self, why: str) -> bool:
         """HoldSupervisor's release: the relay straight through the actuators, without the pipeline's
@@ -281,6 +307,8 @@ class Pipeline:
             "voice": self.wall(voice_at) if event.phase == "start" and voice_at is not None else None,
         })
         update: dict[str, Any] = {"times": times}
+        if event.type in ("ebike_blocked", "blocking_disabled") and event.model_id is None:
+            update["model_id"] = self.detector.metadata.model_id[:128]  # the deciding model (dataset export)
         jpeg: bytes | None = None
         if event.phase == "start" and event.type in ("ebike_blocked", "blocking_disabled") and self.best_snapshot:
             ok, buf = cv2.imencode(".jpg", self.best_snapshot[1], [cv2.IMWRITE_JPEG_QUALITY, 80])
@@ -390,6 +418,7 @@ class Pipeline:
             relay="held" if self.actuators.held else "released",
             blocking_enabled=self.policy.blocking_enabled, outbox_depth=outbox_depth,
             outbox_evicted=outbox_evicted, model_id=self.detector.metadata.model_id, software=__version__,
+            shadow_model_id=self.shadow.model_id[:128] if self.shadow is not None and self.shadow.enabled else None,
             site=self.cfg.unit.site or None, building=self.cfg.unit.building or None,
             elevator=self.cfg.unit.elevator or None,
         )
@@ -507,7 +536,7 @@ def replay(pipeline: Pipeline, frames: Iterator[Frame], fps: float, clock: ClipC
     t = last_ts
     limit = last_ts + pipeline.cfg.policy.hold_max_s + 1
     empty = np.zeros_like(blank)
-    while pipeline.policy.holding and t < limit:
+    while (pipeline.policy.holding or (pipeline.shadow is not None and pipeline.shadow.holding)) and t < limit:
         t += 1.0 / fps
         clock.now = t
         pipeline.process(Frame(count, t, empty))

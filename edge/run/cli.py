@@ -53,7 +53,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return run_demo(DemoOptions(clip=Path(args.source), events_out=Path(args.events_out) if args.events_out else None,
                                 snapshot_out=Path(args.snapshot_out) if args.snapshot_out else None,
                                 model=args.model, mqtt_url=None, config_path=args.config, fps=args.fps,
-                                title="replay", require_block=False))
+                                title="replay", require_block=False, shadow_model=args.shadow_model))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--events-out", default=None)
     rep.add_argument("--snapshot-out", default=None)
     rep.add_argument("--model", default=None)
+    rep.add_argument("--shadow-model", default=None, metavar="ONNX",
+                     help="also run this candidate in shadow: its would-be decisions become shadow_decision "
+                          "events (it never touches the relay or voice)")
     rep.set_defaults(func=cmd_replay)
 
     run = sub.add_parser("run", help="the service: live camera, real pins")

@@ -76,9 +76,13 @@ DetectorFactory = Callable[[Config], DetectorLike]
 
 def default_detector(config: Config) -> DetectorLike:
     from edge.decide.detect import OnnxDetector  # imported here: onnxruntime is heavy and only this check needs it
+    from edge.report.model_update import ModelState
 
     d = config.detector
-    return OnnxDetector(d.model_path or None, threads=d.threads, min_score=d.min_score, nms_iou=d.nms_iou)
+    # The model `liftguard run` would start with: the rolled-out active one (models.dir/state.json), if any.
+    rolled_out = ModelState.load(config.models.dir).active
+    path = rolled_out.path if rolled_out is not None and rolled_out.path else (d.model_path or None)
+    return OnnxDetector(path, threads=d.threads, min_score=d.min_score, nms_iou=d.nms_iou)
 
 
 class BridgeLike(Protocol):

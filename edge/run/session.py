@@ -16,16 +16,21 @@ import cv2
 import numpy as np
 from gpiozero import Factory
 
-from contract.errors import CameraError
+from contract.errors import CameraError, LiftGuardError
 from edge.act.base import Actuators, FireCallback
 from edge.act.gpio import GpioActuators
 from edge.act.pins import make_pin_factory
 from edge.act.unwired import LogActuators
 from edge.config import Config, load_config, parse_config
-from edge.decide.detect import Detector, OnnxDetector, self_check
+from edge.decide.detect import Detector, OnnxDetector
+from edge.decide.policy import WallClock, same_time
+from edge.decide.shadow import ShadowRunner, load_shadow_detector, shadow_path
+from edge.report.clips import ClipRecorder
 from edge.report.events import EventSink, FanOut, JsonlSink, MemorySink
 from edge.report.health import Health, Metrics
+from edge.report.model_update import ModelUpdater
 from edge.run.app import ClipClock, HoldSupervisor, Pipeline, clip_frames, install_exit_guards, replay
+from edge.run.models import PipelineModels, startup_detector, startup_shadow_path
 from edge.see.capture import Camera, CameraState, CvReader, FolderReader, Frame, RawReader, source_fps
 
 log = logging.getLogger(__name__)
@@ -50,6 +55,8 @@ class DemoOptions:
     fps: float | None = None
     title: str = "demo"
     require_block: bool = True
+    shadow_model: str | None = None  # a candidate run beside the model, every models.shadow_every frames
+    pin_factory: Factory | None = None  # default: a fresh MockFactory
 
 
 def build_detector(cfg: Config, override: str | None = None) -> OnnxDetector:
@@ -74,7 +81,8 @@ def run_demo(opts: DemoOptions) -> int:
     """Demo and replay: a recording through the whole device on clip time, with gpiozero mock pins."""
     from gpiozero.pins.mock import MockFactory
 
-    pins = MockFactory()  # handed to the actuators only: gpiozero's global default is left as it was
+    # handed to the actuators only: gpiozero's global default is left as it was
+    pins = opts.pin_factory if opts.pin_factory is not None else MockFactory()
     cfg = load_config(opts.config_path) if opts.config_path else parse_config(DEMO_CONFIG)
     reader, native_fps = open_recording(opts.clip)
     detector = build_detector(cfg, opts.model)
@@ -93,6 +101,11 @@ def run_demo(opts: DemoOptions) -> int:
     pipeline = Pipeline(cfg, detector, build_actuators(cfg, pin_factory=pins), fan_out, timeline=print, clock=clock,
                         t0=0.0, wall=lambda t: start + t)
     pipeline.policy.step_s = 1.0 / fps  # the clip's frame period, not the live camera's
+    clips = start_clips(cfg, pipeline)  # clips.enabled in the --config: clips of the recording's holds
+    shadow_file = opts.shadow_model or (str(shadow_path(cfg.models) or "") if opts.config_path else "")
+    if shadow_file:  # offline: no frame budget to protect, so every n-th frame is seen
+        pipeline.shadow = ShadowRunner(load_shadow_detector(shadow_file, cfg), cfg, budget_ms=None, step_s=1.0 / fps,
+                                       wall=pipeline.wall)
     link = None
     if opts.mqtt_url:
         outbox = (opts.events_out.parent if opts.events_out else Path(tempfile.gettempdir())) / "demo-outbox.sqlite3"
@@ -107,6 +120,9 @@ def run_demo(opts: DemoOptions) -> int:
     finally:
         reader.close()
         pipeline.close()
+        if clips is not None:
+            clips.flush()
+            clips.close()
         if link is not None:
             link.close()
     wall = time.perf_counter() - wall0
@@ -114,6 +130,11 @@ def run_demo(opts: DemoOptions) -> int:
     blocks = [e for e in memory.events if e.type == "ebike_blocked" and e.phase == "start"]
     print(f"{frames} frames ({frames / fps:.1f} s of clip) in {wall:.1f} s; median {per_frame:.1f} ms per frame "
           f"(detect+track+decide); {len(memory.events)} events")
+    if pipeline.shadow is not None:
+        st = pipeline.shadow.stats
+        print(f"shadow {pipeline.shadow.model_id}: ran on {st.runs} frames (every {pipeline.shadow.every}), "
+              f"median {statistics.median(st.ms) if st.ms else 0.0:.1f} ms each; {st.events} shadow_decision events, "
+              f"{st.errors} errors; it never touched the relay or voice")
     if opts.events_out:
         print(f"events: {opts.events_out}")
     if opts.snapshot_out and memory.snapshots:
@@ -159,6 +180,41 @@ def _start_link(cfg: Config, pipeline: Pipeline, fan_out: FanOut, camera_state: 
     return link
 
 
+def start_shadow(cfg: Config, wall: WallClock = same_time) -> ShadowRunner | None:
+    """The configured shadow model, or None. A candidate that fails to load is logged and left out:
+    it must never keep the unit (and its active model) from starting."""
+    path = shadow_path(cfg.models)
+    if path is None:
+        return None
+    try:
+        detector = load_shadow_detector(path, cfg)
+    except LiftGuardError as exc:
+        log.error("shadow model not started: %s", exc)
+        return None
+    log.info("shadow model %s runs on every %d-th frame", detector.metadata.model_id, cfg.models.shadow_every)
+    return ShadowRunner(detector, cfg, budget_ms=cfg.detector.budget_ms, wall=wall)
+
+
+def start_models(cfg: Config, pipeline: Pipeline) -> ModelUpdater:
+    """Model rollout for a running pipeline (attach it to the link); a shadow model rolled out
+    earlier (models.dir/state.json) is started again when the config names none."""
+    updater = ModelUpdater(cfg.models.dir, PipelineModels(pipeline))
+    rolled_out_shadow = startup_shadow_path(cfg)
+    if rolled_out_shadow is not None:
+        updater.install("shadow", rolled_out_shadow)
+    return updater
+
+
+def start_clips(cfg: Config, pipeline: Pipeline) -> ClipRecorder | None:
+    """Event clips (clips.enabled): fed after each frame's decision, written on their own thread."""
+    if not cfg.clips.enabled:
+        return None
+    recorder = ClipRecorder(cfg.clips, cfg.unit.id, cfg.policy.block_classes, pipeline.policy.threshold)
+    pipeline.frame_listeners.append(lambda frame, detections, decision: recorder.observe(
+        frame.ts, frame.image, detections, decision.events, pipeline.policy.holding))
+    return recorder
+
+
 def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = None,
                 camera: Camera | None = None, health: Health | None = None,
                 supervisor_stall_s: float = 0.8) -> int:
@@ -169,9 +225,11 @@ def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = 
     up, with a degraded STATUS while the camera is not (systemd must not restart a unit whose camera
     is merely unplugged). `HoldSupervisor` releases a hold within 1 s of the last processed frame."""
     health = health or Health()
+    rollback_note = None
     if detector is None:
-        detector = build_detector(cfg)  # refuses a corrupt model before anything else starts
-        self_check(detector)  # ... and one whose outputs are constant or out of range
+        # The rolled-out model (models.dir/state.json), else the one before it, else the configured one,
+        # each loaded and self-checked: a corrupt or constant model is refused before anything starts.
+        detector, rollback_note = startup_detector(cfg)
     camera = camera or Camera(cfg.camera)
     pipeline: Pipeline | None = None
 
@@ -196,9 +254,15 @@ def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = 
         pipeline.policy.step_s = 1.0 / new.camera.fps
 
     pipeline.updaters["camera"] = update_camera
+    pipeline.shadow = start_shadow(cfg, pipeline.wall)
+    updater = start_models(cfg, pipeline)
+    clips = start_clips(cfg, pipeline)
     install_exit_guards(pipeline, stop)
     supervisor = HoldSupervisor(pipeline, stall_after_s=supervisor_stall_s)
     link = _start_link(cfg, pipeline, fan_out, lambda: camera.state.value, health.metrics) if cfg.mqtt.url else None
+    if link is not None:
+        link.attach_models(updater)
+        updater.announce(rollback_note is None, rollback_note or "started")  # model/reported: what runs now
     last = 0.0
     try:
         health.start()
@@ -230,6 +294,8 @@ def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = 
     finally:
         supervisor.stop()
         pipeline.close()
+        if clips is not None:
+            clips.close()
         camera.close()
         if link is not None:
             link.close()

@@ -10,14 +10,16 @@ from pathlib import Path
 from contract.errors import ConfigError
 from fleet.store.dashboard import DashboardQueries, day_bounds
 from fleet.store.engine import Cursor, Engine, PostgresEngine, Row, SqliteEngine
+from fleet.store.models import ModelRegistry
 from fleet.store.users import UsersAndSessions
 from fleet.store.writes import IngestBatch, IngestWrites, Quarantined, local_day
 
-__all__ = ["Cursor", "DashboardQueries", "Engine", "IngestBatch", "IngestWrites", "PostgresStore", "Quarantined", "Row",
+__all__ = ["Cursor", "DashboardQueries", "Engine", "IngestBatch", "IngestWrites", "ModelRegistry", "PostgresStore",
+           "Quarantined", "Row",
            "SqliteStore", "Store", "UsersAndSessions", "day_bounds", "local_day"]
 
 
-class Store(IngestWrites, DashboardQueries, UsersAndSessions):
+class Store(IngestWrites, DashboardQueries, UsersAndSessions, ModelRegistry):
     """A fleet database with every job's queries."""
 
     @staticmethod

@@ -113,6 +113,7 @@ class IngestWrites(Engine):
             # an LWT `offline` after the last beat must win, an old `offline` must not. Across batches
             # (and servers) the same rule is in the SQL: a state is only replaced by a later one.
             self._write_heartbeats(cur, batch)
+            self._write_shadow_models(cur, batch)
             self._write_statuses(cur, batch)
             new_events = self._write_events(cur, batch)
             self._write_snapshots(cur, batch, unit_snapshot_quota)
@@ -249,6 +250,11 @@ class IngestWrites(Engine):
                 elevator = COALESCE(excluded.elevator, units.elevator)
             WHERE units.state_at IS NULL OR units.state_at <= excluded.state_at""", rows,
                           "text, text, float8, float8, float8, text, text, text, text, text")
+
+    def _write_shadow_models(self, cur: Cursor, batch: IngestBatch) -> None:
+        """The shadow model each heartbeat names (none = no shadow running): issue 17's models per unit."""
+        self._xmany(cur, "UPDATE units SET shadow_model_id = ? WHERE unit_id = ?",
+                    [(hb.shadow_model_id, unit) for unit, (hb, _at) in batch.heartbeats.items()])
 
     def _write_heartbeats(self, cur: Cursor, batch: IngestBatch) -> None:
         # A heartbeat proves the unit runs, so it also says `online` (a lost retained status must

@@ -54,7 +54,8 @@ def constant_model(path: Path, rows: list[list[float]], *, input_hw: tuple[int, 
     return path
 
 
-def brightness_model(path: Path, box: list[float], cls: int = 0, input_hw: tuple[int, int] = (256, 320)) -> Path:
+def brightness_model(path: Path, box: list[float], cls: int = 0, input_hw: tuple[int, int] = (256, 320),
+                     model_id: str = "test-brightness") -> Path:
     """A model that 'sees' class `cls` at `box` with score = the frame's mean brightness (0..1).
 
     Bright frames = object present, dark frames = absent: a scriptable detector for pipeline tests."""
@@ -82,7 +83,7 @@ def brightness_model(path: Path, box: list[float], cls: int = 0, input_hw: tuple
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    for key, value in metadata(model_id="test-brightness").items():
+    for key, value in metadata(model_id=model_id).items():
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
     return path
