@@ -199,11 +199,11 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, context: bool, hidden: int = 256, epoc
     gen = torch.Generator().manual_seed(seed)
     net.train()
     for _ in range(epochs):
-        for b in torch.randperm(len(yt), generator=gen).split(512):
+        for b in torch.randperm(len(yt), generator=gen).split(512):  # type: ignore[no-untyped-call]
             xb = xt[b] + 0.1 * torch.randn(len(b), xt.shape[1], generator=gen)  # feature noise: a mild regulariser
             loss = torch.nn.functional.cross_entropy(net(xb), yt[b], weight=cw)
             opt.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             opt.step()
     w1 = l1.weight.detach().numpy().T / sd[:, None]
     b1 = l1.bias.detach().numpy() - (mu / sd) @ l1.weight.detach().numpy().T

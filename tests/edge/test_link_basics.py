@@ -156,9 +156,9 @@ def test_home_assistant_discovery_and_door_hold_state(mosquitto: MosquittoBroker
                                                       tmp_path: Path) -> None:
     link = start_link(mosquitto, tmp_path, home_assistant=True)
     link.set_relay_state(True)
-    assert fleet.wait_for(lambda f: f.payloads("ha/door_hold") == [b"ON"], 5)
+    assert fleet.wait_for(lambda f: f.payloads("ha/door_hold") == [b"ON"], 30)
     link.set_relay_state(False)
-    assert fleet.wait_for(lambda f: f.payloads("ha/door_hold") == [b"ON", b"OFF"], 5)
+    assert fleet.wait_for(lambda f: f.payloads("ha/door_hold") == [b"ON", b"OFF"], 30)
     door = json.loads(fleet.payloads("homeassistant/binary_sensor/unit-a/door_hold/config")[0])
     assert door["state_topic"] == f"{UNIT}/ha/door_hold"
     assert door["availability"][0]["topic"] == f"{UNIT}/status"

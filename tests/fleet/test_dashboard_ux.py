@@ -70,15 +70,15 @@ def test_a_new_alert_is_announced_by_notification_sound_and_tab_badge(
     assert page.text_content("#notify-toggle") == "Alert sound & notifications on"
 
     event = unit.alert(with_snapshot=False)
-    wait_until(lambda: page.evaluate("window.__told.notes.length") == 1, timeout=15)
+    wait_until(lambda: page.evaluate("window.__told.notes.length") == 1, timeout=45)
     note = page.evaluate("window.__told.notes[0]")
     assert note["title"] == "E-bike blocked: Harbour View / Tower A / Lift 3" and "lift-1" in note["body"]
     assert page.evaluate("window.__told.beeps") == 1
-    wait_until(lambda: page.title() == "(1) Units · LiftGuard", timeout=10)
+    wait_until(lambda: page.title() == "(1) Units · LiftGuard", timeout=45)
     assert page.text_content("#open-count") == "1" and page.text_content("#alert-count") == "(1 open)"
 
     page.click(f'.alert[data-event-id="{event.event_id}"] button[data-verdict=acknowledged]')
-    wait_until(lambda: page.title() == "Units · LiftGuard", timeout=10)
+    wait_until(lambda: page.title() == "Units · LiftGuard", timeout=45)
     # One alert, one notification, one beep.
     assert (page.evaluate("window.__told.notes.length"), page.evaluate("window.__told.beeps")) == (1, 1)
     assert errors == []
@@ -91,7 +91,7 @@ def test_the_header_counts_every_open_alert_not_the_cards_loaded(browser: Any, f
     fleet.store.write_batch(beats)
     fleet.store.write_batch(batch_of(*[alert("lift-1") for _ in range(179)], snapshots=False))
     page, errors = log_in(browser, fleet)
-    wait_until(lambda: page.locator("#alert-queue .alert").count() == 50, timeout=15)  # the page loads 50 cards
+    wait_until(lambda: page.locator("#alert-queue .alert").count() == 50, timeout=45)  # the page loads 50 cards
     assert page.text_content("#open-count") == "179" and page.text_content("#alert-count") == "(179 open)"
     assert page.title() == "(179) Units · LiftGuard"
     assert errors == []
