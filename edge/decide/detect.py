@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Protocol
 
@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from contract.errors import ModelError
 from contract.model_format import INPUT_NAME, OUTPUT_NAME, PAD_VALUE, letterbox_params
-from contract.onnx_header import parse_props
+from contract.onnx_header import ParsedProps, parse_props
 
 log = logging.getLogger(__name__)
 
@@ -54,23 +54,14 @@ class Detection:
 
 
 @dataclass(frozen=True)
-class ModelMetadata:
-    model_id: str
-    classes: tuple[str, ...]
-    input_w: int
-    input_h: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    version: str = ""
-    trained_on: str = ""
-    thresholds: dict[str, float] = field(default_factory=dict)
+class ModelMetadata(ParsedProps):
+    """The model file's metadata as the device uses it; the rules live in contract/onnx_header.py, shared
+    with the fleet's model registry."""
 
     @classmethod
     def from_props(cls, props: dict[str, str], source: str) -> ModelMetadata:
-        """The metadata rules are shared with the fleet's model registry (contract/onnx_header.py)."""
         p = parse_props(props, source)
-        return cls(model_id=p.model_id, classes=p.classes, input_w=p.input_w, input_h=p.input_h, mean=p.mean,
-                   std=p.std, version=p.version, trained_on=p.trained_on, thresholds=p.thresholds)
+        return cls(**{f.name: getattr(p, f.name) for f in fields(ParsedProps)})
 
 
 class Detector(Protocol):
