@@ -476,8 +476,8 @@ class HoldSupervisor:
     def check(self) -> bool:
         age = time.monotonic() - self.pipeline.last_progress
         if age > self.stall_after_s and self.pipeline.stall_release(f"no frame processed for {age:.1f} s"):
-            self.releases.append(age)
             log.error("pipeline stalled (no frame processed for %.2f s): door released by the supervisor", age)
+            self.releases.append(age)  # after the log line: a reader that sees the release sees its log
             return True
         return False
 
