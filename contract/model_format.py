@@ -15,6 +15,10 @@ OUTPUT_LAYOUT = "xyxy_score_class"
 # metadata_props every LiftGuard model carries; the loader refuses a file that lacks one
 REQUIRED_KEYS = ("liftguard_format", "model_id", "classes", "input_size", "mean", "std", "output_layout")
 
+# The classes training labels use, in YOLO class-id order (tools/corpus.py CLASSES, tools/model.py): the fleet's
+# dataset export writes label files with these ids and its per-object corrections offer these names.
+TRAINING_CLASSES = ("ebike", "bicycle", "wheelchair", "stroller", "person", "cart")
+
 # Letterbox: scale to fit, centre, pad with this grey on every channel.
 PAD_VALUE = 114
 LETTERBOX = f"center,{PAD_VALUE}"  # the `letterbox` metadata value export writes

@@ -116,6 +116,11 @@ class HeartbeatPayload(_Strict):
     outbox_snapshots_dropped: Counter = Field(default=0, description="snapshots dropped to keep the events")
     model_id: str = Field(max_length=128)
     shadow_model_id: str | None = Field(default=None, max_length=128, description="candidate run in shadow")
+    # The shadow model's frames since start-up: run, and skipped because the frame budget had no room for it
+    # (a candidate as heavy as the active model on a busy board is skipped on most frames: its agreement
+    # figures then rest on few frames). Both 0 without a shadow model.
+    shadow_runs: Counter = Field(default=0, description="frames the shadow model ran on")
+    shadow_skipped_budget: Counter = Field(default=0, description="frames the shadow model skipped for the budget")
     software: str = Field(max_length=64)
     site: str | None = Field(default=None, max_length=128)
     building: str | None = Field(default=None, max_length=128)

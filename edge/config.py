@@ -215,6 +215,10 @@ class ClipsConfig(_Section):
     near_miss_floor: float = Field(0.3, ge=0.05, le=1.0, description="A blocked class scored from here up to "
                                    "its threshold, with nothing held, is a near miss.")
     near_miss_per_hour: float = Field(6.0, ge=0, le=60, description="Near-miss clips at most this often.")
+    upload: bool = Field(True, description="Upload the clips of holds to the fleet over MQTT (then removed here); "
+                         "near-miss clips stay on the unit.")
+    upload_interval_s: float = Field(0.2, ge=0.05, le=60, description="Clip chunks (64 KiB) at most this often, "
+                                     "and only while no event waits: alerts go first.")
 
 
 class Config(_Section):

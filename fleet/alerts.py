@@ -23,3 +23,6 @@ VERDICT_LABELS: dict[Verdict, str] = {"acknowledged": "Acknowledge", "false_alar
 # The alert-list filter: open (no verdict yet), all, or one verdict.
 AlertStatus = Literal["open", "all", "acknowledged", "false_alarm", "confirmed"]
 ALERT_STATUSES: tuple[AlertStatus, ...] = get_args(AlertStatus)
+# A per-object correction on an alert's clip: a training class (contract.model_format.TRAINING_CLASSES, the
+# YOLO label order) or "none" (not an object). fleet/store/clips.py OBJECT_CLASSES is the same list.
+ObjectClass = Literal["ebike", "bicycle", "wheelchair", "stroller", "person", "cart", "none"]

@@ -70,6 +70,9 @@ class FleetSettings(BaseModel):
     snapshot_quota_mb: float = Field(100.0, gt=0, le=1_000_000, description="most snapshot storage per unit")
     snapshot_total_mb: float = Field(10_000.0, gt=0, le=100_000_000, description="most snapshot storage in all")
     snapshot_max_age_days: float = Field(180.0, gt=0, le=36_600, description="snapshots older than this go")
+    clip_quota_mb: float = Field(200.0, gt=0, le=1_000_000, description="most event-clip storage per unit")
+    clip_total_mb: float = Field(20_000.0, gt=0, le=100_000_000, description="most event-clip storage in all")
+    clip_max_age_days: float = Field(180.0, gt=0, le=36_600, description="event clips older than this go")
     session_ttl_s: float = Field(12 * 3600, ge=60, le=30 * 86400)
     cookie_secure: bool = Field(False, description="set the Secure cookie flag (behind HTTPS)")
     login_max_failures: int = Field(3, ge=1, le=1000,

@@ -30,8 +30,10 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from contract.clips import CLIP_CHUNK_BYTES, decode_chunk, is_clip_id
 from contract.commands import ConfigReportedPayload
 from contract.errors import PayloadError
+from contract.models import ModelReportedPayload
 from contract.mqtt import (
     MAX_PAYLOAD_BYTES,
     MAX_SNAPSHOT_BYTES,
@@ -50,6 +52,7 @@ from contract.mqtt_client import new_client, tls_context
 from contract.stats import percentile
 from fleet.config import FleetSettings
 from fleet.store import IngestBatch, Quarantined, Store
+from fleet.store.clips import ClipPart
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +61,14 @@ _SNAPSHOT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _JPEG_MAGIC = b"\xff\xd8\xff"
 # Our own downlink topics come back to us through the `#` wildcard (MQTT forbids no_local on
 # shared subscriptions), so they are recognised and skipped rather than counted as garbage.
-# model/: the fleet's model chunks (downlink) and the unit's retained model/reported, which the
-# rollout command (fleet/models_registry.py) reads itself: neither is ingest's to store.
+# model/: the fleet's model chunks (downlink); the unit's answers under these prefixes are uplink.
 _DOWNLINK_PREFIXES = ("cmd/", "config/", "model/")
+_UPLINK_ANSWERS = ("config/reported", "model/reported")
+_CLIP_CAP = CLIP_CHUNK_BYTES + 64  # one chunk and its header
+
+
+def _downlink(suffix: str) -> bool:
+    return suffix.startswith(_DOWNLINK_PREFIXES) and suffix not in _UPLINK_ANSWERS
 
 
 class Rejected(PayloadError):
@@ -75,7 +83,7 @@ class Rejected(PayloadError):
 class Message:
     """One validated uplink message, ready for the writer."""
 
-    kind: str  # status | heartbeat | event | snapshot | cmd_result | config_reported
+    kind: str  # status | heartbeat | event | snapshot | cmd_result | config_reported | clip_part | model_reported
     unit_id: str
     body: Any
     received_at: float
@@ -93,8 +101,18 @@ def classify(topic: str, payload: bytes, received_at: float) -> Message | None:
         unit_id, suffix = parse_topic(topic)
     except PayloadError as exc:
         raise Rejected("bad_topic", str(exc)) from None
-    if suffix.startswith(_DOWNLINK_PREFIXES) and suffix != "config/reported":
+    if _downlink(suffix):
         return None
+    if suffix.startswith("clips/"):
+        clip_id = suffix.removeprefix("clips/")
+        if not is_clip_id(clip_id):
+            raise Rejected("bad_topic", f"invalid clip id in {topic!r}")
+        try:
+            sha, index, count, data = decode_chunk(payload)
+        except PayloadError as exc:
+            raise Rejected("bad_clip", f"{topic}: {exc}") from None
+        return Message("clip_part", unit_id, ClipPart(unit_id, clip_id, sha, index, count, data, received_at),
+                       received_at)
     if suffix.startswith("snapshots/"):
         snapshot_id = suffix.removeprefix("snapshots/")
         if not _SNAPSHOT_ID_RE.match(snapshot_id):
@@ -121,6 +139,10 @@ def classify(topic: str, payload: bytes, received_at: float) -> Message | None:
         elif suffix == "config/reported":
             # No unit_id in this payload: the topic (vouched for by the broker ACL) names the unit.
             return Message("config_reported", unit_id, decode(ConfigReportedPayload, payload), received_at)
+        elif suffix == "model/reported":
+            if not payload:
+                return None  # a cleared retained message
+            return Message("model_reported", unit_id, decode(ModelReportedPayload, payload), received_at)
         else:
             raise Rejected("unknown_topic", f"unknown topic suffix {suffix!r}")
     except Rejected:
@@ -265,9 +287,10 @@ def prefilter(topic: str, size: int) -> tuple[str, str] | Rejected:
         unit_id, suffix = parse_topic(topic)
     except PayloadError as exc:
         return Rejected("bad_topic", str(exc))
-    if suffix.startswith(_DOWNLINK_PREFIXES) and suffix != "config/reported":
+    if _downlink(suffix):
         return unit_id, suffix  # our own downlink (a model chunk is larger than any uplink cap): skipped
-    cap = MAX_SNAPSHOT_BYTES if suffix.startswith("snapshots/") else MAX_PAYLOAD_BYTES
+    cap = MAX_SNAPSHOT_BYTES if suffix.startswith("snapshots/") else _CLIP_CAP if suffix.startswith("clips/") \
+        else MAX_PAYLOAD_BYTES
     if size > cap:
         return Rejected("too_large", f"{topic}: {size} bytes, over the {cap}-byte cap")
     return unit_id, suffix
@@ -503,7 +526,7 @@ class Ingestor:
             self.stats.rejected(first.reason, "", str(first), received_at)
             return None
         unit_id, suffix = first
-        if suffix.startswith(_DOWNLINK_PREFIXES) and suffix != "config/reported":
+        if _downlink(suffix):
             return None  # our own commands, echoed by the `#` subscription: not the unit's
         if not self.buckets.allow(unit_id):
             self.stats.rate_limited(unit_id)
@@ -733,10 +756,11 @@ class Ingestor:
 
     def _write(self, batch: IngestBatch) -> list[EventPayload]:
         quota = int(self.settings.snapshot_quota_mb * 1024 * 1024)
+        clip_quota = int(self.settings.clip_quota_mb * 1024 * 1024)
         attempt = 0
         while True:
             try:
-                new = self.store.write_batch(batch, unit_snapshot_quota=quota)
+                new = self.store.write_batch(batch, unit_snapshot_quota=quota, unit_clip_quota=clip_quota)
                 break
             except Exception as exc:
                 # A lost deadlock / serialisation race: the other writer is done with the rows, so again
@@ -746,6 +770,7 @@ class Ingestor:
                 attempt += 1
                 self.stats.count("write_retries_transient")
                 log.info("transaction lost a race (%s); retrying at once", type(exc).__name__)
+        self._count_clips(batch.clip_outcomes)
         stored = {(u, s) for u, s, _, _ in batch.snapshots} - {(u, s) for u, s, _, _ in batch.orphan_snapshots}
         for key in stored:
             self._orphans.pop(key, None)
@@ -758,6 +783,15 @@ class Ingestor:
                     self._orphans.popitem(last=False)
                     self.stats.count("snapshots_without_event")
         return new
+
+    def _count_clips(self, outcomes: list[Any]) -> None:
+        for o in outcomes:
+            if o.outcome == "stored":
+                self.stats.count("stored_clips")
+                log.info("clip %s of %s stored: %s", o.clip_id, o.unit_id, o.detail)
+            elif o.outcome in ("refused", "over_parts_cap", "expired"):
+                self.stats.rejected(f"clip_{o.outcome}", o.unit_id, f"clip {o.clip_id}: {o.detail}", time.time())
+                log.warning("clip %s of %s %s: %s", o.clip_id, o.unit_id, o.outcome, o.detail)
 
     def _maybe_prune(self) -> None:
         now = time.monotonic()
@@ -772,6 +806,15 @@ class Ingestor:
             return
         if gone:
             log.info("snapshot retention removed %d snapshots", gone)
+        try:
+            self._count_clips(self.store.settle_clips(time.time(), int(self.settings.clip_quota_mb * 1024 * 1024)))
+            gone = self.store.prune_clips(time.time() - self.settings.clip_max_age_days * 86400,
+                                          int(self.settings.clip_total_mb * 1024 * 1024))
+        except Exception as exc:
+            log.warning("clip retention failed: %s", exc)
+            return
+        if gone:
+            log.info("clip retention removed %d clips", gone)
 
     # -- commands (downlink) ------------------------------------------------------------------
     def publish_command(self, unit_id: str, name: str, command_id: str, args: dict[str, Any] | None = None) -> None:
@@ -784,6 +827,9 @@ class Ingestor:
 def _quarantine_payload(message: Message) -> str:
     if message.kind == "snapshot":
         return f"<snapshot {message.snapshot_id}: {len(message.body)} bytes>"
+    if message.kind == "clip_part":
+        part = message.body
+        return f"<clip {part.clip_id} part {part.index}/{part.count}: {len(part.data)} bytes>"
     if message.raw:
         return message.raw
     body = message.body
@@ -803,3 +849,7 @@ def _add_to_batch(batch: IngestBatch, message: Message, count_beats: bool = True
         batch.cmd_results.append((message.unit_id, message.body, message.received_at))
     elif message.kind == "config_reported":
         batch.add_config_report(message.unit_id, message.body, message.received_at)
+    elif message.kind == "clip_part":
+        batch.clip_parts.append(message.body)
+    elif message.kind == "model_reported":
+        batch.model_reports.append((message.unit_id, message.body, message.received_at))

@@ -90,6 +90,9 @@ def cmd_dataset_export(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{result.written} labelled images in {result.out} ({json.dumps(result.by_verdict)}); skipped: {skipped}")
     print(f"score a model: liftguard eval --model M --images {result.out / 'images'} "
           f"--truth {result.out / 'truth.csv'} --out REPORT")
+    corpus_skipped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in result.corpus_skipped.items()) or "none"
+    print(f"YOLO corpus: {result.corpus_images} decision frames with {result.corpus_boxes} boxes in "
+          f"{result.out / 'corpus'}; skipped: {corpus_skipped}")
     return 0
 
 
@@ -131,11 +134,14 @@ def add_parsers(sub: Any, server_flags: Callable[[argparse.ArgumentParser], None
     dataset = sub.add_parser("dataset", help="labelled data from the managers' verdicts (export)")
     dsub = dataset.add_subparsers(dest="dataset_command", required=True)
     export = dsub.add_parser(
-        "export", help="verdicts as labels: images, truth.csv and a manifest that `liftguard eval --truth` reads",
+        "export", help="verdicts as labels: images, truth.csv and a manifest that `liftguard eval --truth` reads, "
+                       "and a YOLO corpus for tools.train",
         description="Writes DIR/images/*.jpg, DIR/truth.csv (image,expected: confirmed = block, false_alarm = "
                     "allow), DIR/manifest.csv (unit, site, time, verdict, deciding model) and DIR/manifest.json. "
                     "Score a model on it: liftguard eval --model M --images DIR/images --truth DIR/truth.csv "
-                    "--out REPORT.")
+                    "--out REPORT. Alerts with a clip also go to DIR/corpus/ (images/{train,val}, labels/{train,val} "
+                    "in YOLO format, data.yaml, manifest.csv: the tools/corpus.py layout): the decision frame with "
+                    "the unit's boxes and the managers' per-object corrections.")
     server_flags(export)
     export.add_argument("--out", required=True, help="output folder (created)")
     export.add_argument("--since", help="only alerts from then on: 2026-11-01, 2026-11-01T08:00+08:00 or epoch s")

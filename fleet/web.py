@@ -129,3 +129,16 @@ def unit_page(who: Principal, unit: Mapping[str, Any], alerts: list[dict[str, An
               counts: Mapping[str, int] | None = None) -> str:
     return render("unit.html", f"{unit['unit_id']} · LiftGuard", who, zone=zone, counts=counts, page="unit",
                   now=time.time(), u=unit, alerts=alerts, health=health, commands=commands, hours=hours)
+
+
+def alert_page(who: Principal, alert: Mapping[str, Any], clip: Mapping[str, Any] | None,
+               corrections: Mapping[int, str], zone: str, counts: Mapping[str, int] | None = None) -> str:
+    """One alert: its facts and verdict, the clip player (frames and detections from the unit) and the
+    per-object corrections of the decision frame."""
+    return render("alert.html", f"{ALERT_LABELS.get(alert['type'], alert['type'])} · LiftGuard", who, zone=zone,
+                  counts=counts, page="alert", a=alert, clip=clip, corrections=corrections)
+
+
+def models_page(who: Principal, overview: Mapping[str, Any], zone: str, counts: Mapping[str, int] | None = None) -> str:
+    """The model lifecycle: registry, rollouts and their progress, models per unit, shadow agreement."""
+    return render("models.html", "Models · LiftGuard", who, zone=zone, counts=counts, page="models", o=overview)

@@ -12,7 +12,9 @@ The frame loop never waits: `observe` only appends references and, at the end of
 on the queue without blocking; a full queue drops the clip and counts it. On disk, clips live under
 `clips.dir` within `clips.max_mb`: the oldest are evicted (and counted) to make room.
 
-Upload to the fleet is not there yet: the clips stay on the unit (see docs/IMPROVING_THE_MODEL.md).
+Clips of holds are uploaded to the fleet by the MQTT link (edge/report/clip_upload.py; the transport is
+decided in contract/clips.py), which removes each clip once the broker acknowledged all of it. Near-miss
+clips name no alert, which the fleet requires, so they stay on the unit for `liftguard` tools to collect.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
 
+from contract.clips import MAX_CLIP_FRAMES, ClipDetection, ClipFrame, ClipManifest
 from contract.mqtt import EventPayload
 from edge.config import ClipsConfig
 from edge.decide.detect import Detection
@@ -53,11 +57,16 @@ class _Shot:
 @dataclass
 class Clip:
     clip_id: str
-    reason: str  # hold | near_miss
+    reason: Literal["hold", "near_miss"]
     trigger_ts: float
     unit_id: str
     incident_id: str | None
     shots: list[_Shot] = field(default_factory=list)
+
+
+def _scaled_box(box: Sequence[float], k: float) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = (round(float(v) * k, 1) for v in box)
+    return x1, y1, x2, y2
 
 
 class ClipRecorder:
@@ -92,7 +101,8 @@ class ClipRecorder:
         for clip in self._open:
             clip.shots.append(shot)
         for event in events:
-            if event.type == "ebike_blocked" and event.phase == "start":
+            # An e-bike confirmed while blocking is disabled is an alert too (the fleet shows it): same clip.
+            if event.type in ("ebike_blocked", "blocking_disabled") and event.phase == "start":
                 self._begin("hold", ts, event.incident_id)
         if not holding and not self._open and self.cfg.near_miss_per_hour > 0 and self._near_miss(detections) \
                 and ts - self._last_near_miss >= 3600.0 / self.cfg.near_miss_per_hour:
@@ -111,7 +121,7 @@ class ClipRecorder:
         return any(d.cls in self.block_classes and self.cfg.near_miss_floor <= d.score < self.threshold(d.cls)
                    for d in detections)
 
-    def _begin(self, reason: str, ts: float, incident_id: str | None) -> None:
+    def _begin(self, reason: Literal["hold", "near_miss"], ts: float, incident_id: str | None) -> None:
         clip = Clip(uuid.uuid4().hex, reason, ts, self.unit_id, incident_id, shots=list(self._ring))
         self._open.append(clip)
 
@@ -134,7 +144,8 @@ class ClipRecorder:
         frames = []
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-            for i, shot in enumerate(clip.shots):
+            step = -(-len(clip.shots) // MAX_CLIP_FRAMES)  # a very high frame rate: every n-th frame
+            for i, shot in enumerate(clip.shots[::step]):
                 k = shot.scale
                 people = [(d.box[0] * k, d.box[1] * k, d.box[2] * k, d.box[3] * k)
                           for d in shot.detections if d.cls == "person"]
@@ -144,12 +155,12 @@ class ClipRecorder:
                     continue
                 name = f"frames/{i:03d}.jpg"
                 zf.writestr(name, jpeg.tobytes())
-                frames.append({"file": name, "t": round(shot.ts - clip.trigger_ts, 3), "detections": [
-                    {"cls": d.cls, "score": round(d.score, 4), "box": [round(v * shot.scale, 1) for v in d.box]}
-                    for d in shot.detections]})
-            zf.writestr("clip.json", json.dumps({
-                "clip_id": clip.clip_id, "unit_id": clip.unit_id, "reason": clip.reason,
-                "incident_id": clip.incident_id, "trigger_ts": clip.trigger_ts, "frames": frames}))
+                frames.append(ClipFrame(file=name, t=round(shot.ts - clip.trigger_ts, 3), detections=[
+                    ClipDetection(cls=d.cls, score=round(d.score, 4), box=_scaled_box(d.box, shot.scale))
+                    for d in shot.detections[:100]]))
+            manifest = ClipManifest(clip_id=clip.clip_id, unit_id=clip.unit_id, reason=clip.reason,
+                                    incident_id=clip.incident_id, trigger_ts=clip.trigger_ts, frames=frames)
+            zf.writestr("clip.json", manifest.model_dump_json())
         data = buf.getvalue()
         self._make_room(len(data))
         self.dir.mkdir(parents=True, exist_ok=True)

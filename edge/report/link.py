@@ -33,6 +33,7 @@ from contract.mqtt import MAX_SNAPSHOT_BYTES, EventPayload, HeartbeatPayload, St
 from contract.mqtt_client import Will, new_client
 from edge.config import Config
 from edge.report import ha
+from edge.report.clip_upload import ClipUploader
 from edge.report.commands import CommandHandler, DeviceControl, SeenCommands
 from edge.report.link_settings import LinkSettings
 from edge.report.model_update import ModelUpdater
@@ -81,6 +82,8 @@ class MqttLink:
         self._closed = False
         self.stats = {"published": 0, "acked": 0, "nacked": 0, "connects": 0, "commands": 0}
         self.model_updater: ModelUpdater | None = None  # model rollout (attach_models)
+        self.clip_uploader: ClipUploader | None = None  # event clips to the fleet (attach_clips)
+        self._clip_mid: int | None = None  # the clip chunk awaiting PUBACK; worker thread only
         self._client = self._make_client()
 
     @classmethod
@@ -213,6 +216,8 @@ class MqttLink:
                "connected": int(self._connected), "inflight": len(self._inflight)}
         if self.handler:
             out.update({f"commands_{k}": v for k, v in self.handler.counts.items()})
+        if self.clip_uploader is not None:
+            out.update({f"clips_{k}": v for k, v in self.clip_uploader.counts.items()})
         return out
 
     # --- paho callbacks (paho's thread, paho's locks held: append and wake only) ------------
@@ -257,7 +262,10 @@ class MqttLink:
     def _run(self) -> None:
         next_heartbeat = time.monotonic()
         while True:
-            self._wake.wait(timeout=max(0.0, min(1.0, next_heartbeat - time.monotonic())))
+            wait = min(1.0, next_heartbeat - time.monotonic())
+            if self.clip_uploader is not None and self._connected:
+                wait = min(wait, self.clip_uploader.due_in())
+            self._wake.wait(timeout=max(0.0, wait))
             self._wake.clear()
             try:
                 self._settle_acks()
@@ -269,6 +277,7 @@ class MqttLink:
                 self._serve_commands()
                 if self._connected:
                     self._fill_window()
+                    self._send_clip_chunk()
                     self._publish_relay()
                     if time.monotonic() >= next_heartbeat:
                         self._send_heartbeat()
@@ -288,6 +297,29 @@ class MqttLink:
             for topic, payload in ha.discovery_messages(self.settings.unit_id, self._software):
                 self._client.publish(topic, payload, qos=1, retain=True)
         self._relay_published = None
+        if self.clip_uploader is not None:
+            self._clip_mid = None
+            self.clip_uploader.restart()
+
+    def attach_clips(self, uploader: ClipUploader) -> None:
+        """Event clips: uploaded from their folder on this worker, when no event waits (contract/clips.py)."""
+        self.clip_uploader = uploader
+        self._wake.set()
+
+    def _send_clip_chunk(self) -> None:
+        """At most one clip chunk in flight, and only while the event outbox is empty: alerts go first."""
+        up = self.clip_uploader
+        if up is None or self._clip_mid is not None or self._inflight or self.outbox.depth() > 0:
+            return
+        chunk = up.next_chunk()
+        if chunk is None:
+            return
+        suffix, payload = chunk
+        info = self._client.publish(self.topic(suffix), payload, qos=1)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            up.restart()  # not connected after all: the clip starts again on the next connection
+            return
+        self._clip_mid = info.mid
 
     def _fill_window(self) -> None:
         if self._rewind_at is not None and not self._inflight and time.monotonic() >= self._rewind_at:
@@ -308,6 +340,10 @@ class MqttLink:
         delivered: list[int] = []
         while self._acks:
             mid, ok = self._acks.popleft()
+            if mid == self._clip_mid and self.clip_uploader is not None:
+                self._clip_mid = None
+                self.clip_uploader.sent(ok)
+                continue
             row_id = self._inflight.pop(mid, None)
             if row_id is None:
                 continue  # status, result or heartbeat: not an outbox row

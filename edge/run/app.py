@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from contract.errors import ConfigError
+from contract.bounds import MAX_COUNTER
 from contract.mqtt import EventPayload, HeartbeatPayload
 from contract.stats import percentile
 from edge import __version__
@@ -419,6 +420,8 @@ class Pipeline:
             blocking_enabled=self.policy.blocking_enabled, outbox_depth=outbox_depth,
             outbox_evicted=outbox_evicted, model_id=self.detector.metadata.model_id, software=__version__,
             shadow_model_id=self.shadow.model_id[:128] if self.shadow is not None and self.shadow.enabled else None,
+            shadow_runs=min(self.shadow.stats.runs, MAX_COUNTER) if self.shadow is not None else 0,
+            shadow_skipped_budget=min(self.shadow.stats.skipped_budget, MAX_COUNTER) if self.shadow is not None else 0,
             site=self.cfg.unit.site or None, building=self.cfg.unit.building or None,
             elevator=self.cfg.unit.elevator or None,
         )

@@ -25,6 +25,7 @@ from edge.config import Config, load_config, parse_config
 from edge.decide.detect import Detector, OnnxDetector
 from edge.decide.policy import WallClock, same_time
 from edge.decide.shadow import ShadowRunner, load_shadow_detector, shadow_path
+from edge.report.clip_upload import ClipUploader
 from edge.report.clips import ClipRecorder
 from edge.report.events import EventSink, FanOut, JsonlSink, MemorySink
 from edge.report.health import Health, Metrics
@@ -215,6 +216,15 @@ def start_clips(cfg: Config, pipeline: Pipeline) -> ClipRecorder | None:
     return recorder
 
 
+def attach_clip_upload(cfg: Config, link: Any) -> ClipUploader | None:
+    """Clips of holds to the fleet (clips.enabled and clips.upload), on the link's worker thread."""
+    if not (cfg.clips.enabled and cfg.clips.upload):
+        return None
+    uploader = ClipUploader(cfg.clips.dir, cfg.clips.upload_interval_s)
+    link.attach_clips(uploader)
+    return uploader
+
+
 def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = None,
                 camera: Camera | None = None, health: Health | None = None,
                 supervisor_stall_s: float = 0.8) -> int:
@@ -262,6 +272,7 @@ def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = 
     link = _start_link(cfg, pipeline, fan_out, lambda: camera.state.value, health.metrics) if cfg.mqtt.url else None
     if link is not None:
         link.attach_models(updater)
+        attach_clip_upload(cfg, link)
         updater.announce(rollback_note is None, rollback_note or "started")  # model/reported: what runs now
     last = 0.0
     try:

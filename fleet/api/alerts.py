@@ -1,4 +1,4 @@
-"""Alerts: the list, the live stream, one alert, its snapshot and its verdict."""
+"""Alerts: the list, the live stream, one alert, its snapshot, its clip, its verdict and per-object corrections."""
 
 from __future__ import annotations
 
@@ -8,13 +8,18 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from urllib.parse import quote
+
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from fleet.alerts import AlertStatus, Verdict
+from contract.clips import MAX_CLIP_FRAMES, ClipManifest
+from fleet.alerts import AlertStatus, ObjectClass, Verdict
 from fleet.api.context import Changer, Ctx, Filter, User, alert_view
+from fleet.errors import StoreError
+from fleet.store.clips import OBJECT_CLASSES
 
 router = APIRouter()
 
@@ -22,6 +27,26 @@ router = APIRouter()
 class VerdictIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     verdict: Verdict
+
+
+class ObjectsIn(BaseModel):
+    """Class corrections on one frame of the alert's clip: object index (in that frame's detections) -> class."""
+
+    model_config = ConfigDict(extra="forbid")
+    frame: Annotated[int, Field(ge=0, le=MAX_CLIP_FRAMES)]
+    corrections: Annotated[dict[Annotated[int, Field(ge=0, le=100)], ObjectClass], Field(min_length=1, max_length=100)]
+
+
+def clip_view(event_id: str, clip: dict[str, Any], labels: list[dict[str, Any]]) -> dict[str, Any]:
+    """The alert's clip for the player: each frame's URL, time and detections, the key frame (the decision),
+    and the per-object corrections made so far."""
+    base = f"/api/alerts/{quote(event_id, safe='')}/clip"
+    manifest = ClipManifest.model_validate(clip["manifest"])
+    return {"clip_id": clip["clip_id"], "reason": clip["reason"], "received_at": clip["received_at"],
+            "size_bytes": clip["size_bytes"], "key_frame": manifest.key_frame(), "classes": list(OBJECT_CLASSES),
+            "frames": [{"url": f"{base}/{i}.jpg", "t": f.t, "detections": [d.model_dump() for d in f.detections]}
+                       for i, f in enumerate(manifest.frames)],
+            "objects": labels}
 
 
 @router.get("/api/alerts")
@@ -93,6 +118,40 @@ def alert_snapshot(event_id: str, ctx: Ctx, who: User) -> Response:
     if data is None:
         raise HTTPException(404, "no snapshot (yet)")
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/api/alerts/{event_id}/clip")
+def alert_clip(event_id: str, ctx: Ctx, who: User) -> dict[str, Any]:
+    """The clip the unit recorded around the hold (faces blurred on the unit), frame by frame."""
+    clip = ctx.store.clip_of_alert(event_id)
+    if clip is None:
+        raise HTTPException(404, "no clip for this alert")
+    return clip_view(event_id, clip, ctx.store.object_labels(event_id))
+
+
+@router.get("/api/alerts/{event_id}/clip/{index}.jpg", response_class=Response,
+            responses={200: {"content": {"image/jpeg": {}}}})
+def alert_clip_frame(event_id: str, index: Annotated[int, Path(ge=0, le=MAX_CLIP_FRAMES)], ctx: Ctx,
+                     who: User) -> Response:
+    clip = ctx.store.clip_of_alert(event_id)
+    data = ctx.store.clip_frame(clip["unit_id"], clip["clip_id"], index) if clip else None
+    if data is None:
+        raise HTTPException(404, "no such clip frame")
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.post("/api/alerts/{event_id}/objects")
+def correct_objects(event_id: str, body: ObjectsIn, ctx: Ctx, who: Changer) -> dict[str, Any]:
+    """Per-object verdicts: "object 0 of the key frame is a stroller" (`none`: not an object). They become the
+    class of that box in the YOLO labels of `liftguard-fleet dataset export`."""
+    if not ctx.store.get_alert(event_id):
+        raise HTTPException(404, "no such alert")
+    try:
+        labels = ctx.store.set_object_labels(event_id, body.frame, dict(body.corrections), who.username,
+                                             ctx.clock())
+    except StoreError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return {"objects": labels}
 
 
 @router.post("/api/alerts/{event_id}/verdict")

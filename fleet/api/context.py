@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import Depends, HTTPException, Query, Request, Response
 
@@ -146,6 +147,11 @@ def alert_view(row: Row) -> dict[str, Any]:
                      else "acknowledged" if row.get("acknowledged_at") is not None else "active")
     view["has_snapshot"] = bool(row.get("has_snapshot"))
     view["snapshot_url"] = f"/api/alerts/{row['event_id']}/snapshot" if row.get("snapshot_id") else None
+    view["has_clip"] = bool(row.get("clips"))
+    ref = quote(str(row["event_id"]), safe="")  # event ids come from units: any character
+    view["clip_url"] = f"/api/alerts/{ref}/clip" if view["has_clip"] else None
+    view["page_url"] = f"/alerts/{ref}"
+    view["objects_url"] = f"/api/alerts/{ref}/objects"
     return view
 
 

@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from fleet import web
 from fleet.alerts import ALERT_STATUSES
+from fleet.api.alerts import clip_view
 from fleet.api.context import Ctx, Filter, User, alert_view, unit_view, units_matching
 from fleet.store import day_bounds
 
@@ -42,6 +43,30 @@ def alerts_page(ctx: Ctx, who: User, status: Filter = "all", q: Filter = "", bui
     sites = {s for s, _ in ctx.store.sites_and_buildings()}
     return HTMLResponse(web.alerts_page(who, rows, {"status": status, "q": q, "building": building, "type": type,
                                                    "day": day, "site": site}, ctx.settings.timezone, sites,
+                                        ctx.store.alert_counts()))
+
+
+@router.get("/alerts/{event_id}", response_class=HTMLResponse)
+def alert_page(event_id: str, ctx: Ctx, who: User) -> HTMLResponse:
+    """One alert with its clip (played frame by frame, the unit's boxes drawn over it) and the form that
+    corrects the class of each object on the decision frame."""
+    row = ctx.store.get_alert(event_id)
+    if not row:
+        raise HTTPException(404, "no such alert")
+    stored = ctx.store.clip_of_alert(event_id)
+    labels = ctx.store.object_labels(event_id)
+    clip = clip_view(event_id, stored, labels) if stored else None
+    key = clip["key_frame"] if clip else -1
+    corrections = {int(r["object_idx"]): str(r["cls"]) for r in labels if r["frame_idx"] == key}
+    return HTMLResponse(web.alert_page(who, alert_view(row), clip, corrections, ctx.settings.timezone,
+                                       ctx.store.alert_counts()))
+
+
+@router.get("/models", response_class=HTMLResponse)
+def models_page(ctx: Ctx, who: User) -> HTMLResponse:
+    """Models per unit (active + shadow, from the heartbeats), each rollout's progress, and what each shadow
+    model would have done, per unit and per model, against the active model and the managers' verdicts."""
+    return HTMLResponse(web.models_page(who, ctx.store.model_overview(), ctx.settings.timezone,
                                         ctx.store.alert_counts()))
 
 

@@ -515,3 +515,76 @@ if (queue) {
   setInterval(() => drawChart().catch(() => {}), 60000);
   setInterval(() => refreshUnits().catch(() => {}), UNIT_REFRESH_MS);
 }
+
+// ---- one alert's page: the clip player and the per-object corrections --------------------------
+async function startClipPlayer(box) {
+  // Frames are plain JPEGs behind the login (no video codec, nothing inline); the unit's boxes are drawn
+  // over each one as positioned elements, their labels as text.
+  const clip = await api("GET", box.dataset.clipUrl);
+  const img = document.getElementById("clip-frame");
+  const boxes = document.getElementById("clip-boxes");
+  const seek = document.getElementById("clip-seek");
+  const time = document.getElementById("clip-time");
+  const play = document.getElementById("clip-play");
+  const frames = clip.frames;
+  for (const f of frames) { const pre = new Image(); pre.src = f.url; }  // cached before playing
+  let index = clip.key_frame, timer = null;
+
+  function drawBoxes() {
+    boxes.replaceChildren();
+    const w = img.naturalWidth, h = img.naturalHeight;
+    if (!w || !h) return;
+    for (const d of frames[Number(img.dataset.index)].detections) {  // the frame shown, not the one asked for
+      const [x1, y1, x2, y2] = d.box;
+      const b = el("div", { class: "clip-box" }, el("span", {}, `${d.cls} ${d.score.toFixed(2)}`));
+      Object.assign(b.style, { left: `${(100 * x1) / w}%`, top: `${(100 * y1) / h}%`,
+                               width: `${(100 * (x2 - x1)) / w}%`, height: `${(100 * (y2 - y1)) / h}%` });
+      boxes.append(b);
+    }
+  }
+  function show(i) {
+    index = Math.max(0, Math.min(frames.length - 1, i));
+    img.dataset.index = String(index);
+    img.src = frames[index].url;
+    seek.value = String(index);
+    const t = frames[index].t;
+    time.textContent = `${t >= 0 ? "+" : ""}${t.toFixed(1)} s`;
+  }
+  function stop() {
+    clearTimeout(timer); timer = null;
+    play.textContent = "Play"; box.dataset.playing = "false";
+  }
+  function step() {
+    if (index >= frames.length - 1) { stop(); return; }
+    const gap = Math.max(0.02, frames[index + 1].t - frames[index].t);  // the unit's own frame times
+    show(index + 1);
+    timer = setTimeout(step, gap * 1000);
+  }
+  img.addEventListener("load", drawBoxes);
+  play.addEventListener("click", () => {
+    if (timer) { stop(); return; }
+    if (index >= frames.length - 1) show(0);
+    play.textContent = "Pause"; box.dataset.playing = "true";
+    timer = setTimeout(step, 0);
+  });
+  seek.addEventListener("input", () => { stop(); show(Number(seek.value)); });
+  show(index);
+  if (img.complete && img.naturalWidth) drawBoxes();  // already loaded before this script ran
+  box.dataset.ready = "true";
+}
+
+async function saveObjects(form) {
+  const status = document.getElementById("object-status");
+  const corrections = {};
+  for (const s of form.querySelectorAll("select.object-class")) if (s.value) corrections[s.name] = s.value;
+  if (!Object.keys(corrections).length) { status.textContent = "Nothing to save: pick a class first."; return; }
+  try {
+    const done = await api("POST", form.dataset.url, { frame: Number(form.dataset.frame), corrections });
+    status.textContent = `Saved (${done.objects.length} corrected).`;
+  } catch (e) { status.textContent = `Not saved: ${e.message}`; }
+}
+
+const clipBox = document.getElementById("clip-player");
+if (clipBox) startClipPlayer(clipBox).catch((e) => console.error(e));
+const objectForm = document.getElementById("object-form");
+if (objectForm) objectForm.addEventListener("submit", (ev) => { ev.preventDefault(); saveObjects(objectForm); });

@@ -53,7 +53,8 @@ class DashboardQueries(Engine):
                l.verdict, l.username AS labelled_by, l.labelled_at, e.acknowledged_by, e.acknowledged_at,
                e.cleared_by, e.cleared_at, e.escalated_at,
                (SELECT 1 FROM snapshots s WHERE s.unit_id = e.unit_id AND s.snapshot_id = e.snapshot_id)
-                   AS has_snapshot
+                   AS has_snapshot,
+               (SELECT COUNT(*) FROM clips c WHERE c.event_id = e.event_id) AS clips
         FROM events e
         LEFT JOIN units u ON u.unit_id = e.unit_id
         LEFT JOIN labels l ON l.event_id = e.event_id"""

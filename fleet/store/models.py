@@ -1,4 +1,4 @@
-"""The model registry's tables (migration 0004): model files and per-unit rollout rows."""
+"""The model registry's tables (migration 0006): model files and per-unit rollout rows."""
 
 from __future__ import annotations
 
@@ -71,7 +71,10 @@ class ModelRegistry(Engine):
                      "shadow_model, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                      "ON CONFLICT (rollout_id, unit_id) DO UPDATE SET state = excluded.state, "
                      "detail = excluded.detail, active_model = excluded.active_model, "
-                     "shadow_model = excluded.shadow_model, updated_at = excluded.updated_at",
+                     "shadow_model = excluded.shadow_model, updated_at = excluded.updated_at "
+                     # An outcome (ok/failed, also from ingest's model/reported) is never undone by a
+                     # later in-between state of the rollout command.
+                     "WHERE rollouts.state NOT IN ('ok', 'failed') OR excluded.state IN ('ok', 'failed')",
                      (rollout_id, model_id, unit_id, stage, state, detail[:512], active, shadow, now, now))
 
     def rollout_rows(self, rollout_id: str | None = None) -> list[Row]:
@@ -79,14 +82,17 @@ class ModelRegistry(Engine):
         return self.query(f"SELECT * FROM rollouts {where} ORDER BY created_at, unit_id", params)
 
     def shadow_agreement(self, since: float = 0.0) -> list[Row]:
-        """Per unit and shadow model: its would-be holds, how many the active model's relay agreed with,
-        and how many of those holds fall within 10 s of an alert a manager confirmed or called false."""
+        """Per unit and shadow model: its would-be holds, how many the active model's relay agreed with, how
+        many fall within 10 s of an alert a manager confirmed (would have blocked it too) or called a false
+        alarm, and `missed_confirmed`: confirmed alerts of the unit, from the model's first shadow event on,
+        with no would-be hold of it within 10 s (the candidate would have let that e-bike in)."""
         rows = self.query("SELECT unit_id, ts, payload FROM events WHERE type = 'shadow_decision' AND phase = 'start' "
                           "AND ts >= ? ORDER BY ts", (since,))
         verdicts = self.query(
             "SELECT e.unit_id, e.ts, l.verdict FROM labels l JOIN events e ON e.event_id = l.event_id "
             "WHERE e.phase = 'start' AND e.ts >= ? AND l.verdict IN ('confirmed', 'false_alarm')", (since - 10,))
         out: dict[tuple[str, str], dict[str, Any]] = {}
+        holds: dict[tuple[str, str], list[float]] = {}
         for r in rows:
             try:
                 p = json.loads(r["payload"])
@@ -94,15 +100,54 @@ class ModelRegistry(Engine):
                 continue
             key = (r["unit_id"], str(p.get("model_id") or "?"))
             row = out.setdefault(key, {"unit_id": key[0], "model_id": key[1], "would_hold": 0, "agreed": 0,
-                                       "on_confirmed": 0, "on_false_alarm": 0})
+                                       "on_confirmed": 0, "on_false_alarm": 0, "missed_confirmed": 0,
+                                       "first_ts": float(r["ts"])})
             if p.get("would") != "hold":
                 continue
+            holds.setdefault(key, []).append(float(r["ts"]))
             row["would_hold"] += 1
             row["agreed"] += bool(p.get("agrees"))
             near = [v["verdict"] for v in verdicts if v["unit_id"] == r["unit_id"] and abs(v["ts"] - r["ts"]) <= 10]
             row["on_confirmed"] += "confirmed" in near
             row["on_false_alarm"] += "false_alarm" in near and "confirmed" not in near
+        for key, row in out.items():
+            mine = holds.get(key, [])
+            row["missed_confirmed"] = sum(
+                1 for v in verdicts if v["unit_id"] == key[0] and v["verdict"] == "confirmed"
+                and v["ts"] >= row["first_ts"] - 10 and not any(abs(v["ts"] - t) <= 10 for t in mine))
+            del row["first_ts"]
         return list(out.values())
+
+    def model_overview(self, since: float = 0.0) -> dict[str, Any]:
+        """What the Models page shows: the registry, each unit's models (heartbeats) with its shadow's run and
+        skip counts, each rollout's progress (units per state), and shadow agreement per unit and per model."""
+        agreement = self.shadow_agreement(since)
+        per_model: dict[str, dict[str, Any]] = {}
+        for row in agreement:
+            total = per_model.setdefault(row["model_id"], {"model_id": row["model_id"], "units": 0, "would_hold": 0,
+                                                           "agreed": 0, "on_confirmed": 0, "on_false_alarm": 0,
+                                                           "missed_confirmed": 0})
+            total["units"] += 1
+            for k in ("would_hold", "agreed", "on_confirmed", "on_false_alarm", "missed_confirmed"):
+                total[k] += row[k]
+        rollouts: dict[str, dict[str, Any]] = {}
+        for r in self.rollout_rows():
+            ro = rollouts.setdefault(r["rollout_id"], {"rollout_id": r["rollout_id"], "model_id": r["model_id"],
+                                                       "stage": r["stage"], "created_at": r["created_at"],
+                                                       "updated_at": r["updated_at"], "units": 0,
+                                                       **{state: 0 for state in ROLLOUT_STATES}})
+            ro["units"] += 1
+            ro[r["state"]] += 1
+            ro["updated_at"] = max(ro["updated_at"], r["updated_at"])
+        units = self.query("SELECT unit_id, site, model_id, shadow_model_id, shadow_runs, shadow_skipped_budget "
+                           "FROM units ORDER BY site, unit_id")
+        last = {u["unit_id"]: u["last_rollout"] for u in self.unit_models()}
+        for u in units:
+            u["last_rollout"] = last.get(u["unit_id"])
+        return {"models": self.list_models(), "units": units,
+                "rollouts": sorted(rollouts.values(), key=lambda r: r["created_at"], reverse=True),
+                "agreement": sorted(agreement, key=lambda r: (r["model_id"], r["unit_id"])),
+                "agreement_by_model": sorted(per_model.values(), key=lambda r: r["model_id"])}
 
     def unit_models(self) -> list[Row]:
         """Per unit: the active and shadow model its heartbeats name, and its latest rollout."""

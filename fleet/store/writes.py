@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contract.commands import ConfigReportedPayload
+from contract.models import ModelReportedPayload
 from contract.mqtt import CommandResultPayload, EventPayload, HeartbeatPayload, StatusPayload
-from fleet.store.engine import Cursor, Engine, Row
+from fleet.store.clips import ClipOutcome, ClipPart, ClipWrites
+from fleet.store.engine import Cursor, Row
 
 
 def local_day(ts: float, tz: dt.tzinfo) -> str:
@@ -35,8 +37,13 @@ class IngestBatch:
     snapshots: list[tuple[str, str, bytes, float]] = field(default_factory=list)
     cmd_results: list[tuple[str, CommandResultPayload, float]] = field(default_factory=list)
     config_reports: dict[str, tuple[ConfigReportedPayload, float]] = field(default_factory=dict)
+    clip_parts: list[ClipPart] = field(default_factory=list)
+    # unit_id, `model/reported` (the outcome of a model rollout), received_at
+    model_reports: list[tuple[str, ModelReportedPayload, float]] = field(default_factory=list)
     # Filled by write_batch: snapshots no stored event refers to (yet), not written.
     orphan_snapshots: list[tuple[str, str, bytes, float]] = field(default_factory=list)
+    # Filled by write_batch: what became of each clip the batch's parts belong to.
+    clip_outcomes: list[ClipOutcome] = field(default_factory=list)
 
     def add_config_report(self, unit_id: str, report: ConfigReportedPayload, received_at: float) -> None:
         current = self.config_reports.get(unit_id)
@@ -79,7 +86,7 @@ class IngestBatch:
 
     def __len__(self) -> int:
         return (len(self.statuses) + len(self.heartbeats) + len(self.events) + len(self.snapshots)
-                + len(self.cmd_results) + len(self.config_reports))
+                + len(self.cmd_results) + len(self.config_reports) + len(self.clip_parts) + len(self.model_reports))
 
 
 
@@ -94,10 +101,11 @@ class Quarantined:
     received_at: float
 
 
-class IngestWrites(Engine):
+class IngestWrites(ClipWrites):
     """Writes of the MQTT ingest (one writer thread per server)."""
 
-    def write_batch(self, batch: IngestBatch, unit_snapshot_quota: int | None = None) -> list[EventPayload]:
+    def write_batch(self, batch: IngestBatch, unit_snapshot_quota: int | None = None,
+                    unit_clip_quota: int | None = None) -> list[EventPayload]:
         """Apply one batch atomically; returns the events that were new (not duplicates). Snapshots that no
         stored event names are left out, in `batch.orphan_snapshots`; a unit's snapshots beyond
         `unit_snapshot_quota` bytes are deleted oldest first."""
@@ -117,12 +125,28 @@ class IngestWrites(Engine):
             self._write_statuses(cur, batch)
             new_events = self._write_events(cur, batch)
             self._write_snapshots(cur, batch, unit_snapshot_quota)
+            batch.clip_outcomes = self._write_clip_parts(cur, batch.clip_parts, unit_clip_quota)
             # A unit may only answer commands that were sent to it.
             self._xmany(cur, "UPDATE commands SET result_ok = ?, result_detail = ?, result_at = ? "
                              "WHERE command_id = ? AND unit_id = ?",
                         sorted((int(r.ok), r.detail, at, r.command_id, unit) for unit, r, at in batch.cmd_results))
             self._write_config_reports(cur, batch)
+            self._write_model_reports(cur, batch)
         return new_events
+
+    def _write_model_reports(self, cur: Cursor, batch: IngestBatch) -> None:
+        """A unit's `model/reported` settles its open rollout row of that model and stage (sent, receiving, or
+        no_answer: the rollout command stopped waiting before the unit answered). Only a report made after the
+        rollout began counts (60 s of clock difference allowed): a retained old report settles nothing."""
+        rows = []
+        for unit, r, at in sorted(batch.model_reports, key=lambda x: (x[0], x[1].ts)):
+            if not r.model_id or r.stage is None:
+                continue  # the start-up announcement: what runs, not the answer to a rollout
+            rows.append(("ok" if r.ok else "failed", r.detail[:512], r.active, r.shadow, at, unit, r.model_id,
+                         r.stage, r.ts + 60))
+        self._xmany(cur, "UPDATE rollouts SET state = ?, detail = ?, active_model = ?, shadow_model = ?, "
+                         "updated_at = ? WHERE unit_id = ? AND model_id = ? AND stage = ? "
+                         "AND state IN ('sent', 'receiving', 'no_answer') AND created_at <= ?", rows)
 
     def _write_snapshots(self, cur: Cursor, batch: IngestBatch, quota: int | None) -> None:
         """Only snapshots an event of the same unit names (or a `snapshot` command sent to it) are kept; events
@@ -252,9 +276,12 @@ class IngestWrites(Engine):
                           "text, text, float8, float8, float8, text, text, text, text, text")
 
     def _write_shadow_models(self, cur: Cursor, batch: IngestBatch) -> None:
-        """The shadow model each heartbeat names (none = no shadow running): issue 17's models per unit."""
-        self._xmany(cur, "UPDATE units SET shadow_model_id = ? WHERE unit_id = ?",
-                    [(hb.shadow_model_id, unit) for unit, (hb, _at) in batch.heartbeats.items()])
+        """The shadow model each heartbeat names (none = no shadow running) and its run/skip counts: issue 17's
+        models per unit."""
+        self._xmany(cur, "UPDATE units SET shadow_model_id = ?, shadow_runs = ?, shadow_skipped_budget = ? "
+                         "WHERE unit_id = ?",
+                    sorted(((hb.shadow_model_id, hb.shadow_runs, hb.shadow_skipped_budget, unit)
+                            for unit, (hb, _at) in batch.heartbeats.items()), key=lambda r: r[3]))
 
     def _write_heartbeats(self, cur: Cursor, batch: IngestBatch) -> None:
         # A heartbeat proves the unit runs, so it also says `online` (a lost retained status must

@@ -147,3 +147,28 @@ def test_selftest_checks_the_rolled_out_active_model(tmp_path: Path) -> None:
     assert default_detector(cfg).metadata.model_id != "rolled-5"  # type: ignore[attr-defined]
     ModelState(active=Slot("rolled-5", str(rolled))).save(tmp_path)
     assert default_detector(cfg).metadata.model_id == "rolled-5"  # type: ignore[attr-defined]
+
+
+def test_heartbeats_carry_the_shadows_frames_run_and_skipped_for_the_budget(tmp_path: Path) -> None:
+    from edge.act.unwired import LogActuators
+    from edge.report.events import FanOut
+    from edge.run.app import Pipeline
+    from edge.see.capture import Frame
+
+    cfg = parse_config({"models": {"shadow_every": 1}})
+    model = brightness_model(tmp_path / "m.onnx", [40, 40, 200, 220])
+    pipeline = Pipeline(cfg, OnnxDetector(model), LogActuators(), FanOut([]))
+    try:
+        beat = pipeline.heartbeat("online")
+        assert (beat.shadow_model_id, beat.shadow_runs, beat.shadow_skipped_budget) == (None, 0, 0)
+        pipeline.shadow = ShadowRunner(OnnxDetector(model), cfg, budget_ms=1e6)
+        image = np.full((240, 320, 3), 200, np.uint8)
+        for i in range(3):
+            pipeline.process(Frame(i, pipeline.clock(), image))
+        pipeline.shadow.budget_ms = 0.0  # from now on no frame has room for the candidate
+        for i in range(3, 5):
+            pipeline.process(Frame(i, pipeline.clock(), image))
+        beat = pipeline.heartbeat("online")
+        assert (beat.shadow_model_id, beat.shadow_runs, beat.shadow_skipped_budget) == ("test-brightness", 3, 2)
+    finally:
+        pipeline.close()

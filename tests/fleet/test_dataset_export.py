@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 import uuid
+import zipfile
 from pathlib import Path
 
 import cv2
 import pytest
 
 from contract import samples
+from contract.clips import ClipDetection, ClipFrame, ClipManifest, decode_chunk
+from contract.model_format import TRAINING_CLASSES
 from edge.decide.detect import reference_frames
 from fleet.cli import main as fleet_main
 from fleet.dataset import parse_since
 from fleet.store import IngestBatch, Store
+from tests.support.clips import chunks
 from tools.evaluate import main as eval_main
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "liftguard-det.onnx"
@@ -118,3 +123,86 @@ def test_since_accepts_dates_times_and_epochs() -> None:
     assert parse_since("2026-11-01") == 1793491200.0
     assert parse_since("2026-11-01T08:00+08:00") == 1793491200.0
     assert parse_since("1793491200") == 1793491200.0
+
+
+# --- the YOLO corpus: decision frames of clips, with per-object corrections (issue 17 item 2) ----------
+
+
+def clip_of(store: Store, unit: str, incident: str, image: object, detections: list[ClipDetection]) -> None:
+    """A hold's clip as the unit uploads it: here one frame before the trigger and the decision frame."""
+    from fleet.store.clips import ClipPart
+
+    clip_id = uuid.uuid4().hex
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in ("frames/000.jpg", "frames/001.jpg"):
+            zf.writestr(name, jpeg(image))
+        zf.writestr("clip.json", ClipManifest(
+            clip_id=clip_id, unit_id=unit, reason="hold", incident_id=incident, trigger_ts=10.0,
+            frames=[ClipFrame(file="frames/000.jpg", t=-0.1, detections=[]),
+                    ClipFrame(file="frames/001.jpg", t=0.0, detections=detections)]).model_dump_json())
+    batch = IngestBatch()
+    for raw in chunks(buf.getvalue()):
+        sha, index, count, data = decode_chunk(raw)
+        batch.clip_parts.append(ClipPart(unit, clip_id, sha, index, count, data, time.time()))
+    store.write_batch(batch)
+    assert [o.outcome for o in batch.clip_outcomes] == ["stored"]
+
+
+def test_the_export_writes_a_yolo_corpus_the_trainer_reads_and_eval_scores(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from edge.decide.detect import OnnxDetector
+    from tools.features import load_split
+
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    store = Store.open(url)
+    store.migrate()
+    empty_car, ebike = reference_frames()
+    seen = [ClipDetection(cls=d.cls, score=round(float(d.score), 4), box=(float(d.box[0]), float(d.box[1]),
+                                                                          float(d.box[2]), float(d.box[3])))
+            for d in OnnxDetector(SHIPPED).detect(ebike)]  # what the unit saw on the decision frame
+    assert any(d.cls == "ebike" for d in seen)
+    ghost = [ClipDetection(cls="ebike", score=0.61, box=(10.0, 20.0, 120.0, 200.0)),
+             ClipDetection(cls="person", score=0.9, box=(150.0, 10.0, 260.0, 230.0))]
+    now = time.time()
+    alerts = {}
+    for key, image, detections, verdict in (
+            ("confirmed", ebike, seen, "confirmed"),
+            ("stroller", empty_car, ghost, "false_alarm"),  # corrected: the "e-bike" was a stroller
+            ("uncorrected", empty_car, ghost, "false_alarm"),  # not corrected: left out of the corpus
+            ("no_clip", ebike, None, "confirmed")):
+        event_id = add_alert(store, "lift-1", now - 60, jpeg(image), verdict)
+        incident = store.get_alert(event_id)["incident_id"]  # type: ignore[index]
+        if detections is not None:
+            clip_of(store, "lift-1", incident, image, detections)
+        alerts[key] = event_id
+    store.set_object_labels(alerts["stroller"], 1, {0: "stroller", 1: "none"}, "manager", now)
+    store.close()
+
+    out = tmp_path / "export"
+    assert fleet_main(["dataset", "export", "--db", url, "--out", str(out)]) == 0
+    assert "YOLO corpus: 2 decision frames" in capsys.readouterr().out
+    corpus = out / "corpus"
+    summary = json.loads((out / "manifest.json").read_text())["corpus"]
+    assert summary["skipped"] == {"needs_correction": 1, "no_clip": 1}
+    samples_ = load_split(corpus, "train") + load_split(corpus, "val")  # the trainer's own loader
+    by_stem = {s.image.stem: s for s in samples_}
+    assert set(by_stem) == {alerts["confirmed"], alerts["stroller"]}
+    stroller = by_stem[alerts["stroller"]].boxes
+    h, w = empty_car.shape[:2]
+    assert stroller.shape == (1, 5)  # the "none" person box is gone ...
+    assert stroller[0].tolist() == pytest.approx([TRAINING_CLASSES.index("stroller"), 10 / w, 20 / h, 120 / w, 200 / h],
+                                                 abs=1e-5)  # ... and the "e-bike" box has its corrected class
+    confirmed = by_stem[alerts["confirmed"]].boxes
+    assert len(confirmed) == len(seen) and TRAINING_CLASSES.index("ebike") in confirmed[:, 0]
+    rows = list(csv.DictReader((corpus / "manifest.csv").open()))
+    assert {(r["file"], r["source_group"]) for r in rows} == {(f"{alerts[k]}.jpg", "lift-1")
+                                                             for k in ("confirmed", "stroller")}
+
+    report = tmp_path / "report"
+    split = next(s for s in ("train", "val") if (corpus / "images" / s / f"{alerts['confirmed']}.jpg").exists())
+    assert eval_main(["--model", str(SHIPPED), "--images", str(corpus / "images" / split), "--labels",
+                      str(corpus / "labels" / split), "--names", str(corpus / "data.yaml"), "--bench-runs", "0",
+                      "--out", str(report)]) == 0
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["n_images"] >= 1 and metrics["ebike_recall"] == 1.0  # the box labels read as an e-bike

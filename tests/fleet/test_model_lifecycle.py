@@ -303,7 +303,7 @@ def test_shadow_agreement_counts_would_be_holds_against_the_relay_and_the_verdic
     store.set_label(confirmed.event_id, "confirmed", "m")
     store.set_label(false_alarm.event_id, "false_alarm", "m")
     assert store.shadow_agreement() == [{"unit_id": "lift-1", "model_id": "cand-2", "would_hold": 3, "agreed": 2,
-                                         "on_confirmed": 1, "on_false_alarm": 1}]
+                                         "on_confirmed": 1, "on_false_alarm": 1, "missed_confirmed": 0}]
     store.close()
 
 
