@@ -104,7 +104,7 @@ def read_clip(data: bytes) -> tuple[ClipManifest, list[bytes]]:
             infos = zf.infolist()
             if len(infos) > MAX_CLIP_FRAMES + 1:
                 raise PayloadError(f"clip with {len(infos)} members")
-            members = {}
+            members: dict[str, bytes] = {}
             for info in infos:
                 if info.compress_type != zipfile.ZIP_STORED or info.file_size > MAX_CLIP_BYTES:
                     raise PayloadError(f"clip member {info.filename[:64]!r} is compressed or too large")

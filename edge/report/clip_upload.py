@@ -52,7 +52,10 @@ class ClipUploader:
         self._next_at = 0.0
 
     def due_in(self) -> float:
-        """Seconds until a chunk may be sent (0: now); the link's worker wakes up by then."""
+        """Seconds until a chunk may be sent (0: now); the link's worker wakes up by then. With a chunk in
+        flight, the broker's answer (which wakes the worker) comes first."""
+        if self._inflight:
+            return 1.0
         return max(0.0, self._next_at - self.clock())
 
     def next_chunk(self) -> tuple[str, bytes] | None:

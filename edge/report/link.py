@@ -262,9 +262,7 @@ class MqttLink:
     def _run(self) -> None:
         next_heartbeat = time.monotonic()
         while True:
-            wait = min(1.0, next_heartbeat - time.monotonic())
-            if self.clip_uploader is not None and self._connected:
-                wait = min(wait, self.clip_uploader.due_in())
+            wait = min(1.0, next_heartbeat - time.monotonic(), self._clip_wait())
             self._wake.wait(timeout=max(0.0, wait))
             self._wake.clear()
             try:
@@ -305,6 +303,13 @@ class MqttLink:
         """Event clips: uploaded from their folder on this worker, when no event waits (contract/clips.py)."""
         self.clip_uploader = uploader
         self._wake.set()
+
+    def _clip_wait(self) -> float:
+        """Seconds until a clip chunk may go; an acknowledgement or a new event wakes the worker anyway."""
+        up = self.clip_uploader
+        if up is None or not self._connected or self._clip_mid is not None or self._inflight:
+            return 1.0
+        return up.due_in() if self.outbox.depth() == 0 else 1.0
 
     def _send_clip_chunk(self) -> None:
         """At most one clip chunk in flight, and only while the event outbox is empty: alerts go first."""

@@ -147,8 +147,8 @@ def correct_objects(event_id: str, body: ObjectsIn, ctx: Ctx, who: Changer) -> d
     if not ctx.store.get_alert(event_id):
         raise HTTPException(404, "no such alert")
     try:
-        labels = ctx.store.set_object_labels(event_id, body.frame, dict(body.corrections), who.username,
-                                             ctx.clock())
+        fixes = {index: str(cls) for index, cls in body.corrections.items()}
+        labels = ctx.store.set_object_labels(event_id, body.frame, fixes, who.username, ctx.clock())
     except StoreError as exc:
         raise HTTPException(422, str(exc)) from None
     return {"objects": labels}

@@ -114,8 +114,8 @@ class ClipWrites(Engine):
             return ClipOutcome(unit, clip, "waiting", f"no stored alert of incident {manifest.incident_id} (yet)")
         received = self._x(cur, "SELECT MAX(received_at) FROM clip_parts WHERE unit_id = ? AND clip_id = ? "
                                 "AND sha256 = ?", where).fetchone()[0]
-        self._x(cur, "INSERT INTO clips (unit_id, clip_id, event_id, reason, received_at, size_bytes, frames, manifest) "
-                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (unit_id, clip_id) DO NOTHING",
+        self._x(cur, "INSERT INTO clips (unit_id, clip_id, event_id, reason, received_at, size_bytes, frames, "
+                     "manifest) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (unit_id, clip_id) DO NOTHING",
                 (unit, clip, alert[0], manifest.reason, float(received), len(data), len(frames),
                  manifest.model_dump_json()))
         self._insert_rows(cur, "INSERT INTO clip_frames (unit_id, clip_id, idx, data)", "(?, ?, ?, ?)",
@@ -165,9 +165,9 @@ class ClipWrites(Engine):
     def prune_clips(self, older_than: float, max_total_bytes: int) -> int:
         """Retention: clips received before `older_than`, then the oldest beyond `max_total_bytes`."""
         with self.transaction() as cur:
-            aged = [tuple(r) for r in self._x(cur, "SELECT unit_id, clip_id FROM clips WHERE received_at < ?",
-                                              (older_than,)).fetchall()]
-            self._delete_clips(cur, aged)  # type: ignore[arg-type]
+            aged = [(str(r[0]), str(r[1])) for r in self._x(
+                cur, "SELECT unit_id, clip_id FROM clips WHERE received_at < ?", (older_than,)).fetchall()]
+            self._delete_clips(cur, aged)
             return len(aged) + self._trim_clips(cur, "1 = 1", [], max_total_bytes)
 
     def clip_bytes(self, unit_id: str | None = None) -> int:
