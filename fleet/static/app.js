@@ -208,7 +208,8 @@ function makeCard(a) {
   const place = [a.site, a.building, a.elevator].filter(Boolean).join(" · ");
   card.append(el("div", {}, el("strong", {}, ALERT_WORDS[a.type] || a.type), " · ",
                  el("a", { href: `/units/${encodeURIComponent(a.unit_id)}` }, a.unit_id)),
-              el("div", { class: "muted" }, `${place} · ${when} · ${a.cls || ""}${conf}`));
+              el("div", { class: "muted" }, `${place} · ${when} · ${a.cls || ""}${conf} · `,
+                 el("a", { href: a.page_url, class: "details" }, "clip & details")));
   const buttons = el("div", {});
   for (const [verdict, label] of VERDICTS) {
     const b = el("button", { class: "verdict", "data-verdict": verdict }, label);
