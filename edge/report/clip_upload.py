@@ -92,9 +92,9 @@ class ClipUploader:
             return
         up.index += 1
         if up.index >= up.count:
-            up.path.unlink(missing_ok=True)
             self.counts["uploaded"] += 1
             self._current = None
+            up.path.unlink(missing_ok=True)
             log.info("clip %s uploaded (%d KB in %d chunks)", up.path.name, len(up.data) // 1024, up.count)
 
     def restart(self) -> None:

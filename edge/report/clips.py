@@ -144,7 +144,7 @@ class ClipRecorder:
         frames = []
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-            step = -(-len(clip.shots) // MAX_CLIP_FRAMES)  # a very high frame rate: every n-th frame
+            step = max(1, -(-len(clip.shots) // MAX_CLIP_FRAMES))  # a very high frame rate: every n-th frame
             for i, shot in enumerate(clip.shots[::step]):
                 k = shot.scale
                 people = [(d.box[0] * k, d.box[1] * k, d.box[2] * k, d.box[3] * k)
