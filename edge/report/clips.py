@@ -20,7 +20,6 @@ clips name no alert, which the fleet requires, so they stay on the unit for `lif
 from __future__ import annotations
 
 import io
-import json
 import logging
 import queue
 import threading

@@ -28,8 +28,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from contract.errors import ConfigError
 from contract.bounds import MAX_COUNTER
+from contract.errors import ConfigError
 from contract.mqtt import EventPayload, HeartbeatPayload
 from contract.stats import percentile
 from edge import __version__

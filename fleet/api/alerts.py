@@ -7,7 +7,6 @@ import json
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
-
 from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request

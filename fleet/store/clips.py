@@ -18,7 +18,6 @@ from typing import Any, get_args
 
 from contract.clips import MAX_CLIP_BYTES, read_clip
 from contract.errors import PayloadError
-from contract.model_format import TRAINING_CLASSES
 from fleet.alerts import EBIKE_TYPES, ObjectClass
 from fleet.errors import StoreError
 from fleet.store.engine import Cursor, Engine, Row
@@ -29,7 +28,6 @@ PARTS_MAX_AGE_S = 3600.0
 UNIT_PARTS_MAX_BYTES = 2 * MAX_CLIP_BYTES
 # A per-object correction: a training class, or "none" (not an object: the box is dropped from labels).
 OBJECT_CLASSES: tuple[str, ...] = get_args(ObjectClass)
-assert OBJECT_CLASSES == (*TRAINING_CLASSES, "none"), "fleet.alerts.ObjectClass must list the training classes"
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,9 @@ def test_jpeg_size_reads_the_frame_header(size: tuple[int, int]) -> None:
 
 
 def test_the_training_classes_are_the_trainers() -> None:
+    from fleet.store.clips import OBJECT_CLASSES
     from tools.corpus import CLASSES as corpus_classes
     from tools.model import CLASSES as model_classes
 
     assert TRAINING_CLASSES == tuple(corpus_classes) == tuple(model_classes)
+    assert (*TRAINING_CLASSES, "none") == OBJECT_CLASSES  # what a manager may correct an object to

@@ -31,7 +31,7 @@ class FakeClock:
         return self.now
 
 
-def put_clip(folder: Path, ts: float, reason: str = "hold", frames: int = 30) -> tuple[Path, bytes]:
+def put_clip(folder: Path, ts: float, reason: str = "hold", frames: int = 60) -> tuple[Path, bytes]:
     folder.mkdir(exist_ok=True)
     clip_id, data = clip_zip("lift-1", "incident-1" if reason == "hold" else None, frames=frames,
                              size=(640, 360), reason=reason)

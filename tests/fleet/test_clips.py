@@ -233,16 +233,19 @@ def test_each_unit_keeps_its_clips_within_its_quota_and_retention_removes_old_on
     assert store.query("SELECT COUNT(*) AS n FROM clip_frames")[0]["n"] == 0
 
 
-def test_a_unit_cannot_park_unbounded_unfinished_parts(store: Store) -> None:
+def test_a_unit_cannot_park_unbounded_unfinished_parts(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     from contract.clips import CLIP_CHUNK_BYTES, encode_chunk
-    from fleet.store.clips import UNIT_PARTS_MAX_BYTES
+    from fleet.store import clips as clip_store
 
+    cap = 10 * CLIP_CHUNK_BYTES  # two 16 MiB clips in production; smaller here to keep the test light
+    monkeypatch.setattr(clip_store, "UNIT_PARTS_MAX_BYTES", cap)
     sha = "ab" * 32
-    payloads = [encode_chunk(sha, i, 255, b"x" * CLIP_CHUNK_BYTES) for i in range(200)]
-    outcomes = send(store, "lift-1", uuid.uuid4().hex, payloads)
-    stored = store.query("SELECT COALESCE(SUM(size_bytes), 0) AS n FROM clip_parts")[0]["n"]
-    assert 0 < stored <= UNIT_PARTS_MAX_BYTES
-    assert any(o.outcome == "over_parts_cap" for o in outcomes)
+    outcomes = send(store, "lift-1", uuid.uuid4().hex, [encode_chunk(sha, i, 255, b"x" * CLIP_CHUNK_BYTES)
+                                                         for i in range(12)])
+    assert store.query("SELECT COALESCE(SUM(size_bytes), 0) AS n FROM clip_parts")[0]["n"] == cap
+    assert [o.outcome for o in outcomes] == ["over_parts_cap"] * 2
+    send(store, "lift-2", uuid.uuid4().hex, [encode_chunk(sha, 0, 255, b"x" * CLIP_CHUNK_BYTES)])  # its own cap
+    assert store.query("SELECT COUNT(*) AS n FROM clip_parts WHERE unit_id = 'lift-2'")[0]["n"] == 1
 
 
 # --- over the broker: what ingest counts ---------------------------------------------------------

@@ -28,7 +28,7 @@ def clip_zip(unit_id: str, incident_id: str | None, frames: int = 6, size: tuple
     meta = []
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for i in range(frames):
-            img = np.full((h, w, 3), 40 + 10 * i, np.uint8)
+            img = np.full((h, w, 3), (40 + 10 * i) % 256, np.uint8)
             cv2.putText(img, f"frame {i}", (10, h - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1)
             ok, jpeg = cv2.imencode(".jpg", img)
             assert ok
