@@ -347,12 +347,13 @@ def test_the_alert_page_plays_the_clip_and_saves_a_correction_in_a_browser(
         assert page.locator("#clip-boxes .clip-box").count() == 2
         assert page.text_content("#clip-boxes .clip-box span") == "ebike 0.91"
         page.click("#clip-play")
-        page.wait_for_function("document.getElementById('clip-frame').dataset.index === '5'", timeout=20000)
+        # (wait_until, not wait_for_function: the page's CSP forbids the eval that one needs)
+        wait_until(lambda: page.get_attribute("#clip-frame", "data-index") == "5", 20)
         page.wait_for_selector('#clip-player[data-playing="false"]')
         assert page.evaluate("document.getElementById('clip-frame').naturalWidth") == 320
         page.select_option('select[name="1"]', "none")
         page.click("#object-save")
-        page.wait_for_function("document.getElementById('object-status').textContent.startsWith('Saved')")
+        wait_until(lambda: (page.text_content("#object-status") or "").startswith("Saved"), 20)
         assert [(o["object_idx"], o["cls"]) for o in fleet.store.object_labels(event_id)] == [(1, "none")]
         assert errors == []
         page.context.close()
