@@ -65,7 +65,7 @@ def test_people_are_blurred_before_a_clip_is_kept(tmp_path: Path) -> None:
     image = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
     person = Detection((200.0, 100.0, 320.0, 400.0), 0.9, "person")
     recorder = ClipRecorder(ClipsConfig(dir=str(tmp_path)), "u1", ("ebike",))
-    path = recorder.write(Clip("c1", "hold", 0.0, "u1", None, [shot(0.0, image, [person])]))
+    path = recorder.write(Clip("c1" * 16, "hold", 0.0, "u1", None, [shot(0.0, image, [person])]))  # ids: 32 hex
     recorder.close()
     with zipfile.ZipFile(path) as zf:
         stored = cv2.imdecode(np.frombuffer(zf.read("frames/000.jpg"), np.uint8), cv2.IMREAD_COLOR)
@@ -80,12 +80,12 @@ def test_the_disk_cap_evicts_the_oldest_clips_and_counts_them(tmp_path: Path) ->
     recorder = ClipRecorder(ClipsConfig(dir=str(tmp_path), max_mb=1), "u1", ("ebike",))
     for i in range(6):
         frames = [shot(i + j / 10, rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)) for j in range(3)]
-        recorder.write(Clip(f"clip{i}", "hold", float(i), "u1", None, frames))
+        recorder.write(Clip(f"{i:x}" * 32, "hold", float(i), "u1", None, frames))
     recorder.close()
     kept = sorted(tmp_path.glob("*.zip"))
     assert sum(p.stat().st_size for p in kept) <= 1024 * 1024
     assert recorder.counts["evicted"] == 6 - len(kept) > 0
-    assert "clip5"[:12] in kept[-1].name  # the newest stays
+    assert "5" * 12 in kept[-1].name  # the newest stays
 
 
 def test_a_busy_writer_never_holds_up_the_frame_loop(tmp_path: Path) -> None:
