@@ -137,11 +137,12 @@ def test_a_lost_deadlock_is_retried_at_once_and_nothing_is_quarantined(tmp_path:
     class LosesOneRace(Store.open(f"sqlite:///{tmp_path / 'x.db'}").__class__):  # type: ignore[misc]
         races = 1
 
-        def write_batch(self, batch: IngestBatch, unit_snapshot_quota: int | None = None) -> list[EventPayload]:
+        def write_batch(self, batch: IngestBatch, unit_snapshot_quota: int | None = None,
+                        unit_clip_quota: int | None = None) -> list[EventPayload]:
             if self.races:
                 self.races -= 1
                 raise psycopg.errors.DeadlockDetected("deadlock detected")
-            return super().write_batch(batch, unit_snapshot_quota)
+            return super().write_batch(batch, unit_snapshot_quota, unit_clip_quota)
 
         def is_transient(self, exc: BaseException) -> bool:
             return isinstance(exc, psycopg.errors.DeadlockDetected)
