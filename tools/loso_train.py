@@ -33,7 +33,7 @@ import numpy as np
 
 from tools.corpus import merge_corpora
 from tools.features import Sample, load_split
-from tools.loso import PROTECTED_CLASSES, PROTECTED_SOURCES, Fold, choose_threshold, rate
+from tools.loso import PROTECTED_CLASSES, PROTECTED_SOURCES, Fold, choose_threshold, pct, rate
 from tools.views import EBIKE
 
 log = logging.getLogger("tools.loso_train")
@@ -142,21 +142,14 @@ def run_fold(held: str, sources: dict[str, Path], composites: Path | None, runs:
     return onnx, float(ckpt["thresholds"]["ebike"]), info
 
 
-def _pct(r: dict[str, Any]) -> str:
-    if not r["n"]:
-        return "–"
-    lo, hi = r["ci95"]
-    return f"{100 * r['rate']:.1f} % ({r['k']}/{r['n']}; {100 * lo:.1f}–{100 * hi:.1f})"
-
-
 def markdown(rows: Sequence[dict[str, Any]]) -> str:
     out = ["| held-out source | threshold (how set) | e-bike recall | protected false blocks |", "|---|---|---|---|"]
     for r in rows:
         for key, how in (("trainer_threshold", "trainer, own val"), ("other_folds_threshold", "other folds")):
             if key in r:
                 t = r[key]
-                out.append(f"| {r['source']} | {t['threshold']:.2f} ({how}) | {_pct(t['ebike_recall'])} | "
-                           f"{_pct(t['protected_false_blocks'])} |")
+                out.append(f"| {r['source']} | {t['threshold']:.2f} ({how}) | {pct(t['ebike_recall'])} | "
+                           f"{pct(t['protected_false_blocks'])} |")
     return "\n".join(out) + "\n"
 
 
