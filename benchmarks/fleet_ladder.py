@@ -307,6 +307,24 @@ def rung(setup: str, n_servers: int, units_equiv: int, work: Path, pg: PostgresS
     return result
 
 
+def time_wait_sockets() -> int:
+    """TCP sockets in TIME_WAIT (state 06 in /proc/net/tcp and tcp6)."""
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            n += sum(1 for line in f if line.split()[3:4] == ["06"])
+    return n
+
+
+def wait_for_ports(most: int = 2000, timeout_s: float = 120.0) -> float:
+    """Let the last rung's 12,370 closed connections leave TIME_WAIT before the next opens as many: with
+    28k ephemeral ports, two rungs back to back ran out of them (connect: address already in use)."""
+    t0 = time.monotonic()
+    while time_wait_sockets() > most and time.monotonic() - t0 < timeout_s:
+        time.sleep(1)
+    return round(time.monotonic() - t0, 1)
+
+
 def ladder(setups: list[tuple[str, int]], rungs: list[int], duration_s: float) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-fleet-ladder-") as tmp:
@@ -323,7 +341,8 @@ def ladder(setups: list[tuple[str, int]], rungs: list[int], duration_s: float) -
             try:
                 for units in rungs:
                     try:
-                        results.append(rung(setup, n, units, work, pg, duration_s))
+                        waited = wait_for_ports()
+                        results.append({**rung(setup, n, units, work, pg, duration_s), "waited_for_ports_s": waited})
                     except Exception as exc:  # one failed rung is a result too; the ladder goes on
                         print(f"   rung failed: {exc}", file=sys.stderr, flush=True)
                         results.append({"setup": setup, "servers": n, "units_equivalent": units, "error": str(exc)})
