@@ -196,7 +196,8 @@ def rung(setup: str, n_servers: int, units_equiv: int, work: Path, pg: PostgresS
         # the offered rate column shows whether it still kept up.
         niced = ["nice", "-n", str(simulator_nice)] if simulator_nice else []
         sim = subprocess.Popen(
-            [*niced, *CLI, "simulate", "--mqtt", broker.url, "--units", str(CONNECTIONS), "--heartbeat-s", f"{heartbeat_s:g}",
+            [*niced, *CLI, "simulate", "--mqtt", broker.url, "--units", str(CONNECTIONS),
+             "--heartbeat-s", f"{heartbeat_s:g}",
              "--duration-s", str(duration_s), "--alert-rate", str(ALERT_RATE), "--alert-start-s", "2",
              "--alert-duration-s", str(duration_s - 4), "--report", str(report), "--prefix", "u",
              "--stop", "drop", "--connect-rate", "3000"],
