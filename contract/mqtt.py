@@ -121,6 +121,10 @@ class HeartbeatPayload(_Strict):
     # figures then rest on few frames). Both 0 without a shadow model.
     shadow_runs: Counter = Field(default=0, description="frames the shadow model ran on")
     shadow_skipped_budget: Counter = Field(default=0, description="frames the shadow model skipped for the budget")
+    # Event clips since start-up (contract/clips.py): uploaded whole, and lost on the unit (the writer was busy,
+    # the folder's size cap evicted it, or it could not be read back).
+    clips_uploaded: Counter = Field(default=0, description="event clips the broker acknowledged whole")
+    clips_lost: Counter = Field(default=0, description="event clips dropped, evicted or unreadable on the unit")
     software: str = Field(max_length=64)
     site: str | None = Field(default=None, max_length=128)
     building: str | None = Field(default=None, max_length=128)

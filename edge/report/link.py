@@ -28,6 +28,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from contract.bounds import MAX_COUNTER
 from contract.models import ModelReportedPayload
 from contract.mqtt import MAX_SNAPSHOT_BYTES, EventPayload, HeartbeatPayload, StatusPayload, encode, unit_topic
 from contract.mqtt_client import Will, new_client
@@ -83,6 +84,7 @@ class MqttLink:
         self.stats = {"published": 0, "acked": 0, "nacked": 0, "connects": 0, "commands": 0}
         self.model_updater: ModelUpdater | None = None  # model rollout (attach_models)
         self.clip_uploader: ClipUploader | None = None  # event clips to the fleet (attach_clips)
+        self.clip_losses: Callable[[], int] = lambda: 0  # the recorder's dropped + evicted clips (attach_clips)
         self._clip_mid: int | None = None  # the clip chunk awaiting PUBACK; worker thread only
         self._client = self._make_client()
 
@@ -299,9 +301,12 @@ class MqttLink:
             self._clip_mid = None
             self.clip_uploader.restart()
 
-    def attach_clips(self, uploader: ClipUploader) -> None:
-        """Event clips: uploaded from their folder on this worker, when no event waits (contract/clips.py)."""
+    def attach_clips(self, uploader: ClipUploader, losses: Callable[[], int] | None = None) -> None:
+        """Event clips: uploaded from their folder on this worker, when no event waits (contract/clips.py);
+        `losses`: the clips the recorder dropped or evicted, for the heartbeat's `clips_lost`."""
         self.clip_uploader = uploader
+        if losses is not None:
+            self.clip_losses = losses
         self._wake.set()
 
     def _clip_wait(self) -> float:
@@ -366,9 +371,14 @@ class MqttLink:
         if not self._heartbeat:
             return
         try:
-            beat = self._heartbeat().model_copy(update={
+            update: dict[str, Any] = {
                 "outbox_depth": self.outbox.depth(), "outbox_evicted": self.outbox.evicted(),
-                "outbox_snapshots_dropped": self.outbox.evicted_snapshots()})
+                "outbox_snapshots_dropped": self.outbox.evicted_snapshots()}
+            if self.clip_uploader is not None:
+                counts = self.clip_uploader.counts
+                update.update(clips_uploaded=min(counts["uploaded"], MAX_COUNTER),
+                              clips_lost=min(counts["unreadable"] + self.clip_losses(), MAX_COUNTER))
+            beat = self._heartbeat().model_copy(update=update)
         except Exception:
             log.exception("heartbeat source failed")
             return

@@ -216,12 +216,17 @@ def start_clips(cfg: Config, pipeline: Pipeline) -> ClipRecorder | None:
     return recorder
 
 
-def attach_clip_upload(cfg: Config, link: Any) -> ClipUploader | None:
-    """Clips of holds to the fleet (clips.enabled and clips.upload), on the link's worker thread."""
+def attach_clip_upload(cfg: Config, link: Any, recorder: ClipRecorder | None = None) -> ClipUploader | None:
+    """Clips of holds to the fleet (clips.enabled and clips.upload), on the link's worker thread; the
+    recorder's dropped and evicted clips go into the heartbeat's `clips_lost`."""
     if not (cfg.clips.enabled and cfg.clips.upload):
         return None
     uploader = ClipUploader(cfg.clips.dir, cfg.clips.upload_interval_s)
-    link.attach_clips(uploader)
+    losses = None
+    if recorder is not None:
+        counts = recorder.counts
+        losses = lambda: counts["dropped_busy"] + counts["evicted"] + counts["write_errors"]  # noqa: E731
+    link.attach_clips(uploader, losses)
     return uploader
 
 
@@ -272,7 +277,7 @@ def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = 
     link = _start_link(cfg, pipeline, fan_out, lambda: camera.state.value, health.metrics) if cfg.mqtt.url else None
     if link is not None:
         link.attach_models(updater)
-        attach_clip_upload(cfg, link)
+        attach_clip_upload(cfg, link, clips)
         updater.announce(rollback_note is None, rollback_note or "started")  # model/reported: what runs now
     last = 0.0
     try:

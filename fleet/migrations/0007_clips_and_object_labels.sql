@@ -52,3 +52,6 @@ CREATE TABLE object_labels (
 -- The shadow model's frames run and skipped for the frame budget, from the heartbeats (issue 17).
 ALTER TABLE units ADD COLUMN shadow_runs BIGINT;
 ALTER TABLE units ADD COLUMN shadow_skipped_budget BIGINT;
+-- The unit's event clips since start-up, from its heartbeats: uploaded whole, lost on the unit.
+ALTER TABLE units ADD COLUMN clips_uploaded BIGINT;
+ALTER TABLE units ADD COLUMN clips_lost BIGINT;

@@ -276,12 +276,13 @@ class IngestWrites(ClipWrites):
                           "text, text, float8, float8, float8, text, text, text, text, text")
 
     def _write_shadow_models(self, cur: Cursor, batch: IngestBatch) -> None:
-        """The shadow model each heartbeat names (none = no shadow running) and its run/skip counts: issue 17's
-        models per unit."""
-        self._xmany(cur, "UPDATE units SET shadow_model_id = ?, shadow_runs = ?, shadow_skipped_budget = ? "
-                         "WHERE unit_id = ?",
-                    sorted(((hb.shadow_model_id, hb.shadow_runs, hb.shadow_skipped_budget, unit)
-                            for unit, (hb, _at) in batch.heartbeats.items()), key=lambda r: r[3]))
+        """The shadow model each heartbeat names (none = no shadow running) and its run/skip counts (issue 17's
+        models per unit), and the unit's event clips uploaded and lost."""
+        self._xmany(cur, "UPDATE units SET shadow_model_id = ?, shadow_runs = ?, shadow_skipped_budget = ?, "
+                         "clips_uploaded = ?, clips_lost = ? WHERE unit_id = ?",
+                    sorted(((hb.shadow_model_id, hb.shadow_runs, hb.shadow_skipped_budget, hb.clips_uploaded,
+                             hb.clips_lost, unit) for unit, (hb, _at) in batch.heartbeats.items()),
+                           key=lambda r: r[5]))
 
     def _write_heartbeats(self, cur: Cursor, batch: IngestBatch) -> None:
         # A heartbeat proves the unit runs, so it also says `online` (a lost retained status must

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 import uuid
@@ -131,17 +132,18 @@ def test_the_link_sends_events_first_and_clip_chunks_only_when_its_outbox_is_emp
 
     watcher.on_message = on_message
     watcher.connect("127.0.0.1", mosquitto.port)
-    watcher.subscribe([(unit_topic("lift-1", "events"), 1), (unit_topic("lift-1", "clips/+"), 1)])
+    watcher.subscribe([(unit_topic("lift-1", "events"), 1), (unit_topic("lift-1", "clips/+"), 1),
+                       (unit_topic("lift-1", "heartbeat"), 0)])
     watcher.loop_start()
     assert subscribed.wait(30)
-    cfg = parse_config({"unit": {"id": "lift-1"}, "mqtt": {"url": mosquitto.url,
+    cfg = parse_config({"unit": {"id": "lift-1"}, "mqtt": {"url": mosquitto.url, "heartbeat_s": 1,
                                                             "outbox_path": str(tmp_path / "outbox.sqlite3")}})
-    link = MqttLink.from_config(cfg, None, None)
+    link = MqttLink.from_config(cfg, None, lambda: samples.heartbeat("lift-1"))
     alerts = [samples.alert("lift-1") for _ in range(3)]
     for event in alerts:  # queued before the link even connects
         link.emit(event)
     uploader = ClipUploader(clips, interval_s=0.05)
-    link.attach_clips(uploader)
+    link.attach_clips(uploader, losses=lambda: 2)  # the recorder dropped or evicted two
     link.start()
     try:
         deadline = time.monotonic() + 60
@@ -151,9 +153,20 @@ def test_the_link_sends_events_first_and_clip_chunks_only_when_its_outbox_is_emp
         topics = [t for t, _ in received]
         first_chunk = next(i for i, t in enumerate(topics) if "/clips/" in t)
         assert sum(1 for t in topics[:first_chunk] if t.endswith("/events")) == len(alerts)
-        parts = sorted((decode_chunk(p) for t, p in received if "/clips/" in t), key=lambda p: p[1])
+        parts = sorted((decode_chunk(p) for t, p in received if "/clips/" in t and p.startswith(b"LGC1")),
+                       key=lambda p: p[1])
         assert b"".join(p[3] for p in parts) == data
         assert link.metrics()["clips_uploaded"] == 1
+
+        def beat_after_upload() -> dict[str, Any] | None:
+            beats = [json.loads(p) for t, p in received if t.endswith("/heartbeat")]
+            return next((b for b in beats if b.get("clips_uploaded") == 1), None)
+
+        deadline = time.monotonic() + 30
+        while beat_after_upload() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        beat = beat_after_upload()
+        assert beat is not None and beat["clips_lost"] == 2  # the fleet sees what the unit lost
     finally:
         link.close()
         watcher.disconnect()

@@ -82,7 +82,7 @@ def start_clip_unit(broker: MosquittoBroker, tmp_path: Path, unit_id: str = "lif
                         wall=lambda t: start + t)
     recorder = start_clips(cfg, pipeline)
     link = _start_link(cfg, pipeline, fan_out, lambda: "online")
-    assert attach_clip_upload(cfg, link) is not None
+    assert attach_clip_upload(cfg, link, recorder) is not None
     assert link.wait_connected(60)
     return ClipUnit(cfg, pipeline, link, recorder, clock)
 
@@ -122,6 +122,8 @@ def test_a_units_hold_clip_reaches_the_fleet_and_plays_in_the_alert_view(fleet: 
     assert alert is not None and alert["type"] == "ebike_blocked" and alert["incident_id"] == manifest.incident_id
     wait_until(lambda: not local.exists(), 30)  # gone from the unit once the broker had every chunk
     assert unit.link.metrics()["clips_uploaded"] == 1
+    row = wait_until(lambda: (u := fleet.store.get_unit("lift-1")) and u["clips_uploaded"] == 1 and u, 30)
+    assert row["clips_lost"] == 0  # from the unit's heartbeats
     print(f"clip: {len(frames)} frames, {len(sent) / 1024:.0f} KiB, {-(-len(sent) // 65536)} chunks, "
           f"stored by the fleet {upload_s:.2f} s after it was written")
 
@@ -141,6 +143,7 @@ def test_a_units_hold_clip_reaches_the_fleet_and_plays_in_the_alert_view(fleet: 
     assert page.status_code == 200 and 'id="clip-player"' in page.text
     assert page.headers["content-security-policy"] == CSP  # no inline script, same protections
     assert client.get("/alerts").text.count("▶ clip") == 1
+    assert "1 uploaded, 0 lost on the unit" in client.get("/units/lift-1").text
     with httpx.Client(base_url=fleet.url) as nobody:
         assert nobody.get(clip["frames"][0]["url"]).status_code == 401
         assert nobody.get(view["clip_url"]).status_code == 401
