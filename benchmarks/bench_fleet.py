@@ -261,6 +261,8 @@ def main() -> int:
                         help="ladder setups, engine:servers, comma-separated (default sqlite:1,postgres:2)")
     parser.add_argument("--rungs", default="", help="ladder rungs in unit-equivalents (default all six)")
     parser.add_argument("--rung-s", type=float, default=30.0, help="measured seconds per rung")
+    parser.add_argument("--simulator-nice", type=int, default=0, choices=range(20), metavar="0-19",
+                        help="ladder: run the load generator at this nice level, i.e. on CPU the stack leaves idle")
     parser.add_argument("--out-suffix", default="", help="ladder: write bench_fleet_ladder<suffix>.json/.png")
     args = parser.parse_args()
     if args.abuse:
@@ -312,7 +314,7 @@ def ladder_main(args: argparse.Namespace) -> int:
     setups = [(s.split(":")[0], int(s.split(":")[1])) for s in args.setups.split(",") if s]
     rungs = [int(r) for r in args.rungs.split(",") if r] or list(RUNGS)
     started = time.monotonic()
-    results = ladder(setups, rungs, args.rung_s)
+    results = ladder(setups, rungs, args.rung_s, args.simulator_nice)
     out = {"benchmark": "fleet_ladder", "total_s": round(time.monotonic() - started, 1),
            "cpu_count": os.cpu_count(), "loadavg_at_end": os.getloadavg(), "rung_s": args.rung_s,
            "note": "12,370 real connections; a heartbeat of 30 s x 12,370 / N stands in for N units; 100 alerts/s "

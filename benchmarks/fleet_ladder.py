@@ -104,7 +104,7 @@ def start_server(db: str, broker: MosquittoBroker, workdir: Path, name: str, sha
 
 
 def rung(setup: str, n_servers: int, units_equiv: int, work: Path, pg: PostgresServer | None,
-         duration_s: float) -> dict[str, Any]:
+         duration_s: float, simulator_nice: int = 0) -> dict[str, Any]:
     heartbeat_s = REAL_HEARTBEAT_S * CONNECTIONS / units_equiv
     flush_s = round(min(5.0, 0.8 * heartbeat_s), 2)
     name = f"{setup}{n_servers}-{units_equiv}"
@@ -123,8 +123,12 @@ def rung(setup: str, n_servers: int, units_equiv: int, work: Path, pg: PostgresS
     try:
         servers = [start_server(db, broker, rdir, f"{name}-{i}", n_servers > 1, flush_s) for i in range(n_servers)]
         report = rdir / "sim.json"
+        # `nice` > 0: the load generator runs only on CPU the stack leaves idle, as if on a core of its own;
+        # the offered rate column shows whether it still kept up.
+        niced = ["nice", "-n", str(simulator_nice)] if simulator_nice else []
         sim = subprocess.Popen(
-            [*CLI, "simulate", "--mqtt", broker.url, "--units", str(CONNECTIONS), "--heartbeat-s", f"{heartbeat_s:g}",
+            [*niced, *CLI, "simulate", "--mqtt", broker.url, "--units", str(CONNECTIONS),
+             "--heartbeat-s", f"{heartbeat_s:g}",
              "--duration-s", str(duration_s), "--alert-rate", str(ALERT_RATE), "--alert-start-s", "2",
              "--alert-duration-s", str(duration_s - 4), "--report", str(report), "--prefix", "u",
              "--stop", "drop", "--connect-rate", "3000"],
@@ -238,7 +242,26 @@ def rung(setup: str, n_servers: int, units_equiv: int, work: Path, pg: PostgresS
     return result
 
 
-def ladder(setups: list[tuple[str, int]], rungs: list[int], duration_s: float) -> list[dict[str, Any]]:
+def time_wait_sockets() -> int:
+    """TCP sockets in TIME_WAIT (state 06 in /proc/net/tcp and tcp6)."""
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            n += sum(1 for line in f if line.split()[3:4] == ["06"])
+    return n
+
+
+def wait_for_ports(most: int = 2000, timeout_s: float = 120.0) -> float:
+    """Let the last rung's 12,370 closed connections leave TIME_WAIT before the next opens as many: with
+    28k ephemeral ports, two rungs back to back ran out of them (connect: address already in use)."""
+    t0 = time.monotonic()
+    while time_wait_sockets() > most and time.monotonic() - t0 < timeout_s:
+        time.sleep(1)
+    return round(time.monotonic() - t0, 1)
+
+
+def ladder(setups: list[tuple[str, int]], rungs: list[int], duration_s: float,
+           simulator_nice: int = 0) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-fleet-ladder-") as tmp:
         work = Path(tmp)
@@ -254,7 +277,9 @@ def ladder(setups: list[tuple[str, int]], rungs: list[int], duration_s: float) -
             try:
                 for units in rungs:
                     try:
-                        results.append(rung(setup, n, units, work, pg, duration_s))
+                        waited = wait_for_ports()
+                        results.append({**rung(setup, n, units, work, pg, duration_s, simulator_nice),
+                                        "waited_for_ports_s": waited, "simulator_nice": simulator_nice})
                     except Exception as exc:  # one failed rung is a result too; the ladder goes on
                         print(f"   rung failed: {exc}", file=sys.stderr, flush=True)
                         results.append({"setup": setup, "servers": n, "units_equivalent": units, "error": str(exc)})

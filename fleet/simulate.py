@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import selectors
+import socket
 import time
 import uuid
 from collections import Counter
@@ -70,6 +71,9 @@ class SimUnit:
     connected: bool = False
     blocking_enabled: bool = True
     relay: RelayState = "released"
+    # The socket registered with the selector: paho drops its own reference when it closes a failed
+    # socket, and a closed fd left registered would collide with the next socket given that number.
+    registered: socket.socket | None = None
 
 
 @dataclass
@@ -213,10 +217,21 @@ class Simulator:
             self.report.counters["disconnects"] += 1
             log.debug("%s lost its connection: %s", unit.unit_id, why)
         unit.connected = False
-        sock = unit.client.socket()
-        if sock is not None:
+        self._unregister(unit)
+
+    def _unregister(self, unit: SimUnit) -> None:
+        if unit.registered is not None:
             with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(sock)
+                self.selector.unregister(unit.registered)
+            unit.registered = None
+
+    def _register(self, unit: SimUnit, sock: socket.socket) -> None:
+        self._unregister(unit)
+        stale = self.selector.get_map().get(sock.fileno())
+        if stale is not None:  # a socket paho closed under another unit: its number is reused now
+            self._drop(stale.data, "socket closed by the client")
+        self.selector.register(sock, selectors.EVENT_READ, unit)
+        unit.registered = sock
 
     def connect_all(self) -> None:
         t0 = time.monotonic()
@@ -229,8 +244,8 @@ class Simulator:
                 log.warning("%s could not connect: %s", unit.unit_id, exc)
                 continue
             sock = unit.client.socket()
-            if sock is not None:
-                self.selector.register(sock, selectors.EVENT_READ, unit)
+            if isinstance(sock, socket.socket):
+                self._register(unit, sock)
             lag = t0 + (i + 1) * interval - time.monotonic()
             self._pump(max(0.0, lag))
         deadline = time.monotonic() + 30

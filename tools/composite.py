@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
-from tools.corpus import CLASS_ID
+from tools.corpus import CLASS_ID, Box, CorpusWriter
 from tools.model import INPUT_H, INPUT_W
 from tools.scenegen import effects
 from tools.scenegen.camera import fisheye
@@ -43,6 +44,7 @@ from tools.views import View
 log = logging.getLogger("tools.composite")
 OUT_W, OUT_H = 480, 384  # rendered a little larger than the model input, then degraded and resized
 ETOILES = "etoiles-elevator-ebike"
+COMPOSITE_SOURCE = "scenegen-composite"  # generated-data prefix of tools.features.SYNTHETIC_PREFIX
 # (source, classes cut out, max images read)
 PLAN: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("roboflow-wheelchair-seg", ("wheelchair",), 300),
@@ -66,9 +68,12 @@ class Cutout:
     sprite: Sprite
 
 
-def load_cutouts(src: Path, scale: float = 1.0, grabcut: bool = True) -> dict[int, list[Cutout]]:
+def load_cutouts(src: Path, scale: float = 1.0, grabcut: bool = True,
+                 exclude: frozenset[str] = frozenset()) -> dict[int, list[Cutout]]:
     bank: dict[int, list[Cutout]] = {}
     for folder, names, limit in PLAN:
+        if folder in exclude:
+            continue
         items = list(iter_sources(src, {folder}))
         if folder == "lexra-wheelchair":
             items = [i for i in items if i.path.parent.name == "person"]
@@ -84,9 +89,11 @@ def load_cutouts(src: Path, scale: float = 1.0, grabcut: bool = True) -> dict[in
     return bank
 
 
-def inpainted_stills(src: Path) -> list[np.ndarray]:
+def inpainted_stills(src: Path, exclude: frozenset[str] = frozenset()) -> list[np.ndarray]:
     """The etoiles stills with their labelled e-bikes and people inpainted away, at the render size."""
-    out = []
+    out: list[np.ndarray] = []
+    if ETOILES in exclude:
+        return out
     for item in iter_sources(src, {ETOILES}):
         img = item.load()
         h, w = img.shape[:2]
@@ -281,6 +288,24 @@ def composite_jobs(bank: dict[int, list[Cutout]], stills: Sequence[np.ndarray], 
                    [[float(x) for x in b] for b in boxes], uses), rgb
 
 
+def write_corpus(root: Path, jobs: Iterable[tuple[View, np.ndarray]], total: int) -> int:
+    """Composites as a training-only YOLO corpus (tools.corpus layout) for `tools.train`.
+
+    Their manifest source starts with the trainer's generated-data prefix, so the trainer gives each
+    one view and never sets an operating point on them (they are training data, not a held-out source);
+    the sources of their pixels go in the group column, e.g. `composite/0/12|huican-stroller|coco128`."""
+    writer = CorpusWriter(root)
+    n = 0
+    for view, rgb in tqdm(jobs, total=total, desc="composites", unit="img"):
+        boxes = [Box(int(b[0]), b[1], b[2], b[3], b[4]) for b in view.boxes]
+        name = view.image.replace(":", "_")
+        writer.add(name, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), boxes, "train", COMPOSITE_SOURCE,
+                   "|".join([view.group, *view.uses]), "derived from the shared datasets; never committed")
+        n += 1
+    writer.finish()
+    return n
+
+
 def contact_sheet(bank: dict[int, list[Cutout]], stills: Sequence[np.ndarray], out: Path, n: int, seed: int) -> None:
     tiles = []
     for view, rgb in composite_jobs(bank, stills, n, seed):
@@ -305,15 +330,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-grabcut", action="store_true")
+    ap.add_argument("--corpus", type=Path, help="write the composites as a YOLO corpus (train split) for tools.train")
+    ap.add_argument("--exclude-source", action="append", default=[], choices=[f for f, _, _ in PLAN],
+                    help="use no cut-out or still of this source (a leave-one-source-out fold's training data)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    bank = load_cutouts(args.src, grabcut=not args.no_grabcut, scale=0.15 if args.sheet else 1.0)
-    stills = inpainted_stills(args.src)
+    exclude = frozenset(args.exclude_source)
+    bank = load_cutouts(args.src, grabcut=not args.no_grabcut, scale=0.15 if args.sheet else 1.0, exclude=exclude)
+    stills = inpainted_stills(args.src, exclude)
     if args.sheet:
         contact_sheet(bank, stills, args.sheet, args.n, args.seed)
         return 0
+    if args.corpus is not None:
+        n = write_corpus(args.corpus, composite_jobs(bank, stills, args.n, args.seed), args.n)
+        log.info("%d composites written to %s (excluded: %s)", n, args.corpus, sorted(exclude) or "none")
+        return 0
     if args.out is None:
-        ap.error("give --out or --sheet")
+        ap.error("give --out, --corpus or --sheet")
     store = Store(args.out, capacity=args.n)
     extract(store, composite_jobs(bank, stills, args.n, args.seed, len(store.views)), args.n,
             progress=args.out / "progress.txt")

@@ -450,7 +450,8 @@ def summarise(folds: Sequence[Fold], budget: float, fixed: float | None = None) 
     return {"budget": budget, "per_source": rows, "pooled": pooled, "sweep": sweep}
 
 
-def _pct(r: dict[str, Any]) -> str:
+def pct(r: dict[str, Any]) -> str:
+    """A `rate` as the tables print it: percent, k/n and the 95 % Wilson interval."""
     if not r["n"]:
         return "–"
     lo, hi = r["ci95"]
@@ -465,11 +466,11 @@ def markdown(summary: dict[str, Any], title: str) -> str:
              "| held-out source | threshold | e-bike recall (95 % CI) | protected false blocks (95 % CI) | "
              "other e-bike-free images |", "|---|---|---|---|---|"]
     for r in summary["per_source"]:
-        lines.append(f"| {r['source']} | {r['threshold_from_other_folds']:.2f} | {_pct(r['ebike_recall'])} | "
-                     f"{_pct(r['protected_false_blocks'])} | {_pct(r['background_false_blocks'])} |")
+        lines.append(f"| {r['source']} | {r['threshold_from_other_folds']:.2f} | {pct(r['ebike_recall'])} | "
+                     f"{pct(r['protected_false_blocks'])} | {pct(r['background_false_blocks'])} |")
     p = summary["pooled"]
     lines += ["", f"Pooled over all folds at the shipping threshold {p['threshold']:.2f}: e-bike recall "
-              f"{_pct(p['ebike_recall'])}, protected false blocks {_pct(p['protected_false_blocks'])}.", ""]
+              f"{pct(p['ebike_recall'])}, protected false blocks {pct(p['protected_false_blocks'])}.", ""]
     return "\n".join(lines)
 
 

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from contract.model_format import PAD_VALUE
-from tools.loso import R_CLASSES, choose_threshold, fit_head, rate, softmax
+from tools.loso import R_CLASSES, choose_threshold, fit_head, pct, rate, softmax
 
 log = logging.getLogger("tools.loso_crops")
 CROP = 224
@@ -266,13 +266,6 @@ def summarise(folds: Sequence[CropFold], budget: float) -> dict[str, Any]:
                        "protected_false_blocks": rate(int((alls[prot] >= ship).sum()), int(prot.sum()))}}
 
 
-def _pct(r: dict[str, Any]) -> str:
-    if not r["n"]:
-        return "–"
-    lo, hi = r["ci95"]
-    return f"{100 * r['rate']:.1f} % ({r['k']}/{r['n']}; {100 * lo:.1f}–{100 * hi:.1f})"
-
-
 def markdown(summaries: Sequence[dict[str, Any]]) -> str:
     lines = ["### LOSO per labelled box, crop-level second stage (frozen Lite0 on each 224² crop + LR)", ""]
     for s in summaries:
@@ -281,13 +274,13 @@ def markdown(summaries: Sequence[dict[str, Any]]) -> str:
                   "| held-out source | threshold | e-bike recall (95 % CI) | protected false blocks (95 % CI) | "
                   "background squares |", "|---|---|---|---|---|"]
         for r in s["per_source"]:
-            lines.append(f"| {r['source']} | {r['threshold_from_other_folds']:.3f} | {_pct(r['ebike_recall'])} | "
-                         f"{_pct(r['protected_false_blocks'])} | {_pct(r['background_false_blocks'])} |")
+            lines.append(f"| {r['source']} | {r['threshold_from_other_folds']:.3f} | {pct(r['ebike_recall'])} | "
+                         f"{pct(r['protected_false_blocks'])} | {pct(r['background_false_blocks'])} |")
         p, q = s["pooled"], s["pooled_at_fold_thresholds"]
-        lines += ["", f"Pooled at each fold's own threshold: e-bike recall {_pct(q['ebike_recall'])}, protected "
-                  f"false blocks {_pct(q['protected_false_blocks'])}. Pooled at the all-fold threshold "
-                  f"{p['threshold']:.3f}: e-bike recall {_pct(p['ebike_recall'])}, protected false blocks "
-                  f"{_pct(p['protected_false_blocks'])}.", ""]
+        lines += ["", f"Pooled at each fold's own threshold: e-bike recall {pct(q['ebike_recall'])}, protected "
+                  f"false blocks {pct(q['protected_false_blocks'])}. Pooled at the all-fold threshold "
+                  f"{p['threshold']:.3f}: e-bike recall {pct(p['ebike_recall'])}, protected false blocks "
+                  f"{pct(p['protected_false_blocks'])}.", ""]
     return "\n".join(lines)
 
 

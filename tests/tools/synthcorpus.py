@@ -13,6 +13,7 @@ COLOURS = [(0, 0, 230), (0, 200, 0), (230, 0, 0), (0, 200, 200), (200, 0, 200), 
 
 def make_corpus(
     root: Path, n_train: int = 16, n_val: int = 4, seed: int = 0, size: tuple[int, int] = (160, 120),
+    source: str = "synthetic",
 ) -> Path:
     rng = np.random.default_rng(seed)
     w, h = size
@@ -29,10 +30,10 @@ def make_corpus(
                 x1, y1 = int(rng.integers(0, w - bw)), int(rng.integers(0, h - bh))
                 cv2.rectangle(img, (x1, y1), (x1 + bw, y1 + bh), COLOURS[c], -1)
                 lines.append(f"{c} {(x1 + bw / 2) / w:.6f} {(y1 + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}")
-            name = f"synth_{split}_{i:03d}"
+            name = f"synth_{split}_{i:03d}" if source == "synthetic" else f"{source}_{split}_{i:03d}"
             cv2.imwrite(str(root / "images" / split / f"{name}.jpg"), img)
             (root / "labels" / split / f"{name}.txt").write_text("\n".join(lines))
-            rows.append(f"{name}.jpg,{split},synthetic,synth/{i},CC0,{len(lines)}")
+            rows.append(f"{name}.jpg,{split},{source},synth/{i},CC0,{len(lines)}")
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     names = ", ".join(f'"{c}"' for c in CLASSES)
     (root / "data.yaml").write_text(f"nc: {len(CLASSES)}\nnames: [{names}]\n")
