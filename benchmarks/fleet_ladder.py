@@ -19,6 +19,7 @@ whole machine's busy cores and what other processes used (this is a shared machi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
