@@ -29,7 +29,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_fleet import proc_rss_mb, start_broker  # noqa: E402
+from benchmarks.bench_fleet import start_broker  # noqa: E402
+from benchmarks.proc_sampler import proc_rss_mb  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PREFIX = "liftguard/v1/units"

@@ -25,7 +25,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.proc_sampler import ProcessSampler, proc_cpu_s  # noqa: E402
 from fleet.store import Store  # noqa: E402
 from tests.fleet.pgserver import PostgresServer, pg_bin_dir  # noqa: E402
 from tests.support.mosquitto import MosquittoBroker, free_port, ratelimit_config  # noqa: E402
@@ -42,19 +42,6 @@ from tests.support.mosquitto import MosquittoBroker, free_port, ratelimit_config
 RESULTS = ROOT / "benchmarks" / "results"
 PASSWORD = "benchmark-password-1"
 CLI = [sys.executable, "-m", "fleet.cli"]
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
-
-
-def proc_rss_mb(pid: int, key: str = "VmRSS") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 class Server:
@@ -84,33 +71,26 @@ class Server:
         else:
             raise RuntimeError(f"server {name} did not come up")
         self.http.post("/api/login", json={"username": "bench", "password": PASSWORD}).raise_for_status()
-        self.peak_rss = 0.0
-        self.samples: list[tuple[float, float, float]] = []  # (wall time, cpu seconds, rss MB)
-        self._stop = threading.Event()
-        self._sampler = threading.Thread(target=self._sample, daemon=True)
-        self._sampler.start()
+        self.sampler = ProcessSampler({name: self.proc.pid})
 
-    def _sample(self) -> None:
-        while not self._stop.wait(0.5):
-            try:
-                rss = proc_rss_mb(self.proc.pid)
-                self.samples.append((time.time(), proc_cpu_s(self.proc.pid), rss))
-            except (OSError, IndexError):
-                return
-            self.peak_rss = max(self.peak_rss, rss)
+    @property
+    def peak_rss(self) -> float:
+        return self.sampler.peak_rss_mb[self.name]
+
+    @property
+    def samples(self) -> list[tuple[float, float, float]]:
+        """(wall time, cpu seconds, rss MB) every 0.5 s while the server ran."""
+        return self.sampler.timeline(self.name)
 
     def cpu_share_between(self, start: float, end: float) -> float:
         """Average share of one core used between two wall-clock times (from the samples)."""
-        inside = [s for s in self.samples if start <= s[0] <= end]
-        if len(inside) < 2:
-            return float("nan")
-        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+        return self.sampler.shares(start, end)[0].get(self.name, float("nan"))
 
     def metrics(self) -> dict[str, Any]:
         return dict(self.http.get("/api/metrics").json())
 
     def stop(self) -> None:
-        self._stop.set()
+        self.sampler.stop()
         self.proc.terminate()
         try:
             self.proc.wait(30)

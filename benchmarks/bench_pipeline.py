@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             done = time.perf_counter()
             per_frame.append((done - started) * 1000)
             capture.append((decoded - started) * 1000)
-            inference.append(pipeline.stats.inference_ms[-1])
+            inference.append(pipeline.metrics.window("inference_ms")[-1])
             index += 1
         cap.release()
     pipeline.close()

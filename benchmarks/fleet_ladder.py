@@ -25,14 +25,14 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from benchmarks.bench_fleet import CLI, PASSWORD, ROOT, proc_cpu_s, proc_rss_mb, start_broker
+from benchmarks.bench_fleet import CLI, PASSWORD, ROOT, start_broker
+from benchmarks.proc_sampler import ProcessSampler
 from fleet.store import Store
 from tests.fleet.pgserver import PostgresServer
 from tests.support.mosquitto import MosquittoBroker, free_port
@@ -41,34 +41,6 @@ CONNECTIONS = 12_370
 REAL_HEARTBEAT_S = 30.0
 RUNGS = (12_370, 24_740, 49_480, 61_850, 82_467, 123_700)
 ALERT_RATE = 100.0
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy jiffies, total jiffies) of the whole machine, from /proc/stat."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return float(sum(fields) - idle), float(sum(fields))
-
-
-def tree_cpu_s(root: int) -> float:
-    """CPU seconds of a process and its descendants (PostgreSQL's backends are children of the postmaster)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        try:
-            total += proc_cpu_s(pid)
-        except (OSError, IndexError):
-            continue
-        todo.extend(children.get(pid, []))
-    return total
 
 
 class LadderServer:
@@ -132,46 +104,6 @@ def start_server(db: str, broker: MosquittoBroker, workdir: Path, name: str, sha
     raise AssertionError("unreachable")
 
 
-class Sampler:
-    """Every 0.5 s: RSS and CPU seconds of some processes (and of PostgreSQL's process tree), and the
-    machine's busy jiffies, so CPU shares can be taken over exactly the window the load ran."""
-
-    def __init__(self, pids: dict[str, int], pg_pid: int | None) -> None:
-        self.pids = pids
-        self.pg_pid = pg_pid
-        self.peak: dict[str, float] = dict.fromkeys(pids, 0.0)
-        self.samples: list[tuple[float, dict[str, float], float, float]] = []  # (time, cpu s, busy, total)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            cpu: dict[str, float] = {}
-            for name, pid in self.pids.items():
-                with contextlib.suppress(OSError, IndexError):
-                    self.peak[name] = max(self.peak[name], proc_rss_mb(pid))
-                    cpu[name] = proc_cpu_s(pid)
-            if self.pg_pid:
-                cpu["postgres"] = tree_cpu_s(self.pg_pid)
-            busy, total = machine_busy()
-            self.samples.append((time.time(), cpu, busy, total))
-
-    def shares(self, start: float, end: float) -> tuple[dict[str, float], float]:
-        """CPU share of one core per process between two wall-clock times, and the machine's busy cores."""
-        inside = [s for s in self.samples if start <= s[0] <= end]
-        if len(inside) < 2:
-            return {}, float("nan")
-        (t0, c0, b0, a0), (t1, c1, b1, a1) = inside[0], inside[-1]
-        out = {k: (c1[k] - c0[k]) / (t1 - t0) for k in c1 if k in c0}
-        return out, (b1 - b0) / (a1 - a0) * (os.cpu_count() or 1)
-
-    def stop(self) -> dict[str, float]:
-        self._stop.set()
-        self._thread.join(2)
-        return {k: round(v, 1) for k, v in self.peak.items()}
-
-
 def rung(setup: str, n_servers: int, units_equiv: int, work: Path, pg: PostgresServer | None,
          duration_s: float, simulator_nice: int = 0) -> dict[str, Any]:
     heartbeat_s = REAL_HEARTBEAT_S * CONNECTIONS / units_equiv
@@ -204,7 +136,7 @@ def rung(setup: str, n_servers: int, units_equiv: int, work: Path, pg: PostgresS
             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         pids = {"broker": broker.proc.pid, "simulator": sim.pid, **{s.name: s.proc.pid for s in servers}}
         pg_pid = int((pg.datadir / "postmaster.pid").read_text().split()[0]) if pg else None
-        sampler = Sampler(pids, pg_pid)
+        sampler = ProcessSampler(pids, trees={"postgres": pg_pid} if pg_pid else None)
         t_connect = time.monotonic()
         while time.monotonic() - t_connect < 180:  # every unit's status stored = connected and known
             if int(store.query("SELECT COUNT(*) AS n FROM units")[0]["n"]) >= CONNECTIONS:

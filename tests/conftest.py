@@ -7,6 +7,7 @@ import pytest
 from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 
+from tests.support.link_pki import broker, pki  # noqa: F401  (re-exported fixtures: the shipped TLS broker)
 from tests.support.mosquitto import mosquitto  # noqa: F401  (re-exported fixture)
 
 

@@ -7,11 +7,15 @@ test process already imported can hide a dependency.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 import textwrap
 import tomllib
+import zipfile
 from pathlib import Path
 
 import cv2
@@ -106,3 +110,50 @@ def test_the_fleet_imports_without_camera_model_or_pin_packages() -> None:
     """)
     assert proc.returncode == 0, proc.stderr
     assert "FLEET-OK" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_wheel_install_loads_the_shipped_model_without_the_checkout(tmp_path: Path) -> None:
+    """The shipped model is package data: a wheel built from the checkout (offline: no build isolation, no
+    dependencies) and installed non-editable, run away from the checkout, loads it as its default model."""
+    source = tmp_path / "source"  # a copy, so the build's build/ and *.egg-info stay out of the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package in ("contract", "edge", "fleet", "firmware_bridge", "tools"):
+        shutil.copytree(REPO / package, source / package, symlinks=True, ignore=skip)  # links stay links
+    (source / "models").mkdir()
+    for name in ("liftguard-det.onnx", "MODEL_CARD.md"):
+        shutil.copy(REPO / "models" / name, source / "models" / name)
+    dist, site = tmp_path / "dist", tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    built = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(dist),
+                            str(source)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    (wheel,) = dist.glob("liftguard-*.whl")
+    shipped = hashlib.sha256((REPO / "models" / "liftguard-det.onnx").read_bytes()).hexdigest()
+    with zipfile.ZipFile(wheel) as archive:
+        assert hashlib.sha256(archive.read("edge/assets/liftguard-det.onnx")).hexdigest() == shipped
+        assert "edge/assets/MODEL_CARD.md" in archive.namelist()
+    installed = subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)],
+                               capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    code = textwrap.dedent("""
+        import hashlib, json
+        import edge
+        from edge.decide.detect import OnnxDetector
+        detector = OnnxDetector()  # no path: the shipped default
+        print(json.dumps({"package": edge.__file__, "model": str(detector.path),
+                          "sha256": hashlib.sha256(detector.path.read_bytes()).hexdigest(),
+                          "classes": list(detector.metadata.classes)}))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert Path(found["package"]).is_relative_to(site), "the installed copy, not the checkout, was imported"
+    assert Path(found["model"]).is_relative_to(site) and not Path(found["model"]).is_symlink()
+    assert found["sha256"] == shipped
+    assert "ebike" in found["classes"]

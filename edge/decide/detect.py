@@ -2,6 +2,11 @@
 
 The model file carries its own metadata (docs/MODEL_FORMAT.md), so a model swap is a config
 change. A corrupt or mismatched model is refused at start-up with a message that says why.
+
+Which model runs: `detector.model_path` when the config names one (a model rolled out by the fleet comes
+first, edge/run/models.py); otherwise the shipped model, package data of `edge` (edge/assets/, found through
+importlib.resources, so a wheel install has it as well as a checkout, where the file is a link to
+models/liftguard-det.onnx).
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from contract.onnx_header import ParsedProps, parse_props
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "liftguard-det.onnx"
+# The shipped model and its card are package data (pyproject: edge = ["assets/*"]).
+DEFAULT_MODEL = Path(str(importlib.resources.files("edge").joinpath("assets", "liftguard-det.onnx")))
 
 Box = tuple[float, float, float, float]
 ImageBGR = npt.NDArray[np.uint8]

@@ -106,13 +106,22 @@ def watchdog_interval_s(environ: dict[str, str] | None = None) -> float | None:
 
 
 class Metrics:
-    """Thread-safe counters, gauges and a sliding window of inference times (for p50/p95)."""
+    """The device's one registry of counters, gauges and timing windows; thread-safe.
 
-    def __init__(self, window: int = 200) -> None:
+    Written by the pipeline (frames processed and skipped, inference and per-frame times), the MQTT link
+    (rejected commands and configs) and whoever else counts; read by the heartbeat (`Pipeline.heartbeat`),
+    the systemd status line (`Health`) and the demo's summary. Each timing window keeps the last `window`
+    values (the heartbeat's inference p50/p95 are over the last 100 frames).
+    """
+
+    def __init__(self, window: int = 100, clock: Clock = time.monotonic) -> None:
         self._lock = threading.Lock()
+        self._window = window
+        self._clock = clock
+        self.started = clock()
         self._counters: dict[str, int] = {}
         self._gauges: dict[str, float] = {}
-        self._inference_ms: deque[float] = deque(maxlen=window)
+        self._windows: dict[str, deque[float]] = {}
 
     def inc(self, name: str, by: int = 1) -> None:
         with self._lock:
@@ -122,9 +131,16 @@ class Metrics:
         with self._lock:
             self._gauges[name] = value
 
-    def observe_inference(self, ms: float) -> None:
+    def observe(self, name: str, value: float) -> None:
+        """One value into the sliding window `name` (e.g. "inference_ms", "pipeline_ms")."""
         with self._lock:
-            self._inference_ms.append(ms)
+            window = self._windows.get(name)
+            if window is None:
+                window = self._windows[name] = deque(maxlen=self._window)
+            window.append(value)
+
+    def observe_inference(self, ms: float) -> None:
+        self.observe("inference_ms", ms)
 
     def counter(self, name: str) -> int:
         with self._lock:
@@ -134,14 +150,21 @@ class Metrics:
         with self._lock:
             return self._gauges.get(name, default)
 
+    def window(self, name: str) -> list[float]:
+        """The values in the window `name`, oldest first; [] before the first."""
+        with self._lock:
+            return list(self._windows.get(name, ()))
+
+    def uptime_s(self) -> float:
+        return max(0.0, self._clock() - self.started)
+
     def inference_percentiles(self) -> tuple[float, float]:
         """(p50, p95) in ms over the window; (0, 0) before the first inference."""
-        with self._lock:
-            window = list(self._inference_ms)
+        window = self.window("inference_ms")
         return percentile(window, 50), percentile(window, 95)
 
     def snapshot(self) -> dict[str, float]:
-        """Flat dict for the heartbeat / logs: counters, gauges, `inference_p50_ms`, `inference_p95_ms`."""
+        """Flat dict for logs: counters, gauges, `inference_p50_ms`, `inference_p95_ms`."""
         p50, p95 = self.inference_percentiles()
         with self._lock:
             out: dict[str, float] = {**self._counters, **self._gauges}
@@ -169,13 +192,14 @@ class Health:
     """Ties systemd's watchdog to frames that went through the whole pipeline.
 
     The app calls `component_up("camera" | "model" | "pins")` as each comes up (READY=1 is sent once
-    all three are), `frame_processed(ts, inference_ms)` after each frame's decision was applied, and
+    all three are), `frame_processed(ts)` after each frame's decision was applied, and
     `set_door` / `set_camera` as state changes. `start()` runs the pinger thread: every
     `ping_interval_s` it sends `WATCHDOG=1` plus a readable `STATUS=` line, but only if the last
     processed frame is younger than `stale_after_s`; otherwise it sends a "stalled" status and no
     ping, so systemd's watchdog fires. `stop()` sends `STOPPING=1`.
 
-    `ts` arguments are in the `clock`'s time base (time.monotonic by default).
+    `ts` arguments are in the `clock`'s time base (time.monotonic by default). `metrics` is read, not
+    written: the pipeline reports its counters and timings there (the service passes the same registry).
     """
 
     def __init__(self, notifier: Notifier | None = None, metrics: Metrics | None = None, *,
@@ -212,15 +236,13 @@ class Health:
             self.notifier.ready(self.status_line())
             self._ready_out.set()  # only now may the pinger speak: READY=1 is always the first message
 
-    def frame_processed(self, ts: float | None = None, inference_ms: float | None = None) -> None:
-        """One frame went camera → detector → tracker → policy → actuators."""
+    def frame_processed(self, ts: float | None = None) -> None:
+        """One frame went camera → detector → tracker → policy → actuators (the watchdog's proof of
+        progress; the frame's counters and times are in `metrics`, written by the pipeline)."""
         now = self.clock() if ts is None else ts
         with self._lock:
             self._state.last_frame = now
             self._frame_times.append(now)
-        self.metrics.inc("frames_processed")
-        if inference_ms is not None:
-            self.metrics.observe_inference(inference_ms)
 
     def loop_ticked(self, ts: float | None = None) -> None:
         """The main loop went round without a frame (camera offline: time-only policy step)."""

@@ -22,7 +22,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -31,7 +30,6 @@ import numpy as np
 from contract.bounds import MAX_COUNTER
 from contract.errors import ConfigError
 from contract.mqtt import EventPayload, HeartbeatPayload
-from contract.stats import percentile
 from edge import __version__
 from edge.act.base import Actuators
 from edge.config import Config, merge_fragment
@@ -41,6 +39,7 @@ from edge.decide.shadow import ShadowRunner
 from edge.decide.track import IouTracker
 from edge.report.commands import check_merged_policy
 from edge.report.events import EventSink
+from edge.report.health import Metrics
 from edge.see.capture import Frame, ImageBGR
 from edge.see.privacy import blur_faces
 
@@ -88,30 +87,17 @@ def live_wall(t: float) -> float:
     return time.time() - (time.monotonic() - t)
 
 
-@dataclass
-class Stats:
-    frames: int = 0
-    inference_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100))
-    pipeline_ms: deque[float] = field(default_factory=lambda: deque(maxlen=100))
-    frame_ts: deque[float] = field(default_factory=lambda: deque(maxlen=20))  # decision clock
-    started: float = field(default_factory=time.monotonic)
-    stale_skipped: int = 0
-    repeated_skipped: int = 0
-
-    def percentile(self, values: deque[float], q: float) -> float:
-        """q in 0..1, the house's one nearest-rank percentile (contract.stats)."""
-        return percentile(values, q * 100)
-
-
 class Pipeline:
     """One step of the device. Thread-safe: frames, ticks, the fire input and fleet commands
     all go through `_lock`, so the relay has one owner at a time."""
 
     def __init__(self, cfg: Config, detector: Detector, actuators: Actuators, sink: EventSink,
                  timeline: Timeline | None = None, clock: Callable[[], float] = time.monotonic,
-                 t0: float | None = None, wall: WallClock | None = None) -> None:
+                 t0: float | None = None, wall: WallClock | None = None, metrics: Metrics | None = None) -> None:
         """`clock`: the decision clock (monotonic live, a ClipClock in replay); `wall` converts its
-        instants to the epoch seconds events carry (default: live_wall for time.monotonic, else the same)."""
+        instants to the epoch seconds events carry (default: live_wall for time.monotonic, else the same).
+        `metrics`: the device's registry the pipeline reports its counters and timings into (the service
+        passes the health's, so heartbeat, status line and link count in one place; default: its own)."""
         check_classes(cfg, detector.metadata.classes)
         self.cfg = cfg
         self.detector = detector
@@ -124,7 +110,9 @@ class Pipeline:
         self.tracker = IouTracker(cfg.tracker.match_iou, cfg.tracker.max_missed_s, cfg.policy.veto_iou)
         self.policy = Policy(cfg.policy, cfg.unit.id, cfg.blocking_enabled, step_s=1.0 / cfg.camera.fps,
                              model_thresholds=detector.metadata.thresholds, wall=self.wall)
-        self.stats = Stats()
+        self.metrics = metrics if metrics is not None else Metrics()
+        # Decision-clock times of the last frames decided: the overload budget's input (within_budget).
+        self.frame_times: deque[float] = deque(maxlen=20)
         self.camera_ok = True
         self.last_frame: Frame | None = None
         self.last_detections: list[Detection] = []
@@ -154,7 +142,7 @@ class Pipeline:
 
     def achieved_fps(self) -> float:
         """Frames decided per second of the decision clock (clip time in replay), over the last frames."""
-        ts = list(self.stats.frame_ts)
+        ts = list(self.frame_times)
         if len(ts) < 2 or ts[-1] <= ts[0]:
             return 0.0
         gaps = [b - a for a, b in itertools.pairwise(ts)]
@@ -165,7 +153,7 @@ class Pipeline:
         """Overload is defined by the decision budget: at the frame rate actually achieved, can
         `confirm_frames` frames still be seen within `confirm_within_s`? (Slow inference alone is not
         overload: the newest frame is processed and stale ones skipped, so a busy CPU lowers the rate.)"""
-        if len(self.stats.frame_ts) < 4:
+        if len(self.frame_times) < 4:
             return True
         fps = self.achieved_fps()
         p = self.cfg.policy
@@ -184,11 +172,7 @@ class Pipeline:
         frozen camera) and a stale one (older than stale_after_s on the decision clock) are not
         evidence: time passes (tick), nothing is detected on them, so they can never confirm a hold."""
         if frame.repeat or self.clock() - frame.ts > self.stale_after_s():
-            with self._lock:
-                if frame.repeat:
-                    self.stats.repeated_skipped += 1
-                else:
-                    self.stats.stale_skipped += 1
+            self.metrics.inc("frames_skipped_repeated" if frame.repeat else "frames_skipped_stale")
             return self.tick(max(frame.ts, self.clock()), camera_ok)
         started = time.perf_counter()
         detections = self.detector.detect(frame.image)
@@ -197,16 +181,16 @@ class Pipeline:
         detections = self.policy.admit(detections, (w, h))
         with self._lock:
             self.camera_ok = camera_ok
-            self.stats.inference_ms.append(inference_ms)
-            self.stats.frame_ts.append(frame.ts)
+            self.metrics.observe("inference_ms", inference_ms)
+            self.frame_times.append(frame.ts)
             self._take_stall_release(frame.ts)
             self._remember_snapshot(frame, detections)  # before the decision: this frame may confirm
             tracks = self.tracker.update(frame.ts, detections)
             decision = self.policy.update(frame.ts, tracks, self.conditions(), (w, h))
             self.last_frame, self.last_detections = frame, detections
             self._apply(decision, frame.ts, frame)
-            self.stats.frames += 1
-            self.stats.pipeline_ms.append((time.perf_counter() - started) * 1000.0)
+            self.metrics.inc("frames_processed")
+            self.metrics.observe("pipeline_ms", (time.perf_counter() - started) * 1000.0)
             self.last_progress = time.monotonic()
         for listener in self.progress_listeners:
             listener()
@@ -408,13 +392,12 @@ class Pipeline:
         self.policy.reconfigure(self.policy.cfg, new.blocking_enabled)
 
     def heartbeat(self, camera_state: str, outbox_depth: int = 0, outbox_evicted: int = 0) -> HeartbeatPayload:
-        s = self.stats
-        uptime = max(0.0, time.monotonic() - s.started)
+        uptime = self.metrics.uptime_s()
+        p50, p95 = self.metrics.inference_percentiles()
         return HeartbeatPayload(
             unit_id=self.cfg.unit.id, ts=max(0.0, time.time()), uptime_s=uptime,
-            fps=round(min(s.frames / max(uptime, 1e-3), 1000.0), 2),
-            inference_p50_ms=round(s.percentile(s.inference_ms, 0.5), 2),
-            inference_p95_ms=round(s.percentile(s.inference_ms, 0.95), 2),
+            fps=round(min(self.metrics.counter("frames_processed") / max(uptime, 1e-3), 1000.0), 2),
+            inference_p50_ms=round(p50, 2), inference_p95_ms=round(p95, 2),
             camera=camera_state if camera_state in ("online", "offline", "frozen", "starting") else "offline",
             relay="held" if self.actuators.held else "released",
             blocking_enabled=self.policy.blocking_enabled, outbox_depth=outbox_depth,

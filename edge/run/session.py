@@ -28,7 +28,7 @@ from edge.decide.shadow import ShadowRunner, load_shadow_detector, shadow_path
 from edge.report.clip_upload import ClipUploader
 from edge.report.clips import ClipRecorder
 from edge.report.events import EventSink, FanOut, JsonlSink, MemorySink
-from edge.report.health import Health, Metrics
+from edge.report.health import Health
 from edge.report.model_update import ModelUpdater
 from edge.run.app import ClipClock, HoldSupervisor, Pipeline, clip_frames, install_exit_guards, replay
 from edge.run.models import PipelineModels, startup_detector, startup_shadow_path
@@ -127,7 +127,8 @@ def run_demo(opts: DemoOptions) -> int:
         if link is not None:
             link.close()
     wall = time.perf_counter() - wall0
-    per_frame = statistics.median(pipeline.stats.pipeline_ms) if pipeline.stats.pipeline_ms else 0.0
+    pipeline_ms = pipeline.metrics.window("pipeline_ms")
+    per_frame = statistics.median(pipeline_ms) if pipeline_ms else 0.0
     blocks = [e for e in memory.events if e.type == "ebike_blocked" and e.phase == "start"]
     print(f"{frames} frames ({frames / fps:.1f} s of clip) in {wall:.1f} s; median {per_frame:.1f} ms per frame "
           f"(detect+track+decide); {len(memory.events)} events")
@@ -166,15 +167,14 @@ def build_actuators(cfg: Config, on_fire: FireCallback | None = None, pin_factor
     return LogActuators()
 
 
-def _start_link(cfg: Config, pipeline: Pipeline, fan_out: FanOut, camera_state: Callable[[], str],
-                counters: Metrics | None = None) -> Any:
+def _start_link(cfg: Config, pipeline: Pipeline, fan_out: FanOut, camera_state: Callable[[], str]) -> Any:
     """The MQTT link as one more event sink, answering fleet commands through the pipeline; rejected
-    commands and configs are counted in `counters` (the service's health metrics)."""
+    commands and configs are counted in the pipeline's metrics (in the service: the health's)."""
     from edge.report.link import MqttLink
 
     # Snapshots are anonymised by the pipeline, where they are drawn; the link carries them as they are.
     link = MqttLink.from_config(cfg, pipeline, lambda: pipeline.heartbeat(
-        camera_state(), outbox_depth=link.outbox.depth(), outbox_evicted=link.outbox.evicted()), counters)
+        camera_state(), outbox_depth=link.outbox.depth(), outbox_evicted=link.outbox.evicted()), pipeline.metrics)
     fan_out.sinks.append(link)
     pipeline.on_relay_change = link.set_relay_state
     link.start()
@@ -257,9 +257,10 @@ def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = 
     if cfg.events.jsonl_path:
         sinks.append(JsonlSink(cfg.events.jsonl_path, cfg.events.snapshot_dir or None))
     fan_out = FanOut(sinks)
-    pipeline = Pipeline(cfg, detector, actuators, fan_out, timeline=lambda line: log.info("%s", line.strip()))
+    pipeline = Pipeline(cfg, detector, actuators, fan_out, timeline=lambda line: log.info("%s", line.strip()),
+                        metrics=health.metrics)  # one registry: heartbeat, status line and link count there
     pipeline.relay_listeners.append(health.set_door)
-    pipeline.progress_listeners.append(lambda: health.frame_processed(inference_ms=pipeline.stats.inference_ms[-1]))
+    pipeline.progress_listeners.append(health.frame_processed)
     heartbeat = getattr(actuators, "progress", None)  # the I/O board: heartbeats only from frame progress
     if callable(heartbeat):
         pipeline.progress_listeners.append(heartbeat)
@@ -274,7 +275,7 @@ def run_service(cfg: Config, stop: threading.Event, detector: Detector | None = 
     clips = start_clips(cfg, pipeline)
     install_exit_guards(pipeline, stop)
     supervisor = HoldSupervisor(pipeline, stall_after_s=supervisor_stall_s)
-    link = _start_link(cfg, pipeline, fan_out, lambda: camera.state.value, health.metrics) if cfg.mqtt.url else None
+    link = _start_link(cfg, pipeline, fan_out, lambda: camera.state.value) if cfg.mqtt.url else None
     if link is not None:
         link.attach_models(updater)
         attach_clip_upload(cfg, link, clips)

@@ -247,7 +247,7 @@ def test_item4_repeated_frames_never_confirm_and_freezing_is_detected_within_2_s
     assert ("ebike_blocked", "start") not in kinds(sink), "never a hold on a picture that does not change"
     assert frozen_at is not None and first is not None and frozen_at - first <= 2.0
     assert ("camera_fault", "start") in kinds(sink)
-    assert pipeline.stats.repeated_skipped > 0
+    assert pipeline.metrics.counter("frames_skipped_repeated") > 0
 
 
 def test_item4_a_changing_picture_still_holds(ebike_model: Path) -> None:
@@ -479,9 +479,9 @@ def test_item7_a_stale_frame_is_skipped_and_the_newest_processed(ebike_model: Pa
     pipeline, clock, _ = pipeline_on_clip_time(parse_config({}), OnnxDetector(ebike_model))
     clock.now = 5.0
     pipeline.process(Frame(0, 4.0, noisy(240, 0)))  # captured a second ago: 10 frame periods stale
-    assert pipeline.stats.stale_skipped == 1 and pipeline.stats.frames == 0
+    assert pipeline.metrics.counter("frames_skipped_stale") == 1 and pipeline.metrics.counter("frames_processed") == 0
     pipeline.process(Frame(1, 5.0, noisy(240, 1)))
-    assert pipeline.stats.frames == 1
+    assert pipeline.metrics.counter("frames_processed") == 1
 
 
 # --- item 8: the smaller ones ---------------------------------------------------------------------------

@@ -117,7 +117,7 @@ def test_watchdog_pings_only_after_a_frame_went_through_the_pipeline(systemd: Fa
         assert systemd.pings_between(0, time.monotonic()) == 0, "no frame yet: no ping"
         deadline = time.monotonic() + 10  # frames keep flowing, as in the service, until a ping is seen
         while systemd.pings_between(0, time.monotonic()) == 0 and time.monotonic() < deadline:
-            health.frame_processed(inference_ms=14.0)
+            health.frame_processed()
             time.sleep(0.02)
     systemd.wait_for(lambda: systemd.keys().count("STOPPING") == 1)  # the datagram may still be in flight
     keys = systemd.keys()
@@ -137,7 +137,7 @@ def test_a_hung_pipeline_stops_the_pings(systemd: FakeSystemd) -> None:
     with health:
         t0 = time.monotonic()
         while time.monotonic() - t0 < 0.5:
-            health.frame_processed(inference_ms=12.0)
+            health.frame_processed()
             time.sleep(0.02)
         hung_at = time.monotonic()
         time.sleep(0.8)
@@ -168,7 +168,8 @@ def test_status_line_is_readable_by_a_person() -> None:
         health.component_up(name)
     health.set_camera("online")
     for _ in range(11):
-        health.frame_processed(inference_ms=14.0)
+        health.metrics.observe_inference(14.0)  # the pipeline's report, into the metrics health reads
+        health.frame_processed()
         now[0] += 0.1
     now[0] -= 0.1
     assert health.status_line() == "watching: 10.0 fps, inference 14 ms, door released"

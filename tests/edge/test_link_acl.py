@@ -4,11 +4,9 @@ and an ACL that confines every unit to its own topics while the fleet account se
 from __future__ import annotations
 
 import json
-import shutil
 import ssl
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -18,61 +16,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge.report.link import MqttLink
 from edge.report.outbox import Outbox
-from tests.edge.link_pki import Authority
-from tests.edge.link_support import REPO, FleetSubscriber, heartbeat_of, make_event, settings_for
-from tests.support.mosquitto import MosquittoBroker, ratelimit_plugin
-
-SHIPPED = REPO / "config" / "mosquitto"
-
-
-class ShippedConfigBroker(MosquittoBroker):
-    """Runs config/mosquitto/mosquitto.conf as shipped, with only paths and port pointed at the test."""
-
-    def __init__(self, workdir: Path, certs: Path) -> None:
-        super().__init__(workdir)
-        self.certs = certs
-
-    def write_config(self) -> Path:
-        text = (SHIPPED / "mosquitto.conf").read_text()
-        plugin = ratelimit_plugin()
-        for old, new in {"/etc/mosquitto/liftguard/": f"{self.certs}/", "/var/lib/mosquitto/": f"{self.workdir}/",
-                         "/usr/lib/mosquitto-liftguard/": f"{plugin.parent}/",
-                         "log_dest syslog": f"log_dest file {self.log_path}",
-                         "listener 8883": f"listener {self.port} 127.0.0.1"}.items():
-            assert old in text, f"the shipped config no longer contains {old!r}"
-            text = text.replace(old, new)
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text("user root\n" + text)  # tests may run as root: do not drop to `mosquitto`
-        return conf
-
-
-class Pki:
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.fleet_ca = Authority(folder, "ca")
-        self.rogue_ca = Authority(folder, "rogue")
-        server_crt, server_key = self.fleet_ca.issue("broker", server=True)
-        shutil.copy(server_crt, folder / "server.crt")
-        shutil.copy(server_key, folder / "server.key")
-        shutil.copy(SHIPPED / "acl", folder / "acl")
-
-    def context(self, cn: str, *, ca: Authority | None = None, expired: bool = False) -> ssl.SSLContext:
-        cert, key = (ca or self.fleet_ca).issue(cn, expired=expired)
-        ctx = ssl.create_default_context(cafile=self.fleet_ca.cert_path)
-        ctx.load_cert_chain(cert, key)
-        return ctx
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return Pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def broker(pki: Pki, tmp_path: Path) -> Iterator[MosquittoBroker]:
-    b = ShippedConfigBroker(tmp_path / "broker", pki.folder).start()
-    yield b
-    b.stop()
+from tests.edge.link_support import FleetSubscriber, heartbeat_of, make_event, settings_for
+from tests.support.link_pki import Pki
+from tests.support.mosquitto import MosquittoBroker
 
 
 class Client:

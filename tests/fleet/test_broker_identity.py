@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -15,23 +13,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.edge.test_link_acl import Pki, ShippedConfigBroker
 from tests.fleet.conftest import wait_until
+from tests.support.link_pki import Pki
 from tests.support.mosquitto import MosquittoBroker
 
 EVENTS = "liftguard/v1/units/+/events"
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return Pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def broker(pki: Pki, tmp_path: Path) -> Iterator[MosquittoBroker]:
-    b = ShippedConfigBroker(tmp_path / "broker", pki.folder).start()
-    yield b
-    b.stop()
 
 
 class Session:
