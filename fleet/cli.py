@@ -247,6 +247,20 @@ def _data_flag(p: argparse.ArgumentParser) -> None:
                                       "/var/lib/liftguard-fleet as root, else ~/.local/share/liftguard-fleet)")
 
 
+def _ingest_flags(p: argparse.ArgumentParser, shared_group_help: str, client_id_help: str) -> None:
+    """The broker connection and batching flags that `serve` and `ingest` share."""
+    p.add_argument("--mqtt", dest="mqtt_url", help="broker URL, mqtt://host:port or mqtts://")
+    p.add_argument("--mqtt-username")
+    p.add_argument("--mqtt-password-file")
+    p.add_argument("--mqtt-ca")
+    p.add_argument("--mqtt-cert")
+    p.add_argument("--mqtt-key")
+    p.add_argument("--shared-group", help=shared_group_help)
+    p.add_argument("--client-id", help=client_id_help)
+    p.add_argument("--batch-max", type=int)
+    p.add_argument("--batch-window-ms", type=float)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="liftguard-fleet", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -254,19 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="MQTT ingest + HTTP API + dashboard")
     _server_flags(serve)
-    serve.add_argument("--mqtt", dest="mqtt_url", help="broker URL, mqtt://host:port or mqtts://")
-    serve.add_argument("--mqtt-username")
-    serve.add_argument("--mqtt-password-file")
-    serve.add_argument("--mqtt-ca")
-    serve.add_argument("--mqtt-cert")
-    serve.add_argument("--mqtt-key")
-    serve.add_argument("--shared-group", help="MQTT v5 shared subscription group, for several servers")
-    serve.add_argument("--client-id", help="stable MQTT client id (unique per server)")
+    _ingest_flags(serve, "MQTT v5 shared subscription group, for several servers",
+                  "stable MQTT client id (unique per server)")
     serve.add_argument("--http-host")
     serve.add_argument("--http-port", type=int)
     serve.add_argument("--silence-s", type=float, help="heartbeat silence that marks a unit offline")
-    serve.add_argument("--batch-max", type=int)
-    serve.add_argument("--batch-window-ms", type=float)
     serve.add_argument("--heartbeat-flush-s", type=float,
                        help="write coalesced heartbeats this often (default 5; 0 = with every batch)")
     serve.add_argument("--timezone", help="the site's IANA time zone, e.g. Asia/Shanghai: where days begin "
@@ -284,16 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = sub.add_parser("ingest", help="MQTT ingest only, one more process on the shared subscription")
     _server_flags(ingest)
-    ingest.add_argument("--mqtt", dest="mqtt_url", help="broker URL, mqtt://host:port or mqtts://")
-    ingest.add_argument("--mqtt-username")
-    ingest.add_argument("--mqtt-password-file")
-    ingest.add_argument("--mqtt-ca")
-    ingest.add_argument("--mqtt-cert")
-    ingest.add_argument("--mqtt-key")
-    ingest.add_argument("--shared-group", help="MQTT v5 shared subscription group (required)")
-    ingest.add_argument("--client-id", help="stable MQTT client id, unique per process")
-    ingest.add_argument("--batch-max", type=int)
-    ingest.add_argument("--batch-window-ms", type=float)
+    _ingest_flags(ingest, "MQTT v5 shared subscription group (required)",
+                  "stable MQTT client id, unique per process")
     ingest.add_argument("--heartbeat-flush-s", type=float)
     ingest.add_argument("--timezone")
     ingest.add_argument("--no-migrate", action="store_true", help="do not apply pending migrations at start")
