@@ -34,7 +34,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.proc_sampler import ProcessSampler, proc_cpu_s  # noqa: E402
+from benchmarks.proc_sampler import ProcessSampler, proc_cpu_s, stop_process  # noqa: E402
 from fleet.store import Store  # noqa: E402
 from tests.fleet.pgserver import PostgresServer, pg_bin_dir  # noqa: E402
 from tests.support.mosquitto import MosquittoBroker, free_port, ratelimit_config  # noqa: E402
@@ -91,11 +91,7 @@ class Server:
 
     def stop(self) -> None:
         self.sampler.stop()
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc, 30)
         self.log.close()
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 
 from benchmarks.bench_fleet import CLI, PASSWORD, ROOT, start_broker
-from benchmarks.proc_sampler import ProcessSampler
+from benchmarks.proc_sampler import ProcessSampler, stop_process
 from fleet.store import Store
 from tests.fleet.pgserver import PostgresServer
 from tests.support.mosquitto import MosquittoBroker, free_port
@@ -81,11 +81,7 @@ class LadderServer:
         return int(body.get("ingest", {}).get("queued", 0))
 
     def stop(self) -> dict[str, Any]:
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        stop_process(self.proc, 60)
         self.log.close()
         return dict(json.loads(self.stats_path.read_text())) if self.stats_path.exists() else {}
 

@@ -11,12 +11,22 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
+
+
+def stop_process(proc: subprocess.Popen[bytes], wait_s: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `wait_s`."""
+    proc.terminate()
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def proc_cpu_s(pid: int) -> float:
