@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -392,27 +392,37 @@ def run_folds(stores: Sequence[Store], frame_only: bool, mining: int, bg_per_vie
     return folds
 
 
-def onnx_folds(model: Path, stores: Sequence[Store]) -> list[Fold]:
-    """Per-source image scores (best e-bike row) of a fixed ONNX model on the store's plain views. For a model
-    trained on these sources (the shipped detector) this is an in-source reference, not a LOSO figure."""
+def onnx_ebike_scorer(model: Path) -> Callable[[str], float]:
+    """image path -> the best e-bike score of an exported model, through the device's letterbox and decode."""
     import cv2
     import onnxruntime as ort
 
     from tools.augment import letterbox, normalise
 
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    by_source: dict[str, tuple[list[str], list[float]]] = {}
-    for k, i in plain_views(stores):
-        v = stores[k].views[i]
-        bgr = cv2.imread(v.image, cv2.IMREAD_COLOR)
+
+    def score(path: str) -> float:
+        bgr = cv2.imread(path, cv2.IMREAD_COLOR)
         if bgr is None:
-            raise OSError(f"cannot read image {v.image}")
+            raise OSError(f"cannot read image {path}")
         img, _ = letterbox(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), None)
         rows = sess.run(["detections"], {"images": normalise(img)[None]})[0][0]
         eb = rows[rows[:, 5] == EBIKE, 4]
+        return float(eb.max()) if len(eb) else 0.0
+
+    return score
+
+
+def onnx_folds(model: Path, stores: Sequence[Store]) -> list[Fold]:
+    """Per-source image scores (best e-bike row) of a fixed ONNX model on the store's plain views. For a model
+    trained on these sources (the shipped detector) this is an in-source reference, not a LOSO figure."""
+    score = onnx_ebike_scorer(model)
+    by_source: dict[str, tuple[list[str], list[float]]] = {}
+    for k, i in plain_views(stores):
+        v = stores[k].views[i]
         kinds, scores = by_source.setdefault(v.source, ([], []))
         kinds.append(image_kind(v))
-        scores.append(float(eb.max()) if len(eb) else 0.0)
+        scores.append(score(v.image))
     return [Fold(s, k, np.asarray(sc), 0, 0) for s, (k, sc) in sorted(by_source.items())]
 
 

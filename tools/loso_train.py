@@ -33,7 +33,7 @@ import numpy as np
 
 from tools.corpus import merge_corpora
 from tools.features import Sample, load_split
-from tools.loso import PROTECTED_CLASSES, PROTECTED_SOURCES, Fold, choose_threshold, pct, rate
+from tools.loso import PROTECTED_CLASSES, PROTECTED_SOURCES, Fold, choose_threshold, onnx_ebike_scorer, pct, rate
 from tools.views import EBIKE
 
 log = logging.getLogger("tools.loso_train")
@@ -77,22 +77,10 @@ def held_out_samples(corpus: Path) -> list[Sample]:
 
 def score_images(model: Path, samples: Sequence[Sample], source: str) -> Fold:
     """Each image's best e-bike score through the device's ONNX path (letterbox, normalise, decode)."""
-    import cv2
-    import onnxruntime as ort
     from tqdm import tqdm
 
-    from tools.augment import letterbox, normalise
-
-    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    scores = []
-    for s in tqdm(samples, desc=f"score {source}", unit="img"):
-        bgr = cv2.imread(str(s.image), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise OSError(f"cannot read image {s.image}")
-        img, _ = letterbox(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), None)
-        rows = sess.run(["detections"], {"images": normalise(img)[None]})[0][0]
-        eb = rows[rows[:, 5] == EBIKE, 4]
-        scores.append(float(eb.max()) if len(eb) else 0.0)
+    score = onnx_ebike_scorer(model)
+    scores = [score(str(s.image)) for s in tqdm(samples, desc=f"score {source}", unit="img")]
     return Fold(source, [sample_kind(s) for s in samples], np.asarray(scores), 0, 0)
 
 
