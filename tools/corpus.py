@@ -208,3 +208,22 @@ def class_counts(root: Path) -> dict[str, dict[str, int]]:
                     c[CLASSES[int(line.split()[0])]] += 1
         counts[split] = c
     return counts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m tools.corpus merge OUT SRC [SRC ...]`: one training corpus from several (hard links)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m tools.corpus", description=main.__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    merge = sub.add_parser("merge", help="union of corpora whose file names are unique across them")
+    merge.add_argument("out", type=Path)
+    merge.add_argument("sources", type=Path, nargs="+")
+    args = ap.parse_args(argv)
+    rows = merge_corpora(args.out, args.sources)
+    print(f"{len(rows)} images from {len(args.sources)} corpora in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -7,6 +7,8 @@ vetoed by a wheelchair/stroller (≥ its threshold) overlapping it with IoU ≥ 
 image is expected to block iff it has an e-bike box; a truth CSV gives `image,expected` directly.
 `false_block_rate` counts every e-bike-free image; with labels it is also split into `protected_*`
 (images showing a wheelchair, stroller, bicycle or person) and `background_*` (the rest).
+`veto_evidence` says, per labelled e-bike / wheelchair / stroller box, how often a veto-class detection
+lies on it: the veto working (wheelchair, stroller) or a false veto that would release a hold (e-bike).
 Writes metrics.json, decisions.csv, confusion.png, pr_curves.png, contact_sheet.png.
 """
 
@@ -28,7 +30,16 @@ import yaml
 from edge.decide.detect import Detector
 from tools.eval_plots import PLOTS_MISSING, save_confusion, save_contact_sheet, save_pr_curves
 from tools.labels import IMAGE_SUFFIXES, read_yolo_labels
-from tools.metrics import EBIKE, DetectionLike, class_curve, decide, shows_protected, threshold_for, wilson_interval
+from tools.metrics import (
+    EBIKE,
+    DetectionLike,
+    class_curve,
+    decide,
+    shows_protected,
+    threshold_for,
+    veto_evidence,
+    wilson_interval,
+)
 
 log = logging.getLogger("tools.evaluate")
 # Low floor so AP50 sees the whole PR curve; operating thresholds are applied afterwards.
@@ -192,6 +203,7 @@ def _summarise(rows: Sequence[Mapping[str, Any]], dets: Sequence[Sequence[Detect
                                  "false_block_rate": sum(x["decided"] == "block" for x in with_cls) / len(with_cls)}
         m["per_class"] = per_class
         m["false_block_by_class"] = by_class
+        m["veto_evidence"] = veto_evidence(dets, truths, names, thr)
         m.update(_protected_split(rows, truths, names))
     return m
 

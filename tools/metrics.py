@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -83,6 +83,31 @@ def decide(dets: Sequence[DetectionLike], thresholds: Mapping[str, float]) -> tu
             continue
         return True, best
     return False, best
+
+
+def veto_evidence(dets: Sequence[Sequence[DetectionLike]], truths: Sequence[np.ndarray], names: Sequence[str],
+                  thresholds: Mapping[str, float]) -> dict[str, dict[str, Any]]:
+    """Per labelled e-bike, wheelchair and stroller box: does a veto-class detection (≥ its threshold,
+    IoU ≥ VETO_IOU) lie on it?
+
+    On a wheelchair or stroller box that is the veto working; on an e-bike box it is a false veto, one
+    frame of which releases a hold on the device (`edge.decide.policy`). Per frame, not per track.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for cls in (EBIKE, *VETO_CLASSES):
+        if cls not in names:
+            continue
+        ci = names.index(cls)
+        n = hit = 0
+        for frame_dets, truth in zip(dets, truths, strict=True):
+            gt = truth[truth[:, 0] == ci, 1:5] if len(truth) else np.zeros((0, 4))
+            vetoes = [d.box for d in frame_dets
+                      if d.cls in VETO_CLASSES and d.score >= threshold_for(thresholds, d.cls)]
+            n += len(gt)
+            if len(gt) and vetoes:
+                hit += int((iou_matrix(gt, np.array(vetoes)).max(axis=1) >= VETO_IOU).sum())
+        out[cls] = {"boxes": n, "with_veto": hit, "rate": hit / n if n else None, "rate_ci95": wilson_interval(hit, n)}
+    return out
 
 
 @dataclass

@@ -36,6 +36,7 @@ from tests.support.mosquitto import MosquittoBroker
 from tests.support.onnx_models import brightness_model, constant_model, metadata
 
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "liftguard-det.onnx"
+SHIPPED_ID = check_model(SHIPPED.read_bytes()).meta.model_id
 BOX = [40, 40, 200, 220]
 
 
@@ -80,16 +81,16 @@ def test_the_registry_refuses_what_the_device_refuses(tmp_path: Path, make: Any,
 def test_models_add_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = f"sqlite:///{tmp_path / 'fleet.db'}"
     assert fleet_main(["models", "add", str(SHIPPED), "--db", db]) == 0
-    assert "liftguard-det-0.6.0: added" in capsys.readouterr().out
+    assert f"{SHIPPED_ID}: added" in capsys.readouterr().out
     assert fleet_main(["models", "add", str(SHIPPED), "--db", db]) == 0
     assert "already registered" in capsys.readouterr().out
-    other = brightness_model(tmp_path / "o.onnx", BOX, model_id="liftguard-det-0.6.0")  # same id, other bytes
+    other = brightness_model(tmp_path / "o.onnx", BOX, model_id=SHIPPED_ID)  # same id, other bytes
     assert fleet_main(["models", "add", str(other), "--db", db]) == 2
     assert "already registered for another file" in capsys.readouterr().err
     assert fleet_main(["models", "list", "--db", db, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)["models"]
     assert [(m["model_id"], m["sha256"]) for m in listed] == [
-        ("liftguard-det-0.6.0", hashlib.sha256(SHIPPED.read_bytes()).hexdigest())]
+        (SHIPPED_ID, hashlib.sha256(SHIPPED.read_bytes()).hexdigest())]
 
 
 # --- rollout to a unit over a real broker --------------------------------------------------------
@@ -218,7 +219,7 @@ def test_a_model_corrupted_in_transit_is_refused_and_the_unit_keeps_its_model(fl
     good = SHIPPED.read_bytes()
     corrupt = bytearray(good)
     corrupt[len(corrupt) // 2] ^= 0xFF
-    args = ModelArgs(stage="active", model_id="liftguard-det-0.6.0", sha256=hashlib.sha256(good).hexdigest(),
+    args = ModelArgs(stage="active", model_id=SHIPPED_ID, sha256=hashlib.sha256(good).hexdigest(),
                      size=len(good), chunks=-(-len(good) // CHUNK_BYTES))
     watcher = Watcher(fleet.broker, "lift-1")
     try:

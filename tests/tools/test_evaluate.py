@@ -75,6 +75,12 @@ def test_metrics_from_yolo_labels_are_exact(folder: Path) -> None:
     assert m["per_class"]["wheelchair"]["recall"] == 1.0
     assert m["false_block_by_class"]["bicycle"] == {"images": 1, "false_block_rate": 1.0}
     assert m["false_block_by_class"]["wheelchair"] == {"images": 1, "false_block_rate": 0.0}
+    # Veto evidence per labelled box: working on the wheelchair, falsely on one of three e-bikes.
+    veto = m["veto_evidence"]
+    assert (veto["wheelchair"]["boxes"], veto["wheelchair"]["with_veto"]) == (1, 1)
+    assert (veto["ebike"]["boxes"], veto["ebike"]["with_veto"]) == (3, 1)
+    assert veto["ebike"]["rate"] == pytest.approx(1 / 3)
+    assert veto["stroller"] == {"boxes": 0, "with_veto": 0, "rate": None, "rate_ci95": None}
     assert m["latency_640x480_runs"] == 5 and m["latency_ms_p95"] >= m["latency_ms_p50"] >= 0
     for name in ("metrics.json", "decisions.csv", "confusion.png", "pr_curves.png", "contact_sheet.png"):
         assert (out / name).is_file(), name

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tools.corpus import CLASSES, class_counts, merge_corpora, read_manifest
+from tools.corpus import main as corpus_main
 from tools.scenegen.camera import fisheye
 from tools.scenegen.cutouts import CutoutBank
 from tools.scenegen.generate import LICENCE_CUTOUTS, generate
@@ -80,6 +81,9 @@ def test_merge_unions_manifests(tmp_path: Path) -> None:
     rows = merge_corpora(tmp_path / "m", [tmp_path / "a", tmp_path / "b"])
     assert len(rows) == 6 == len(read_manifest(tmp_path / "m"))
     assert class_counts(tmp_path / "m")["train"]["images"] == 6
+    # The same from the command line, as the model card's recipe runs it.
+    assert corpus_main(["merge", str(tmp_path / "c"), str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert {r.file for r in read_manifest(tmp_path / "c")} == {r.file for r in rows}
 
 
 def test_demo_clip_timeline_and_readback(tmp_path: Path) -> None:
