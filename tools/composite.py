@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tools.corpus import CLASS_ID, Box, CorpusWriter
+from tools.features import SYNTHETIC_PREFIX
 from tools.model import INPUT_H, INPUT_W
 from tools.scenegen import effects
 from tools.scenegen.camera import fisheye
@@ -44,7 +45,8 @@ from tools.views import View
 log = logging.getLogger("tools.composite")
 OUT_W, OUT_H = 480, 384  # rendered a little larger than the model input, then degraded and resized
 ETOILES = "etoiles-elevator-ebike"
-COMPOSITE_SOURCE = "scenegen-composite"  # generated-data prefix of tools.features.SYNTHETIC_PREFIX
+# Generated data by the trainer's prefix: one view each, never a held-out source or an operating point.
+COMPOSITE_SOURCE = f"{SYNTHETIC_PREFIX}-composite"
 # (source, classes cut out, max images read)
 PLAN: tuple[tuple[str, tuple[str, ...], int], ...] = (
     ("roboflow-wheelchair-seg", ("wheelchair",), 300),

@@ -10,6 +10,7 @@ row per image so that a consumer can filter by source, group or licence without 
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
 import shutil
@@ -212,8 +213,6 @@ def class_counts(root: Path) -> dict[str, dict[str, int]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m tools.corpus merge OUT SRC [SRC ...]`: one training corpus from several (hard links)."""
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m tools.corpus", description=main.__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
     merge = sub.add_parser("merge", help="union of corpora whose file names are unique across them")

@@ -66,6 +66,11 @@ def threshold_for(thresholds: Mapping[str, float], cls: str) -> float:
     return float(thresholds.get(cls, default))
 
 
+def confident_vetoes(dets: Sequence[DetectionLike], thresholds: Mapping[str, float]) -> list[DetectionLike]:
+    """The wheelchair/stroller detections at or above their class threshold: what can veto a block."""
+    return [d for d in dets if d.cls in VETO_CLASSES and d.score >= threshold_for(thresholds, d.cls)]
+
+
 def decide(dets: Sequence[DetectionLike], thresholds: Mapping[str, float]) -> tuple[bool, float]:
     """Block iff an e-bike ≥ its threshold is not overlapped (IoU ≥ 0.3) by a confident wheelchair/stroller.
 
@@ -74,7 +79,7 @@ def decide(dets: Sequence[DetectionLike], thresholds: Mapping[str, float]) -> tu
     """
     ebikes = [d for d in dets if d.cls == EBIKE]
     best = max((d.score for d in ebikes), default=0.0)
-    vetoes = [d for d in dets if d.cls in VETO_CLASSES and d.score >= threshold_for(thresholds, d.cls)]
+    vetoes = confident_vetoes(dets, thresholds)
     thr = threshold_for(thresholds, EBIKE)
     for e in ebikes:
         if e.score < thr:
@@ -93,21 +98,20 @@ def veto_evidence(dets: Sequence[Sequence[DetectionLike]], truths: Sequence[np.n
     On a wheelchair or stroller box that is the veto working; on an e-bike box it is a false veto, one
     frame of which releases a hold on the device (`edge.decide.policy`). Per frame, not per track.
     """
-    out: dict[str, dict[str, Any]] = {}
-    for cls in (EBIKE, *VETO_CLASSES):
-        if cls not in names:
+    classes = [c for c in (EBIKE, *VETO_CLASSES) if c in names]
+    boxes = dict.fromkeys(classes, 0)
+    hits = dict.fromkeys(classes, 0)
+    for frame_dets, truth in zip(dets, truths, strict=True):
+        if not len(truth):
             continue
-        ci = names.index(cls)
-        n = hit = 0
-        for frame_dets, truth in zip(dets, truths, strict=True):
-            gt = truth[truth[:, 0] == ci, 1:5] if len(truth) else np.zeros((0, 4))
-            vetoes = [d.box for d in frame_dets
-                      if d.cls in VETO_CLASSES and d.score >= threshold_for(thresholds, d.cls)]
-            n += len(gt)
+        vetoes = [d.box for d in confident_vetoes(frame_dets, thresholds)]
+        for cls in classes:
+            gt = truth[truth[:, 0] == names.index(cls), 1:5]
+            boxes[cls] += len(gt)
             if len(gt) and vetoes:
-                hit += int((iou_matrix(gt, np.array(vetoes)).max(axis=1) >= VETO_IOU).sum())
-        out[cls] = {"boxes": n, "with_veto": hit, "rate": hit / n if n else None, "rate_ci95": wilson_interval(hit, n)}
-    return out
+                hits[cls] += int((iou_matrix(gt, np.array(vetoes)).max(axis=1) >= VETO_IOU).sum())
+    return {c: {"boxes": boxes[c], "with_veto": hits[c], "rate": hits[c] / boxes[c] if boxes[c] else None,
+                "rate_ci95": wilson_interval(hits[c], boxes[c])} for c in classes}
 
 
 @dataclass
