@@ -15,7 +15,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from contract.mqtt import StatusPayload, decode
@@ -49,29 +48,43 @@ def kill(proc: subprocess.Popen[str]) -> None:
     proc.wait(timeout=10)
 
 
+def freeze_broker_after_acks(broker_pid: int, outbox: Path, total: int, acked: int, deadline_s: float = 20.0) -> int:
+    """SIGSTOP the broker once at least `acked` of `total` events have left the device's outbox; returns the
+    outbox rows left at that moment.
+
+    The broker is stopped *before* each look, so nothing is acknowledged between the look and the freeze
+    (only the ≤ window PUBACKs already on their way can still land); a busy host makes the loop slower, not
+    wrong. A trigger on what a subscriber has seen is not enough: under load it lags the broker by seconds.
+    """
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        os.kill(broker_pid, signal.SIGSTOP)
+        with sqlite3.connect(f"file:{outbox}?mode=ro", uri=True) as db:
+            left = int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]) if outbox.exists() else total
+        if left <= total - acked:
+            return left
+        os.kill(broker_pid, signal.SIGCONT)
+        time.sleep(0.005)
+    raise AssertionError(f"fewer than {acked} of {total} events were acknowledged in {deadline_s} s")
+
+
 @pytest.mark.slow
 def test_killed_in_the_middle_of_publishing_50_events_all_arrive_after_restart(
         mosquitto: MosquittoBroker, devices: list[subprocess.Popen[str]], tmp_path: Path) -> None:
     assert mosquitto.proc is not None
-    broker_pid = mosquitto.proc.pid
-    seen = 0
-
-    def freeze_broker_on_the_tenth(msg: mqtt.MQTTMessage) -> None:  # publishing is now mid-way
-        nonlocal seen
-        seen += 1
-        if seen == 10:
-            os.kill(broker_pid, signal.SIGSTOP)
-
-    fleet = FleetSubscriber(mosquitto, [f"{UNIT}/events"], on_message=freeze_broker_on_the_tenth)
+    window = 4
+    fleet = FleetSubscriber(mosquitto, [f"{UNIT}/events"])
     outbox = tmp_path / "outbox.db"
-    devices.append(device := spawn_device(mosquitto.port, outbox, "--emit", "50", "--before-start", "--window", "4"))
+    devices.append(device := spawn_device(mosquitto.port, outbox, "--emit", "50", "--before-start",
+                                          "--window", str(window)))
     raised = set(read_line(device, "committed ").split(","))
     assert len(raised) == 50
     try:
-        assert fleet.wait_for(lambda f: len(f.payloads("/events")) >= 10, 15)
+        left_at_freeze = freeze_broker_after_acks(mosquitto.proc.pid, outbox, 50, acked=10)
+        assert left_at_freeze > window, "publishing must be mid-way when the broker freezes"
         kill(device)
     finally:
-        os.kill(broker_pid, signal.SIGCONT)
+        os.kill(mosquitto.proc.pid, signal.SIGCONT)
     left = Outbox(outbox)
     assert left.depth() > 0, "the kill must land before every event was acknowledged"
     left.close()
